@@ -1,0 +1,107 @@
+//! What the replication log holds and what a replica persists. Shared by consensus (which
+//! produces it) and storage (which encodes it), so neither depends on the other.
+
+use crate::app::Command;
+use crate::types::{ClientId, LogIndex, NodeId, Term, Time};
+use serde::{Deserialize, Serialize};
+
+/// Identifies one client request for exactly-once application.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SessionRef {
+    pub client: ClientId,
+    /// Sequence number of the request within the session, starting at 1.
+    pub seq: u64,
+}
+
+/// A client command as the leader stamped it before replication, so that applying the
+/// log needs nothing but the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub session: Option<SessionRef>,
+    /// Log time: never smaller than the timestamp of any earlier entry.
+    pub timestamp: Time,
+    pub command: Command,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryPayload {
+    /// Appended by every new leader so that it can commit an entry of its own term.
+    Noop {
+        timestamp: Time,
+    },
+    Command(Proposal),
+}
+
+impl EntryPayload {
+    pub fn timestamp(&self) -> Time {
+        match self {
+            EntryPayload::Noop { timestamp } => *timestamp,
+            EntryPayload::Command(proposal) => proposal.timestamp,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub term: Term,
+    pub index: LogIndex,
+    pub payload: EntryPayload,
+}
+
+impl Entry {
+    /// An upper-bound estimate of the encoded size, used to bound batches without
+    /// encoding them twice.
+    pub fn size_bytes_estimate(&self) -> usize {
+        const ENTRY_OVERHEAD_BYTES: usize = 64;
+        ENTRY_OVERHEAD_BYTES
+            + match &self.payload {
+                EntryPayload::Noop { .. } => 0,
+                EntryPayload::Command(proposal) => proposal.command.size_bytes_estimate(),
+            }
+    }
+}
+
+/// The state Raft requires on stable storage before answering any message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    pub term: Term,
+    pub voted_for: Option<NodeId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// The snapshot contains the effect of every entry up to and including this index.
+    pub last_index: LogIndex,
+    pub last_term: Term,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub meta: SnapshotMeta,
+    /// The encoded state machine (chat state and session table).
+    pub data: Vec<u8>,
+}
+
+/// One durable write a replica asks of its shell. The parts are applied in field order
+/// (snapshot, truncation, appends, hard state) and made durable by one sync; only then may
+/// the messages that came with it leave (see [`crate::effects`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Persist {
+    /// Replaces the state machine image; every entry at or below its last index is
+    /// discarded from the log.
+    pub snapshot: Option<Snapshot>,
+    /// Discard every entry at or after this index (a conflicting suffix) before appending.
+    pub truncate_from: Option<LogIndex>,
+    /// New entries, contiguous and ascending.
+    pub entries: Vec<Entry>,
+    pub hard_state: Option<HardState>,
+}
+
+impl Persist {
+    pub fn is_empty(&self) -> bool {
+        self.snapshot.is_none()
+            && self.truncate_from.is_none()
+            && self.entries.is_empty()
+            && self.hard_state.is_none()
+    }
+}
