@@ -1,0 +1,280 @@
+//! Client requests: proposing writes with exactly-once sessions, linearizable reads by
+//! read index, stale reads, and applying committed entries to the state machine.
+
+use super::replica::{PendingRead, ReadConsistency, Replica, Role};
+use crate::app::{ApplyContext, ChatState, Command, Query};
+use crate::effects::{ClientError, Reply, Response};
+use crate::entry::{Entry, EntryPayload, Proposal, SessionRef};
+use crate::session::SessionCheck;
+use crate::types::{LogIndex, RequestId, Term};
+
+impl Replica {
+    pub(super) fn reply_ok(&mut self, request_id: RequestId, response: Response) {
+        self.ready.replies.push(Reply {
+            request_id,
+            outcome: Ok(response),
+        });
+    }
+
+    pub(super) fn reply_err(&mut self, request_id: RequestId, error: ClientError) {
+        self.ready.replies.push(Reply {
+            request_id,
+            outcome: Err(error),
+        });
+    }
+
+    fn not_leader(&self) -> ClientError {
+        ClientError::NotLeader {
+            leader_hint: self.leader_id.filter(|&id| id != self.config.id),
+        }
+    }
+
+    fn admit(&mut self, request_id: RequestId) -> bool {
+        if self.role != Role::Leader {
+            let error = self.not_leader();
+            self.reply_err(request_id, error);
+            return false;
+        }
+        let pending = self.pending_request_count();
+        if pending >= self.config.pending_requests_max {
+            self.reply_err(request_id, ClientError::Busy { pending });
+            return false;
+        }
+        true
+    }
+
+    pub(super) fn propose(&mut self, request_id: RequestId, session: SessionRef, command: Command) {
+        if let Err(error) = ChatState::validate(&command) {
+            return self.reply_err(request_id, error.into());
+        }
+        // A retry of a request already applied is answered from the session table without
+        // another trip through the log.
+        match self.machine.sessions.check(session) {
+            SessionCheck::Apply => {}
+            SessionCheck::Duplicate(outcome) => return self.reply_outcome(request_id, outcome),
+            SessionCheck::Stale { last_seq } => {
+                return self.reply_err(
+                    request_id,
+                    ClientError::StaleRequest {
+                        seq: session.seq,
+                        last_seq,
+                    },
+                );
+            }
+            SessionCheck::Expired => {
+                return self.reply_err(request_id, ClientError::SessionExpired)
+            }
+        }
+        if !self.admit(request_id) {
+            return;
+        }
+        let timestamp = self.stamp_time();
+        let index = self.append_own(EntryPayload::Command(Proposal {
+            session: Some(session),
+            timestamp,
+            command,
+        }));
+        self.pending_writes.insert(index, (self.term, request_id));
+        // A single-member cluster commits on its own.
+        self.maybe_commit();
+    }
+
+    fn reply_outcome(
+        &mut self,
+        request_id: RequestId,
+        outcome: Result<crate::app::CommandOutput, crate::app::AppError>,
+    ) {
+        match outcome {
+            Ok(output) => self.reply_ok(request_id, Response::Command(output)),
+            Err(error) => self.reply_err(request_id, error.into()),
+        }
+    }
+
+    pub(super) fn read(
+        &mut self,
+        request_id: RequestId,
+        query: Query,
+        consistency: ReadConsistency,
+    ) {
+        if let Err(error) = ChatState::validate_query(&query) {
+            return self.reply_err(request_id, error.into());
+        }
+        if consistency == ReadConsistency::Stale {
+            return self.serve_read(request_id, &query);
+        }
+        if !self.admit(request_id) {
+            return;
+        }
+        if self.log.term_at(self.commit_index) != Some(self.term) {
+            // Until an entry of this term commits, this leader does not know the true
+            // commit index (Raft §6.4).
+            self.reads_awaiting_term_commit.push((request_id, query));
+            return;
+        }
+        self.register_read(request_id, query);
+    }
+
+    fn register_read(&mut self, request_id: RequestId, query: Query) {
+        // All reads registered before the next heartbeat round share it.
+        let seq = self.heartbeat_seq + 1;
+        let read = PendingRead {
+            request_id,
+            query,
+            read_index: self.commit_index,
+            seq,
+        };
+        self.reads_awaiting_quorum.push_back(read);
+        self.heartbeat_requested = true;
+        if self.peers.is_empty() {
+            self.heartbeat_requested = false;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    fn serve_read(&mut self, request_id: RequestId, query: &Query) {
+        match self.machine.chat.query(query) {
+            Ok(output) => self.reply_ok(request_id, Response::Query(output)),
+            Err(error) => self.reply_err(request_id, error.into()),
+        }
+    }
+
+    /// Moves reads whose heartbeat round a quorum acknowledged to wait for apply.
+    pub(super) fn confirm_reads(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let mut acked: Vec<u64> = self
+            .progress
+            .values()
+            .map(|p| p.heartbeat_seq_acked)
+            .collect();
+        acked.push(self.heartbeat_seq);
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        let confirmed_seq = acked[self.quorum() - 1];
+        while self
+            .reads_awaiting_quorum
+            .front()
+            .is_some_and(|r| r.seq <= confirmed_seq)
+        {
+            let read = self
+                .reads_awaiting_quorum
+                .pop_front()
+                .expect("front exists: checked");
+            self.reads_awaiting_apply.push_back(read);
+        }
+        self.serve_applied_reads();
+    }
+
+    fn serve_applied_reads(&mut self) {
+        while self
+            .reads_awaiting_apply
+            .front()
+            .is_some_and(|r| r.read_index <= self.last_applied)
+        {
+            let read = self
+                .reads_awaiting_apply
+                .pop_front()
+                .expect("front exists: checked");
+            self.serve_read(read.request_id, &read.query);
+        }
+    }
+
+    /// The leader's commit index moved: reads held back for a commit in this term may go.
+    pub(super) fn on_commit_advanced(&mut self) {
+        if self.log.term_at(self.commit_index) == Some(self.term)
+            && !self.reads_awaiting_term_commit.is_empty()
+        {
+            for (request_id, query) in std::mem::take(&mut self.reads_awaiting_term_commit) {
+                self.register_read(request_id, query);
+            }
+        }
+    }
+
+    /// Applies every committed entry not yet applied, in log order.
+    pub(super) fn apply_committed(&mut self) {
+        while self.last_applied < self.commit_index {
+            let index = self.last_applied.next();
+            let entry = self
+                .log
+                .entry(index)
+                .cloned()
+                .expect("committed entries above the snapshot are in the log");
+            self.apply_entry(&entry);
+            self.last_applied = index;
+            self.metrics.entries_applied += 1;
+        }
+        self.serve_applied_reads();
+        self.maybe_snapshot();
+    }
+
+    fn apply_entry(&mut self, entry: &Entry) {
+        let timestamp = entry.payload.timestamp();
+        self.machine.log_time = self.machine.log_time.max(timestamp);
+        self.machine.sessions.expire(self.machine.log_time);
+        let EntryPayload::Command(proposal) = &entry.payload else {
+            return;
+        };
+        let ctx = ApplyContext {
+            index: entry.index,
+            timestamp: self.machine.log_time,
+        };
+        let outcome: Result<Response, ClientError> = match proposal.session {
+            None => self.apply_command(ctx, &proposal.command),
+            Some(session) => match self.machine.sessions.check(session) {
+                SessionCheck::Apply => {
+                    let mut deliveries = Vec::new();
+                    let result = self
+                        .machine
+                        .chat
+                        .apply(ctx, &proposal.command, &mut deliveries);
+                    self.ready.deliveries.extend(deliveries);
+                    self.machine
+                        .sessions
+                        .record(session, result.clone(), self.machine.log_time);
+                    result.map(Response::Command).map_err(ClientError::from)
+                }
+                SessionCheck::Duplicate(result) => {
+                    result.map(Response::Command).map_err(ClientError::from)
+                }
+                SessionCheck::Stale { last_seq } => Err(ClientError::StaleRequest {
+                    seq: session.seq,
+                    last_seq,
+                }),
+                SessionCheck::Expired => Err(ClientError::SessionExpired),
+            },
+        };
+        self.answer_pending_write(entry.index, entry.term, outcome);
+    }
+
+    fn apply_command(
+        &mut self,
+        ctx: ApplyContext,
+        command: &Command,
+    ) -> Result<Response, ClientError> {
+        let mut deliveries = Vec::new();
+        let result = self.machine.chat.apply(ctx, command, &mut deliveries);
+        self.ready.deliveries.extend(deliveries);
+        result.map(Response::Command).map_err(ClientError::from)
+    }
+
+    fn answer_pending_write(
+        &mut self,
+        index: LogIndex,
+        term: Term,
+        outcome: Result<Response, ClientError>,
+    ) {
+        let Some((proposed_term, request_id)) = self.pending_writes.remove(&index) else {
+            return;
+        };
+        if proposed_term == term {
+            self.ready.replies.push(Reply {
+                request_id,
+                outcome,
+            });
+        } else {
+            // Our entry was replaced by another leader's.
+            let error = self.not_leader();
+            self.reply_err(request_id, error);
+        }
+    }
+}

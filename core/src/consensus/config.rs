@@ -1,0 +1,108 @@
+use crate::types::NodeId;
+
+/// Static configuration of one replica. All durations are in microseconds of the shell's
+/// clock.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: NodeId,
+    /// Every member of the cluster, this replica included.
+    pub members: Vec<NodeId>,
+    /// Elections time out uniformly in `[min, 2 * min)`.
+    pub election_timeout_us_min: u64,
+    pub heartbeat_interval_us: u64,
+    /// Bounds one AppendEntries by the estimated size of its entries.
+    pub append_entries_bytes_max: usize,
+    pub append_entries_count_max: usize,
+    /// AppendEntries messages in flight to one follower in the Replicate state.
+    pub in_flight_messages_max: usize,
+    /// Take a snapshot once this many applied entries follow the last one.
+    pub snapshot_threshold_entries: u64,
+    pub snapshot_chunk_bytes: usize,
+    /// A snapshot larger than this is refused while receiving it.
+    pub snapshot_bytes_max: u64,
+    pub sessions_max: usize,
+    /// A session idle for this long in log time is forgotten.
+    pub session_expiry_us: u64,
+    /// Client writes and reads waiting on this replica before it answers `Busy`.
+    pub pending_requests_max: usize,
+    /// Seeds election jitter. Different replicas should get different seeds.
+    pub rng_seed: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("members must include this replica's id {0}")]
+    SelfNotMember(NodeId),
+    #[error("member {0} is listed twice")]
+    DuplicateMember(NodeId),
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+pub const ELECTION_TIMEOUT_US_MIN_DEFAULT: u64 = 300_000;
+pub const HEARTBEAT_INTERVAL_US_DEFAULT: u64 = 50_000;
+const _: () = assert!(HEARTBEAT_INTERVAL_US_DEFAULT * 3 <= ELECTION_TIMEOUT_US_MIN_DEFAULT);
+
+impl Config {
+    pub fn new(id: NodeId, members: Vec<NodeId>) -> Config {
+        Config {
+            id,
+            members,
+            election_timeout_us_min: ELECTION_TIMEOUT_US_MIN_DEFAULT,
+            heartbeat_interval_us: HEARTBEAT_INTERVAL_US_DEFAULT,
+            append_entries_bytes_max: 256 * 1024,
+            append_entries_count_max: 1024,
+            in_flight_messages_max: 8,
+            snapshot_threshold_entries: 4096,
+            snapshot_chunk_bytes: 64 * 1024,
+            snapshot_bytes_max: 1 << 30,
+            sessions_max: 10_000,
+            session_expiry_us: 3_600 * 1_000_000,
+            pending_requests_max: 4096,
+            rng_seed: id.0,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.members.contains(&self.id) {
+            return Err(ConfigError::SelfNotMember(self.id));
+        }
+        let mut sorted = self.members.clone();
+        sorted.sort();
+        for pair in sorted.windows(2) {
+            if pair[0] == pair[1] {
+                return Err(ConfigError::DuplicateMember(pair[0]));
+            }
+        }
+        if self.heartbeat_interval_us == 0
+            || self.heartbeat_interval_us >= self.election_timeout_us_min
+        {
+            return Err(ConfigError::Invalid(
+                "heartbeat interval must be positive and below the election timeout",
+            ));
+        }
+        if self.append_entries_bytes_max == 0 || self.append_entries_count_max == 0 {
+            return Err(ConfigError::Invalid(
+                "append entries bounds must be positive",
+            ));
+        }
+        if self.in_flight_messages_max == 0 || self.snapshot_chunk_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "in-flight and chunk bounds must be positive",
+            ));
+        }
+        if self.snapshot_threshold_entries == 0
+            || self.sessions_max == 0
+            || self.pending_requests_max == 0
+        {
+            return Err(ConfigError::Invalid(
+                "snapshot threshold, sessions and pending bounds must be positive",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn quorum(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+}

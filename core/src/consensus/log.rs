@@ -1,0 +1,171 @@
+//! The in-memory replication log: the entries after the last snapshot. Storage keeps the
+//! durable copy; this is the replica's view, always a contiguous run of indices.
+
+use crate::entry::{Entry, SnapshotMeta};
+use crate::types::{LogIndex, Term};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LogError {
+    #[error("log entry {found} follows snapshot/previous index {expected_prev}")]
+    NotContiguous {
+        expected_prev: LogIndex,
+        found: LogIndex,
+    },
+    #[error("log entry {index} has term {term}, lower than its predecessor's {prev_term}")]
+    TermDecreases {
+        index: LogIndex,
+        term: Term,
+        prev_term: Term,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct RaftLog {
+    /// Everything up to and including this position lives only in the snapshot.
+    snapshot: SnapshotMeta,
+    /// `entries[i].index == snapshot.last_index + 1 + i`.
+    entries: Vec<Entry>,
+}
+
+impl RaftLog {
+    pub fn new(snapshot: SnapshotMeta, entries: Vec<Entry>) -> Result<RaftLog, LogError> {
+        let mut prev_index = snapshot.last_index;
+        let mut prev_term = snapshot.last_term;
+        for entry in &entries {
+            if entry.index != prev_index.next() {
+                return Err(LogError::NotContiguous {
+                    expected_prev: prev_index,
+                    found: entry.index,
+                });
+            }
+            if entry.term < prev_term {
+                return Err(LogError::TermDecreases {
+                    index: entry.index,
+                    term: entry.term,
+                    prev_term,
+                });
+            }
+            prev_index = entry.index;
+            prev_term = entry.term;
+        }
+        Ok(RaftLog { snapshot, entries })
+    }
+
+    pub fn snapshot_meta(&self) -> &SnapshotMeta {
+        &self.snapshot
+    }
+
+    /// The first index held as an entry (not only in the snapshot).
+    pub fn first_index(&self) -> LogIndex {
+        self.snapshot.last_index.next()
+    }
+
+    pub fn last_index(&self) -> LogIndex {
+        LogIndex(self.snapshot.last_index.0 + self.entries.len() as u64)
+    }
+
+    pub fn last_term(&self) -> Term {
+        self.entries
+            .last()
+            .map_or(self.snapshot.last_term, |e| e.term)
+    }
+
+    /// The term of the entry at `index`, if known: the snapshot's last position counts,
+    /// anything compacted before it does not.
+    pub fn term_at(&self, index: LogIndex) -> Option<Term> {
+        if index == self.snapshot.last_index {
+            return Some(self.snapshot.last_term);
+        }
+        self.entry(index).map(|e| e.term)
+    }
+
+    pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
+        if index <= self.snapshot.last_index {
+            return None;
+        }
+        let offset = (index.0 - self.snapshot.last_index.0 - 1) as usize;
+        self.entries.get(offset)
+    }
+
+    /// Entries from `start`, at least one if any exist, bounded by an estimated size.
+    pub fn entries_from(&self, start: LogIndex, bytes_max: usize, count_max: usize) -> Vec<Entry> {
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        let mut index = start;
+        while let Some(entry) = self.entry(index) {
+            let size = entry.size_bytes_estimate();
+            if !batch.is_empty() && (batch_bytes + size > bytes_max || batch.len() >= count_max) {
+                break;
+            }
+            batch_bytes += size;
+            batch.push(entry.clone());
+            index = index.next();
+        }
+        batch
+    }
+
+    pub fn append(&mut self, entry: Entry) {
+        assert_eq!(
+            entry.index,
+            self.last_index().next(),
+            "log append must be contiguous"
+        );
+        debug_assert!(entry.term >= self.last_term());
+        self.entries.push(entry);
+    }
+
+    /// Drops every entry at or after `index`.
+    pub fn truncate_from(&mut self, index: LogIndex) {
+        assert!(
+            index > self.snapshot.last_index,
+            "cannot truncate into the snapshot"
+        );
+        let keep = (index.0 - self.snapshot.last_index.0 - 1) as usize;
+        self.entries.truncate(keep);
+    }
+
+    /// Moves the snapshot point forward to `meta`, keeping the entries after it if they
+    /// continue it, and dropping everything otherwise. Returns whether the suffix was kept.
+    pub fn compact_to(&mut self, meta: SnapshotMeta) -> bool {
+        assert!(
+            meta.last_index >= self.snapshot.last_index,
+            "snapshots only move forward"
+        );
+        let keeps_suffix = self.term_at(meta.last_index) == Some(meta.last_term);
+        if keeps_suffix {
+            let drop = (meta.last_index.0 - self.snapshot.last_index.0) as usize;
+            self.entries.drain(..drop);
+        } else {
+            self.entries.clear();
+        }
+        self.snapshot = meta;
+        keeps_suffix
+    }
+
+    /// For a conflict hint: the first index of the run of entries that share the term at
+    /// `index`, not looking before the snapshot.
+    pub fn first_index_of_term_at(&self, index: LogIndex) -> LogIndex {
+        let Some(term) = self.term_at(index) else {
+            return index;
+        };
+        let mut first = index;
+        while first > self.first_index() && self.term_at(first.prev()) == Some(term) {
+            first = first.prev();
+        }
+        first
+    }
+
+    /// The last index holding an entry of `term`, if this log has any.
+    pub fn last_index_of_term(&self, term: Term) -> Option<LogIndex> {
+        if let Some(entry) = self.entries.iter().rev().find(|e| e.term <= term) {
+            return (entry.term == term).then_some(entry.index);
+        }
+        (self.snapshot.last_term == term).then_some(self.snapshot.last_index)
+    }
+
+    /// Raft's election restriction: is a log ending at (`last_index`, `last_term`) at
+    /// least as up to date as this one?
+    pub fn is_up_to_date(&self, last_index: LogIndex, last_term: Term) -> bool {
+        (last_term, last_index) >= (self.last_term(), self.last_index())
+    }
+}

@@ -1,0 +1,19 @@
+//! Raft: election with pre-vote and check-quorum, pipelined and batched log replication,
+//! commit by quorum in the leader's term, snapshots and their chunked installation, read
+//! index for linearizable reads. All of it lives on [`Replica`], one impl block per
+//! concern.
+
+mod client;
+mod config;
+mod election;
+pub mod log;
+pub mod message;
+mod progress;
+mod replica;
+mod replication;
+mod snapshot;
+
+pub use config::{Config, ConfigError};
+pub use replica::{
+    ClientRequest, Metrics, ReadConsistency, Recovered, Replica, ReplicaError, Role,
+};

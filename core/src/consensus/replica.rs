@@ -1,0 +1,577 @@
+//! The replica: the state, the public interface (getters, `handle_*` inputs, `poll_*`
+//! outputs) and the dispatch of peer messages. The protocol itself is in the sibling
+//! modules, one impl block per concern.
+
+use super::config::{Config, ConfigError};
+use super::log::{LogError, RaftLog};
+use super::message::{Envelope, Message};
+use super::progress::Progress;
+use crate::app::{ChatState, Command, Query};
+use crate::effects::Ready;
+use crate::entry::{Entry, HardState, Snapshot, SnapshotMeta};
+use crate::machine::MachineState;
+use crate::types::{LogIndex, NodeId, RequestId, Term, Time};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadConsistency {
+    /// Confirmed with a quorum (read index) and served once applied: sees every write
+    /// acknowledged before it was sent.
+    Linearizable,
+    /// Served at once from this replica's applied state, which may lag.
+    Stale,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientRequest {
+    /// A replicated write, applied exactly once per (session, seq).
+    Write {
+        session: crate::entry::SessionRef,
+        command: Command,
+    },
+    Read {
+        query: Query,
+        consistency: ReadConsistency,
+    },
+}
+
+/// Counters a shell may export. They never influence decisions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Peer messages dropped as impossible: unknown sender, wrong recipient, or a
+    /// term/index combination no correct peer sends.
+    pub messages_rejected: u64,
+    pub elections_started: u64,
+    pub snapshots_taken: u64,
+    pub snapshots_installed: u64,
+    pub snapshot_chunks_sent: u64,
+    pub entries_applied: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("recovered log is inconsistent: {0}")]
+    Log(#[from] LogError),
+    #[error("recovered snapshot cannot be decoded: {0}")]
+    Snapshot(String),
+}
+
+/// A read waiting for leadership confirmation (`seq` acknowledged by a quorum) and then
+/// for the state machine to reach `read_index`.
+#[derive(Clone, Debug)]
+pub(super) struct PendingRead {
+    pub request_id: RequestId,
+    pub query: Query,
+    pub read_index: LogIndex,
+    pub seq: u64,
+}
+
+/// A snapshot being received in chunks.
+#[derive(Clone, Debug)]
+pub(super) struct IncomingSnapshot {
+    pub meta: SnapshotMeta,
+    pub total_bytes: u64,
+    pub data: Vec<u8>,
+}
+
+/// One member of a Raft cluster together with the chat state machine it replicates.
+///
+/// Deterministic and free of I/O: every input carries `now`; after any input the shell
+/// drains [`Replica::poll_ready`] (through [`crate::effects::drive`]) and sleeps until
+/// [`Replica::poll_timeout`].
+pub struct Replica {
+    pub(super) config: Config,
+    /// Members other than this one, sorted.
+    pub(super) peers: Vec<NodeId>,
+    pub(super) rng: ChaCha8Rng,
+    pub(super) now: Time,
+
+    // Persistent state (mirrored to storage through `Persist`).
+    pub(super) term: Term,
+    pub(super) voted_for: Option<NodeId>,
+    pub(super) log: RaftLog,
+    /// The latest snapshot, whose meta equals `log.snapshot_meta()` when the log has one.
+    pub(super) snapshot: Option<Snapshot>,
+
+    // Volatile state.
+    pub(super) role: Role,
+    pub(super) leader_id: Option<NodeId>,
+    pub(super) commit_index: LogIndex,
+    pub(super) last_applied: LogIndex,
+    pub(super) votes: BTreeSet<NodeId>,
+    pub(super) election_deadline: Time,
+    pub(super) last_leader_contact: Option<Time>,
+    pub(super) heartbeat_deadline: Time,
+    pub(super) check_quorum_deadline: Time,
+    pub(super) progress: BTreeMap<NodeId, Progress>,
+    pub(super) heartbeat_seq: u64,
+    pub(super) heartbeat_requested: bool,
+    pub(super) replication_requested: bool,
+    pub(super) incoming_snapshot: Option<IncomingSnapshot>,
+    /// The largest timestamp in the log: new entries are stamped no earlier.
+    pub(super) log_time_max: Time,
+
+    pub(super) machine: MachineState,
+
+    // Client requests this replica accepted as leader.
+    pub(super) pending_writes: BTreeMap<LogIndex, (Term, RequestId)>,
+    /// Linearizable reads that arrived before this leader committed an entry of its term.
+    pub(super) reads_awaiting_term_commit: Vec<(RequestId, Query)>,
+    pub(super) reads_awaiting_quorum: VecDeque<PendingRead>,
+    pub(super) reads_awaiting_apply: VecDeque<PendingRead>,
+
+    pub(super) ready: Ready,
+    pub(super) metrics: Metrics,
+}
+
+/// What a replica recovered from its storage.
+#[derive(Clone, Debug, Default)]
+pub struct Recovered {
+    pub hard_state: HardState,
+    pub snapshot: Option<Snapshot>,
+    /// Entries after the snapshot, contiguous.
+    pub entries: Vec<Entry>,
+}
+
+impl Replica {
+    /// Starts a replica from what its storage recovered (all default for a new one).
+    pub fn new(config: Config, recovered: Recovered, now: Time) -> Result<Replica, ReplicaError> {
+        config.validate()?;
+        let snapshot_meta = recovered.snapshot.as_ref().map_or(
+            SnapshotMeta {
+                last_index: LogIndex::ZERO,
+                last_term: Term(0),
+            },
+            |s| s.meta.clone(),
+        );
+        let machine = match &recovered.snapshot {
+            Some(snapshot) => {
+                MachineState::decode(&snapshot.data).map_err(ReplicaError::Snapshot)?
+            }
+            None => MachineState::new(&config),
+        };
+        let log = RaftLog::new(snapshot_meta.clone(), recovered.entries)?;
+        let log_time_max = (snapshot_meta.last_index.0..=log.last_index().0)
+            .filter_map(|i| log.entry(LogIndex(i)))
+            .map(|e| e.payload.timestamp())
+            .fold(machine.log_time, Time::max);
+        let mut peers: Vec<NodeId> = config
+            .members
+            .iter()
+            .copied()
+            .filter(|&m| m != config.id)
+            .collect();
+        peers.sort();
+        let mut replica = Replica {
+            rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
+            peers,
+            now,
+            term: recovered.hard_state.term,
+            voted_for: recovered.hard_state.voted_for,
+            log,
+            snapshot: recovered.snapshot,
+            role: Role::Follower,
+            leader_id: None,
+            commit_index: snapshot_meta.last_index,
+            last_applied: snapshot_meta.last_index,
+            votes: BTreeSet::new(),
+            election_deadline: now,
+            last_leader_contact: None,
+            heartbeat_deadline: now,
+            check_quorum_deadline: now,
+            progress: BTreeMap::new(),
+            heartbeat_seq: 0,
+            heartbeat_requested: false,
+            replication_requested: false,
+            incoming_snapshot: None,
+            log_time_max,
+            machine,
+            pending_writes: BTreeMap::new(),
+            reads_awaiting_term_commit: Vec::new(),
+            reads_awaiting_quorum: VecDeque::new(),
+            reads_awaiting_apply: VecDeque::new(),
+            ready: Ready::default(),
+            metrics: Metrics::default(),
+            config,
+        };
+        replica.reset_election_deadline();
+        replica.check_invariants();
+        Ok(replica)
+    }
+
+    // Getters.
+
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn term(&self) -> Term {
+        self.term
+    }
+    pub fn voted_for(&self) -> Option<NodeId> {
+        self.voted_for
+    }
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.leader_id
+    }
+    pub fn commit_index(&self) -> LogIndex {
+        self.commit_index
+    }
+    pub fn last_applied(&self) -> LogIndex {
+        self.last_applied
+    }
+    pub fn last_log_index(&self) -> LogIndex {
+        self.log.last_index()
+    }
+    pub fn first_log_index(&self) -> LogIndex {
+        self.log.first_index()
+    }
+    pub fn log_entry(&self, index: LogIndex) -> Option<&Entry> {
+        self.log.entry(index)
+    }
+    pub fn term_at(&self, index: LogIndex) -> Option<Term> {
+        self.log.term_at(index)
+    }
+    pub fn snapshot_meta(&self) -> &SnapshotMeta {
+        self.log.snapshot_meta()
+    }
+    pub fn chat(&self) -> &ChatState {
+        &self.machine.chat
+    }
+    /// A hash of the replicated state (chat state and session table) as applied so far.
+    pub fn state_hash(&self) -> u64 {
+        self.machine.state_hash()
+    }
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    pub fn pending_request_count(&self) -> usize {
+        self.pending_writes.len()
+            + self.reads_awaiting_term_commit.len()
+            + self.reads_awaiting_quorum.len()
+            + self.reads_awaiting_apply.len()
+    }
+
+    // Inputs.
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.advance_clock(now);
+        if self.role == Role::Leader {
+            if now >= self.heartbeat_deadline {
+                self.heartbeat_deadline = now.saturating_add_us(self.config.heartbeat_interval_us);
+                self.on_heartbeat_tick();
+            }
+            if now >= self.check_quorum_deadline {
+                self.check_quorum_deadline =
+                    now.saturating_add_us(self.config.election_timeout_us_min);
+                self.check_quorum();
+            }
+        } else if now >= self.election_deadline {
+            self.on_election_timeout();
+        }
+        self.check_invariants();
+    }
+
+    /// A message from a peer. Anything malformed is counted in
+    /// [`Metrics::messages_rejected`] and dropped; nothing a peer sends can panic it.
+    pub fn handle_message(&mut self, now: Time, envelope: Envelope) {
+        self.advance_clock(now);
+        let Envelope { from, to, message } = envelope;
+        if to != self.config.id || !self.peers.contains(&from) {
+            self.metrics.messages_rejected += 1;
+            return;
+        }
+        self.dispatch(from, message);
+        self.check_invariants();
+    }
+
+    pub fn handle_client_request(
+        &mut self,
+        now: Time,
+        request_id: RequestId,
+        request: ClientRequest,
+    ) {
+        self.advance_clock(now);
+        match request {
+            ClientRequest::Write { session, command } => self.propose(request_id, session, command),
+            ClientRequest::Read { query, consistency } => self.read(request_id, query, consistency),
+        }
+        self.check_invariants();
+    }
+
+    // Commands.
+
+    /// Starts an election now (with pre-vote) instead of waiting for the timeout, as an
+    /// operator's leadership transfer or a test script would. A leader ignores it.
+    pub fn campaign(&mut self, now: Time) {
+        self.advance_clock(now);
+        if self.role != Role::Leader {
+            self.on_election_timeout();
+        }
+        self.check_invariants();
+    }
+
+    // Outputs.
+
+    /// The outputs accumulated since the last call, or `None` if there are none. See
+    /// [`crate::effects`] for the order in which a shell must perform them.
+    ///
+    /// The replica counts the `Persist` of a returned `Ready` as done: the shell must
+    /// complete it before feeding any other input, and stop the replica if it fails.
+    pub fn poll_ready(&mut self) -> Option<Ready> {
+        self.flush();
+        if self.ready.is_empty() {
+            return None;
+        }
+        Some(std::mem::take(&mut self.ready))
+    }
+
+    /// The next time at which [`Replica::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Time {
+        match self.role {
+            Role::Leader => self.heartbeat_deadline.min(self.check_quorum_deadline),
+            _ => self.election_deadline,
+        }
+    }
+
+    // Internals shared by the protocol modules.
+
+    fn advance_clock(&mut self, now: Time) {
+        // A shell's clock never goes back; if one does, time simply stands still.
+        self.now = self.now.max(now);
+    }
+
+    fn dispatch(&mut self, from: NodeId, message: Message) {
+        let term = message.term();
+        match message {
+            Message::PreVote {
+                term,
+                last_log_index,
+                last_log_term,
+            } => {
+                return self.handle_pre_vote(from, term, last_log_index, last_log_term);
+            }
+            Message::PreVoteResponse { term, granted } => {
+                return self.handle_pre_vote_response(from, term, granted);
+            }
+            _ => {}
+        }
+        if term > self.term {
+            if matches!(message, Message::RequestVote { .. }) && self.in_leader_lease() {
+                // Check-quorum: while a leader is known to be alive, a higher-term vote
+                // request comes from a disruptive node and is ignored.
+                return;
+            }
+            let leader = match message {
+                Message::AppendEntries { .. }
+                | Message::Heartbeat { .. }
+                | Message::InstallSnapshot { .. } => Some(from),
+                _ => None,
+            };
+            self.become_follower(term, leader);
+        } else if term < self.term {
+            return self.answer_stale_term(from, &message);
+        }
+        match message {
+            Message::RequestVote {
+                last_log_index,
+                last_log_term,
+                ..
+            } => self.handle_request_vote(from, last_log_index, last_log_term),
+            Message::RequestVoteResponse { granted, .. } => {
+                self.handle_request_vote_response(from, granted)
+            }
+            Message::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+                ..
+            } => self.handle_append_entries(
+                from,
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+            ),
+            Message::AppendEntriesResponse {
+                success,
+                index,
+                hint,
+                ..
+            } => self.handle_append_entries_response(from, success, index, hint),
+            Message::Heartbeat { commit, seq, .. } => self.handle_heartbeat(from, commit, seq),
+            Message::HeartbeatResponse {
+                seq,
+                last_log_index,
+                ..
+            } => self.handle_heartbeat_response(from, seq, last_log_index),
+            Message::InstallSnapshot {
+                meta,
+                total_bytes,
+                offset,
+                data,
+                done,
+                ..
+            } => self.handle_install_snapshot(from, meta, total_bytes, offset, data, done),
+            Message::InstallSnapshotResponse {
+                last_index,
+                next_offset,
+                installed,
+                ..
+            } => self.handle_install_snapshot_response(from, last_index, next_offset, installed),
+            Message::PreVote { .. } | Message::PreVoteResponse { .. } => {
+                unreachable!("handled above")
+            }
+        }
+    }
+
+    /// A message from an older term: tell a stale leader or candidate about the new term
+    /// so it steps down; drop stale responses.
+    fn answer_stale_term(&mut self, from: NodeId, message: &Message) {
+        let reply = match message {
+            Message::AppendEntries { prev_log_index, .. } => Message::AppendEntriesResponse {
+                term: self.term,
+                success: false,
+                index: *prev_log_index,
+                hint: None,
+            },
+            Message::Heartbeat { seq, .. } => Message::HeartbeatResponse {
+                term: self.term,
+                seq: *seq,
+                last_log_index: self.log.last_index(),
+            },
+            Message::InstallSnapshot { meta, .. } => Message::InstallSnapshotResponse {
+                term: self.term,
+                last_index: meta.last_index,
+                next_offset: 0,
+                installed: false,
+            },
+            Message::RequestVote { .. } => Message::RequestVoteResponse {
+                term: self.term,
+                granted: false,
+            },
+            _ => return,
+        };
+        self.send(from, reply);
+    }
+
+    pub(super) fn send(&mut self, to: NodeId, message: Message) {
+        debug_assert_ne!(to, self.config.id);
+        self.ready.messages.push(Envelope {
+            from: self.config.id,
+            to,
+            message,
+        });
+    }
+
+    pub(super) fn persist_hard_state(&mut self) {
+        self.ready.persist.hard_state = Some(HardState {
+            term: self.term,
+            voted_for: self.voted_for,
+        });
+    }
+
+    pub(super) fn reject(&mut self) {
+        self.metrics.messages_rejected += 1;
+    }
+
+    pub(super) fn quorum(&self) -> usize {
+        self.config.quorum()
+    }
+
+    /// Work deferred to the end of a batch of inputs so that it is done once per batch:
+    /// replication messages (batching entries proposed together) and the heartbeat round
+    /// that confirms pending reads.
+    fn flush(&mut self) {
+        if self.role != Role::Leader {
+            self.replication_requested = false;
+            self.heartbeat_requested = false;
+            return;
+        }
+        if self.heartbeat_requested {
+            self.heartbeat_requested = false;
+            self.broadcast_heartbeat();
+        }
+        if self.replication_requested {
+            self.replication_requested = false;
+            for peer in self.peers.clone() {
+                self.send_append_entries(peer);
+            }
+        }
+        self.check_invariants();
+    }
+
+    /// Invariants that hold between inputs. Run in debug and test builds.
+    pub(super) fn check_invariants(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        assert!(
+            self.commit_index <= self.log.last_index(),
+            "commit beyond the log"
+        );
+        assert!(
+            self.last_applied <= self.commit_index,
+            "applied beyond commit"
+        );
+        assert!(
+            self.log.snapshot_meta().last_index <= self.last_applied,
+            "snapshot of unapplied state"
+        );
+        if let Some(snapshot) = &self.snapshot {
+            assert_eq!(
+                &snapshot.meta,
+                self.log.snapshot_meta(),
+                "snapshot and log disagree"
+            );
+        } else {
+            assert_eq!(
+                self.log.snapshot_meta().last_index,
+                LogIndex::ZERO,
+                "compacted log without a snapshot"
+            );
+        }
+        match self.role {
+            Role::Leader => {
+                assert_eq!(
+                    self.voted_for,
+                    Some(self.config.id),
+                    "a leader voted for itself"
+                );
+                assert_eq!(self.leader_id, Some(self.config.id));
+                assert_eq!(self.progress.len(), self.peers.len());
+                for progress in self.progress.values() {
+                    assert!(progress.match_index <= self.log.last_index());
+                    assert!(progress.in_flight.len() <= self.config.in_flight_messages_max);
+                }
+            }
+            Role::Candidate => assert_eq!(self.voted_for, Some(self.config.id)),
+            Role::Follower | Role::PreCandidate => {
+                assert!(
+                    self.pending_writes.is_empty(),
+                    "only a leader holds client writes"
+                );
+            }
+        }
+        assert!(self.pending_request_count() <= self.config.pending_requests_max + 1);
+    }
+}

@@ -1,0 +1,261 @@
+//! Snapshots: taking one when the log grows, streaming it in chunks to a follower that
+//! needs compacted entries, and installing one received.
+
+use super::message::Message;
+use super::progress::ReplicationState;
+use super::replica::{IncomingSnapshot, Replica, Role};
+use crate::entry::{Snapshot, SnapshotMeta};
+use crate::machine::MachineState;
+use crate::types::{LogIndex, NodeId};
+
+impl Replica {
+    /// Compacts the log once enough applied entries follow the last snapshot.
+    pub(super) fn maybe_snapshot(&mut self) {
+        let since = self.last_applied.0 - self.log.snapshot_meta().last_index.0;
+        if since < self.config.snapshot_threshold_entries {
+            return;
+        }
+        let Some(last_term) = self.log.term_at(self.last_applied) else {
+            return;
+        };
+        let meta = SnapshotMeta {
+            last_index: self.last_applied,
+            last_term,
+        };
+        let snapshot = Snapshot {
+            meta: meta.clone(),
+            data: self.machine.encode(),
+        };
+        let kept_suffix = self.log.compact_to(meta);
+        debug_assert!(kept_suffix, "applied entries are in the log");
+        self.metrics.snapshots_taken += 1;
+        self.set_persist_snapshot(snapshot);
+    }
+
+    /// Records a new snapshot for storage: entries it covers need not be written, and
+    /// any truncation must not reach below it.
+    fn set_persist_snapshot(&mut self, snapshot: Snapshot) {
+        let last_index = snapshot.meta.last_index;
+        let persist = &mut self.ready.persist;
+        persist.entries.retain(|e| e.index > last_index);
+        if let Some(truncate_from) = persist.truncate_from.as_mut() {
+            *truncate_from = (*truncate_from).max(last_index.next());
+        }
+        persist.snapshot = Some(snapshot.clone());
+        self.snapshot = Some(snapshot);
+    }
+
+    pub(super) fn start_snapshot_transfer(&mut self, to: NodeId) {
+        let last_index = self.log.snapshot_meta().last_index;
+        debug_assert!(self.snapshot.is_some(), "a compacted log has a snapshot");
+        if let Some(progress) = self.progress.get_mut(&to) {
+            progress.state = ReplicationState::Snapshot {
+                last_index,
+                next_offset: 0,
+                in_flight: false,
+            };
+            progress.in_flight.clear();
+        }
+        self.send_snapshot_chunk(to);
+    }
+
+    pub(super) fn send_snapshot_chunk(&mut self, to: NodeId) {
+        let Some(snapshot) = &self.snapshot else {
+            return;
+        };
+        let Some(progress) = self.progress.get_mut(&to) else {
+            return;
+        };
+        let ReplicationState::Snapshot {
+            last_index,
+            next_offset,
+            in_flight,
+        } = &mut progress.state
+        else {
+            return;
+        };
+        if *in_flight {
+            return;
+        }
+        if *last_index != snapshot.meta.last_index {
+            // A newer snapshot replaced the one being sent: start over with it.
+            *last_index = snapshot.meta.last_index;
+            *next_offset = 0;
+        }
+        let total_bytes = snapshot.data.len() as u64;
+        let start = (*next_offset).min(total_bytes) as usize;
+        let end = (start + self.config.snapshot_chunk_bytes).min(snapshot.data.len());
+        *in_flight = true;
+        let message = Message::InstallSnapshot {
+            term: self.term,
+            meta: snapshot.meta.clone(),
+            total_bytes,
+            offset: start as u64,
+            data: snapshot.data[start..end].to_vec(),
+            done: end == snapshot.data.len(),
+        };
+        self.metrics.snapshot_chunks_sent += 1;
+        self.send(to, message);
+    }
+
+    pub(super) fn handle_install_snapshot(
+        &mut self,
+        from: NodeId,
+        meta: SnapshotMeta,
+        total_bytes: u64,
+        offset: u64,
+        data: Vec<u8>,
+        done: bool,
+    ) {
+        let end = offset.checked_add(data.len() as u64);
+        let well_formed = meta.last_index > LogIndex::ZERO
+            && meta.last_term <= self.term
+            && total_bytes <= self.config.snapshot_bytes_max
+            && end.is_some_and(|end| end <= total_bytes && done == (end == total_bytes));
+        if !well_formed {
+            return self.reject();
+        }
+        if !self.accept_leader(from) {
+            return;
+        }
+        let term = self.term;
+        let last_index = meta.last_index;
+        if last_index <= self.commit_index {
+            // We already hold everything it contains.
+            self.incoming_snapshot = None;
+            let message = Message::InstallSnapshotResponse {
+                term,
+                last_index: self.commit_index,
+                next_offset: total_bytes,
+                installed: true,
+            };
+            return self.send(from, message);
+        }
+        if offset == 0 {
+            self.incoming_snapshot = Some(IncomingSnapshot {
+                meta: meta.clone(),
+                total_bytes,
+                data: Vec::new(),
+            });
+        }
+        let expected_offset = match &self.incoming_snapshot {
+            Some(incoming) if incoming.meta == meta && incoming.total_bytes == total_bytes => {
+                incoming.data.len() as u64
+            }
+            _ => 0,
+        };
+        if offset != expected_offset {
+            let message = Message::InstallSnapshotResponse {
+                term,
+                last_index,
+                next_offset: expected_offset,
+                installed: false,
+            };
+            return self.send(from, message);
+        }
+        let Some(incoming) = self.incoming_snapshot.as_mut() else {
+            return;
+        };
+        incoming.data.extend_from_slice(&data);
+        if !done {
+            let next_offset = incoming.data.len() as u64;
+            return self.send(
+                from,
+                Message::InstallSnapshotResponse {
+                    term,
+                    last_index,
+                    next_offset,
+                    installed: false,
+                },
+            );
+        }
+        let Some(incoming) = self.incoming_snapshot.take() else {
+            return;
+        };
+        let Ok(machine) = MachineState::decode(&incoming.data) else {
+            self.reject();
+            return self.send(
+                from,
+                Message::InstallSnapshotResponse {
+                    term,
+                    last_index,
+                    next_offset: 0,
+                    installed: false,
+                },
+            );
+        };
+        self.install_snapshot(
+            Snapshot {
+                meta: incoming.meta,
+                data: incoming.data,
+            },
+            machine,
+        );
+        self.send(
+            from,
+            Message::InstallSnapshotResponse {
+                term,
+                last_index,
+                next_offset: total_bytes,
+                installed: true,
+            },
+        );
+    }
+
+    fn install_snapshot(&mut self, snapshot: Snapshot, machine: MachineState) {
+        let meta = snapshot.meta.clone();
+        let kept_suffix = self.log.compact_to(meta.clone());
+        self.set_persist_snapshot(snapshot);
+        if !kept_suffix {
+            let persist = &mut self.ready.persist;
+            persist.entries.clear();
+            persist.truncate_from = Some(meta.last_index.next());
+        }
+        self.machine = machine;
+        self.log_time_max = self.log_time_max.max(self.machine.log_time);
+        self.commit_index = meta.last_index;
+        self.last_applied = meta.last_index;
+        self.metrics.snapshots_installed += 1;
+    }
+
+    pub(super) fn handle_install_snapshot_response(
+        &mut self,
+        from: NodeId,
+        last_index: LogIndex,
+        next_offset: u64,
+        installed: bool,
+    ) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let log_last_index = self.log.last_index();
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return;
+        };
+        progress.recently_active = true;
+        if installed {
+            if last_index > log_last_index {
+                return self.reject();
+            }
+            progress.acknowledge(last_index);
+            if matches!(progress.state, ReplicationState::Snapshot { .. }) {
+                progress.next_index = progress.match_index.next();
+                progress.become_probe();
+            }
+            self.maybe_commit();
+            return self.send_append_entries(from);
+        }
+        if let ReplicationState::Snapshot {
+            last_index: sending,
+            next_offset: offset,
+            in_flight,
+        } = &mut progress.state
+        {
+            if *sending == last_index {
+                *offset = next_offset;
+                *in_flight = false;
+                self.send_snapshot_chunk(from);
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! What a replica asks its shell to do, and the one rule on the order of doing it.
+//!
+//! The rule: **the `Persist` of a [`Ready`] is durable before any of its messages leave.**
+//! A vote, an acknowledgement of entries, or an answer to a client all speak for state
+//! that must survive a crash; sending one before its state is on disk is how a replica
+//! votes twice in a term or a leader counts an entry that a crash then loses. Replies and
+//! deliveries follow the messages; they only speak for committed state.
+//!
+//! Both shells obey it through [`drive`]: the simulator and the node implement [`Shell`]
+//! and never take a `Ready` apart themselves.
+
+use crate::app::{AppError, CommandOutput, Delivery, QueryOutput};
+use crate::consensus::message::Envelope;
+use crate::entry::Persist;
+use crate::types::{NodeId, RequestId};
+use serde::{Deserialize, Serialize};
+
+/// The outputs of one or more inputs, in the order they must be performed.
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub persist: Persist,
+    /// Leave only once `persist` is durable.
+    pub messages: Vec<Envelope>,
+    pub replies: Vec<Reply>,
+    pub deliveries: Vec<Delivery>,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_empty()
+            && self.messages.is_empty()
+            && self.replies.is_empty()
+            && self.deliveries.is_empty()
+    }
+}
+
+/// The answer to one client request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub request_id: RequestId,
+    pub outcome: Result<Response, ClientError>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Command(CommandOutput),
+    Query(QueryOutput),
+}
+
+/// Why a client request was not (or not certainly) carried out.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ClientError {
+    /// The chat operation itself was refused; retrying will not help.
+    #[error(transparent)]
+    App(#[from] AppError),
+    /// This replica is not the leader, or stopped being it before the request committed.
+    /// The request may or may not take effect; retry with the same session sequence
+    /// number (at the hinted leader) and it takes effect at most once.
+    #[error("not the leader{}", match .leader_hint { Some(id) => format!("; try {id}"), None => String::new() })]
+    NotLeader { leader_hint: Option<NodeId> },
+    /// Too many requests are waiting; back off and retry.
+    #[error("busy: {pending} requests pending")]
+    Busy { pending: usize },
+    /// The session expired or was evicted; start a new session.
+    #[error("client session expired; start a new session")]
+    SessionExpired,
+    /// A request older than the session's last one; its answer is gone.
+    #[error("request {seq} is older than the session's last request {last_seq}")]
+    StaleRequest { seq: u64, last_seq: u64 },
+}
+
+/// How a shell performs a [`Ready`]. `persist` returns only once the write is durable
+/// (synced); if it cannot be made durable the shell must stop the replica (fail-stop),
+/// because the replica already counts on it.
+pub trait Shell {
+    type Error;
+    fn persist(&mut self, persist: &Persist) -> Result<(), Self::Error>;
+    fn send(&mut self, envelope: Envelope);
+    fn reply(&mut self, reply: Reply);
+    fn deliver(&mut self, delivery: Delivery);
+}
+
+/// Performs one `Ready` in the only allowed order: persist (durably), then messages, then
+/// replies and deliveries.
+pub fn perform<S: Shell>(ready: Ready, shell: &mut S) -> Result<(), S::Error> {
+    if !ready.persist.is_empty() {
+        shell.persist(&ready.persist)?;
+    }
+    for envelope in ready.messages {
+        shell.send(envelope);
+    }
+    for reply in ready.replies {
+        shell.reply(reply);
+    }
+    for delivery in ready.deliveries {
+        shell.deliver(delivery);
+    }
+    Ok(())
+}
+
+/// Drains every output of `replica` through `shell`. Call after each input.
+pub fn drive<S: Shell>(replica: &mut crate::Replica, shell: &mut S) -> Result<(), S::Error> {
+    while let Some(ready) = replica.poll_ready() {
+        perform(ready, shell)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+use crate::harness::*;
+use chat_core::{NodeId, Role};
+
+#[test]
+fn five_nodes_elect_exactly_one_leader_and_replicate() {
+    let mut cluster = Cluster::new(5);
+    let leader = cluster.wait_for_leader();
+    cluster.run_for(ms(1_000));
+    let leaders: Vec<NodeId> = cluster
+        .replicas
+        .values()
+        .filter(|r| r.role() == Role::Leader)
+        .map(|r| r.id())
+        .collect();
+    assert_eq!(leaders, vec![leader], "exactly one leader");
+    for replica in cluster.replicas.values() {
+        assert_eq!(
+            replica.leader_id(),
+            Some(leader),
+            "{} follows the leader",
+            replica.id()
+        );
+        assert_eq!(replica.term(), cluster.replicas[&leader].term());
+    }
+    let alice = match cluster.write_ok(1, 1, create("alice")) {
+        chat_core::app::CommandOutput::AccountCreated { generation, .. } => {
+            auth("alice", generation)
+        }
+        other => panic!("{other:?}"),
+    };
+    cluster.write_ok(2, 1, create("bob"));
+    for seq in 2..=20 {
+        cluster.write_ok(1, seq, send(&alice, "bob", &format!("hello {seq}")));
+    }
+    cluster.run_for(ms(500));
+    let commit = cluster.replicas[&leader].commit_index();
+    assert!(
+        commit.0 >= 22,
+        "21 writes and a no-op committed, got {commit}"
+    );
+    for replica in cluster.replicas.values() {
+        assert_eq!(replica.commit_index(), commit);
+        for index in 1..=commit.0 {
+            let index = chat_core::LogIndex(index);
+            assert_eq!(
+                replica.log_entry(index),
+                cluster.replicas[&leader].log_entry(index)
+            );
+        }
+    }
+    cluster.assert_converged();
+}
+
+#[test]
+fn isolated_leader_is_replaced_and_its_uncommitted_entries_are_overwritten() {
+    let mut cluster = Cluster::new(5);
+    let old = cluster.wait_for_leader();
+    cluster.write_ok(1, 1, create("alice"));
+    let old_term = cluster.replicas[&old].term();
+    cluster.isolate(old.0);
+    // Accepted by the isolated leader, never committable.
+    let lost = cluster.write(old, 2, 1, create("carol"));
+    let lost_index = cluster.replicas[&old].last_log_index();
+    let new = {
+        assert!(cluster.run_until(ms(5_000), |c| c.leader().is_some_and(|l| l != old)));
+        cluster.leader().unwrap()
+    };
+    assert!(cluster.replicas[&new].term() > old_term);
+    // Check-quorum: the old leader noticed it lost its quorum and stepped down.
+    cluster.run_for(ms(1_000));
+    assert_ne!(cluster.replicas[&old].role(), Role::Leader);
+    assert!(matches!(
+        cluster.replies.get(&lost),
+        Some(Err(chat_core::ClientError::NotLeader { .. }))
+    ));
+    cluster.write_ok(3, 1, create("dave"));
+    cluster.heal();
+    cluster.run_for(ms(1_000));
+    let new_entry = cluster.replicas[&new].log_entry(lost_index).cloned();
+    assert_eq!(
+        cluster.replicas[&old].log_entry(lost_index).cloned(),
+        new_entry,
+        "suffix replaced on heal"
+    );
+    assert_eq!(cluster.leader(), Some(new));
+    cluster.assert_converged();
+    let names = list_all(&mut cluster);
+    assert_eq!(
+        names,
+        vec!["alice".to_string(), "dave".to_string()],
+        "carol was never committed"
+    );
+}
+
+#[test]
+fn pre_vote_keeps_an_isolated_follower_from_raising_its_term() {
+    let mut cluster = Cluster::new(5);
+    let leader = cluster.wait_for_leader();
+    let follower = NodeId(if leader.0 == 5 { 4 } else { 5 });
+    let term = cluster.replicas[&leader].term();
+    cluster.isolate(follower.0);
+    cluster.run_for(ms(5_000));
+    assert_eq!(
+        cluster.replicas[&follower].term(),
+        term,
+        "pre-vote failed, so no term was raised"
+    );
+    assert!(cluster.replicas[&follower].metrics().elections_started == 0);
+    cluster.heal();
+    cluster.run_for(ms(2_000));
+    assert_eq!(
+        cluster.leader(),
+        Some(leader),
+        "rejoining did not disturb the leader"
+    );
+    assert_eq!(cluster.replicas[&leader].term(), term);
+    assert_eq!(cluster.replicas[&follower].leader_id(), Some(leader));
+}
+
+pub fn list_all(cluster: &mut Cluster) -> Vec<String> {
+    let leader = cluster.wait_for_leader();
+    let query = chat_core::app::Query::ListAccounts {
+        pattern: "*".into(),
+        page: 0,
+    };
+    let id = cluster.read(leader, query, chat_core::ReadConsistency::Linearizable);
+    match cluster.outcome(id) {
+        Ok(chat_core::Response::Query(chat_core::app::QueryOutput::Accounts { names, .. })) => {
+            names
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,11 @@
+//! Scenario tests of the core, through the in-memory cluster harness.
+
+mod chaos;
+mod election;
+mod figure8;
+mod harness;
+mod reads;
+mod robustness;
+mod sessions;
+mod snapshots;
+mod trace;
