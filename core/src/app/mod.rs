@@ -10,6 +10,16 @@
 use crate::types::{LogIndex, Time};
 use serde::{Deserialize, Serialize};
 
+mod commands;
+mod glob;
+mod queries;
+mod state;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+pub use state::ChatState;
+
 /// Bounds on everything that grows from input.
 pub mod limits {
     pub const USERNAME_BYTES_MIN: usize = 1;
