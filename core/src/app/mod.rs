@@ -209,5 +209,3 @@ pub struct ApplyContext {
     pub index: LogIndex,
     pub timestamp: Time,
 }
-mod stub_tmp;
-pub use stub_tmp::ChatState;

@@ -119,15 +119,26 @@ fn pre_vote_keeps_an_isolated_follower_from_raising_its_term() {
 
 pub fn list_all(cluster: &mut Cluster) -> Vec<String> {
     let leader = cluster.wait_for_leader();
-    let query = chat_core::app::Query::ListAccounts {
-        pattern: "*".into(),
-        page: 0,
-    };
-    let id = cluster.read(leader, query, chat_core::ReadConsistency::Linearizable);
-    match cluster.outcome(id) {
-        Ok(chat_core::Response::Query(chat_core::app::QueryOutput::Accounts { names, .. })) => {
-            names
+    let mut all = Vec::new();
+    for page in 0.. {
+        let query = chat_core::app::Query::ListAccounts {
+            pattern: "*".into(),
+            page,
+        };
+        let id = cluster.read(leader, query, chat_core::ReadConsistency::Linearizable);
+        match cluster.outcome(id) {
+            Ok(chat_core::Response::Query(chat_core::app::QueryOutput::Accounts {
+                names,
+                has_more,
+                ..
+            })) => {
+                all.extend(names);
+                if !has_more {
+                    return all;
+                }
+            }
+            other => panic!("{other:?}"),
         }
-        other => panic!("{other:?}"),
     }
+    unreachable!("pages are finite")
 }
