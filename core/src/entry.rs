@@ -51,6 +51,14 @@ pub struct Entry {
 impl Entry {
     /// An upper-bound estimate of the encoded size, used to bound batches without
     /// encoding them twice.
+    /// A stable 64-bit digest of the whole entry, for checkers comparing logs.
+    pub fn digest(&self) -> u64 {
+        // Encoding plain data into a Vec cannot fail.
+        let bytes = bincode::serde::encode_to_vec(self, bincode::config::standard())
+            .expect("in-memory encoding cannot fail");
+        crate::machine::fnv1a64(&bytes)
+    }
+
     pub fn size_bytes_estimate(&self) -> usize {
         const ENTRY_OVERHEAD_BYTES: usize = 64;
         ENTRY_OVERHEAD_BYTES

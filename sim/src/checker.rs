@@ -1,0 +1,203 @@
+//! Checkers: safety after every step (from outside the replicas, across all of them),
+//! and the client history against the final state at the end. Each is fed plain
+//! observations so that its tests can hand it a broken state or history.
+
+use crate::history::{History, OpKind};
+use chat_core::app::{CommandOutput, MessageId, MessageView, QueryOutput};
+use chat_core::{ClientError, LogIndex, NodeId, Replica, Response, Role, Term};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// A short, stable name of the property that broke.
+    pub check: &'static str,
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.check, self.detail)
+    }
+}
+
+fn violation(check: &'static str, detail: String) -> Result<(), Violation> {
+    Err(Violation { check, detail })
+}
+
+/// Election safety and log safety, checked after every event.
+#[derive(Clone, Debug, Default)]
+pub struct SafetyChecker {
+    leader_of_term: BTreeMap<Term, NodeId>,
+    /// Digest of the committed entry at each index, as first seen committed anywhere.
+    committed: BTreeMap<LogIndex, (Term, u64)>,
+    /// Per node, the highest index whose committed entry was compared.
+    checked_through: BTreeMap<NodeId, LogIndex>,
+}
+
+impl SafetyChecker {
+    pub fn observe_leader(&mut self, node: NodeId, term: Term) -> Result<(), Violation> {
+        let leader = *self.leader_of_term.entry(term).or_insert(node);
+        if leader != node {
+            return violation("election-safety", format!("{leader} and {node} both lead term {term}"));
+        }
+        Ok(())
+    }
+
+    /// A node holds `digest` as the committed entry at `index`.
+    pub fn observe_committed(&mut self, node: NodeId, index: LogIndex, term: Term, digest: u64) -> Result<(), Violation> {
+        let (first_term, first_digest) = *self.committed.entry(index).or_insert((term, digest));
+        if (first_term, first_digest) != (term, digest) {
+            return violation(
+                "log-safety",
+                format!(
+                    "{node} holds a different committed entry at index {index} (term {term}, digest {digest:016x}) than was committed before (term {first_term}, digest {first_digest:016x})"
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Observes a replica after an event: its role, and any newly committed entries.
+    pub fn observe_replica(&mut self, replica: &Replica) -> Result<(), Violation> {
+        let node = replica.id();
+        if replica.role() == Role::Leader {
+            self.observe_leader(node, replica.term())?;
+        }
+        let from = self.checked_through.get(&node).copied().unwrap_or(LogIndex::ZERO).next();
+        let commit = replica.commit_index();
+        for index in from.0..=commit.0 {
+            if let Some(entry) = replica.log_entry(LogIndex(index)) {
+                self.observe_committed(node, entry.index, entry.term, entry.digest())?;
+            }
+        }
+        if commit >= from {
+            self.checked_through.insert(node, commit);
+        }
+        Ok(())
+    }
+
+    /// A restarted node re-learns its commit index; compare its entries again.
+    pub fn node_restarted(&mut self, node: NodeId) {
+        self.checked_through.remove(&node);
+    }
+}
+
+/// The final state as the history checker needs it: each account's inbox.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FinalState {
+    pub inboxes: BTreeMap<String, Vec<MessageView>>,
+}
+
+/// Checks the client history against the final state:
+/// - each acknowledged send is in the recipient's inbox exactly once, unless they deleted it;
+/// - no message is there twice (a retry applied twice), no account created twice;
+/// - no message is returned as unread by two reads;
+/// - a linearizable read sees every write acknowledged before it began.
+pub fn check_history(history: &History, state: &FinalState) -> Result<(), Violation> {
+    let mut deleted: BTreeMap<&str, BTreeSet<MessageId>> = BTreeMap::new();
+    for op in &history.ops {
+        if let (OpKind::Delete { user, ids }, Some(Ok(_))) = (&op.kind, &op.outcome) {
+            deleted.entry(user).or_default().extend(ids.iter().copied());
+        }
+        if let (OpKind::CreateAccount { user }, Some(Err(ClientError::App(chat_core::app::AppError::UserExists(_))))) =
+            (&op.kind, &op.outcome)
+        {
+            return violation("exactly-once", format!("client {} saw its own account {user} created twice", op.client));
+        }
+    }
+    let mut bodies_seen: BTreeMap<&str, (&str, MessageId)> = BTreeMap::new();
+    for (user, inbox) in &state.inboxes {
+        for message in inbox {
+            if let Some((other_user, other_id)) = bodies_seen.insert(&message.body, (user, message.id)) {
+                return violation(
+                    "exactly-once",
+                    format!("message body {:?} is stored twice: {other_user}#{} and {user}#{}", message.body, other_id.0, message.id.0),
+                );
+            }
+        }
+    }
+    for op in &history.ops {
+        let (OpKind::Send { to, body, .. }, Some(Ok(Response::Command(CommandOutput::Sent { id, .. })))) =
+            (&op.kind, &op.outcome)
+        else {
+            continue;
+        };
+        let Some(inbox) = state.inboxes.get(to) else { continue };
+        if deleted.get(to.as_str()).is_some_and(|ids| ids.contains(id)) {
+            continue;
+        }
+        match inbox.iter().find(|m| m.id == *id) {
+            Some(message) if message.body == *body => {}
+            Some(message) => {
+                return violation("durability", format!("message {to}#{} holds {:?}, acknowledged as {body:?}", id.0, message.body))
+            }
+            None => return violation("durability", format!("acknowledged send {to}#{} ({body:?}) is lost", id.0)),
+        }
+    }
+    check_reads(history)?;
+    check_linearizable_lists(history)
+}
+
+fn check_reads(history: &History) -> Result<(), Violation> {
+    // Reads of one user come from one client, one at a time, in history order.
+    let mut read_ids: BTreeMap<&str, BTreeMap<MessageId, usize>> = BTreeMap::new();
+    let mut unknown_read_seen: BTreeSet<&str> = BTreeSet::new();
+    for (n, op) in history.ops.iter().enumerate() {
+        let OpKind::Read { user, limit } = &op.kind else { continue };
+        let Some(outcome) = &op.outcome else {
+            unknown_read_seen.insert(user);
+            continue;
+        };
+        let Ok(Response::Command(CommandOutput::Messages(messages))) = outcome else { continue };
+        let seen = read_ids.entry(user).or_default();
+        for message in messages {
+            if let Some(first) = seen.insert(message.id, n) {
+                return violation(
+                    "exactly-once",
+                    format!("message {user}#{} was returned unread by two reads (ops {first} and {n})", message.id.0),
+                );
+            }
+        }
+        if messages.len() as u32 >= *limit || unknown_read_seen.contains(user.as_str()) {
+            continue;
+        }
+        for send in &history.ops {
+            let (OpKind::Send { to, body, .. }, Some(Ok(Response::Command(CommandOutput::Sent { id, .. }))), Some(acked)) =
+                (&send.kind, &send.outcome, send.complete_us)
+            else {
+                continue;
+            };
+            if to == user && acked < op.invoke_us && !seen.contains_key(id) {
+                return violation(
+                    "linearizability",
+                    format!("read op {n} by {user} began after send {to}#{} ({body:?}) was acknowledged but did not see it", id.0),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_linearizable_lists(history: &History) -> Result<(), Violation> {
+    for (n, op) in history.ops.iter().enumerate() {
+        let (OpKind::List { stale: false }, Some(Ok(Response::Query(QueryOutput::Accounts { names, has_more: false, .. })))) =
+            (&op.kind, &op.outcome)
+        else {
+            continue;
+        };
+        for create in &history.ops {
+            let (OpKind::CreateAccount { user }, Some(Ok(_)), Some(acked)) = (&create.kind, &create.outcome, create.complete_us)
+            else {
+                continue;
+            };
+            if acked < op.invoke_us && !names.contains(user) {
+                return violation(
+                    "linearizability",
+                    format!("linearizable list op {n} began after account {user} was acknowledged but did not see it"),
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! The kinds of fault the simulator injects, and `--faults` parsing.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// Crash a node (volatile state gone) and restart it after a delay.
+    Crash,
+    /// Crash a node in the middle of a durable write: unsynced writes lost, kept or torn.
+    TornWrite,
+    /// Crash a node again while it recovers from its disk.
+    RecoveryCrash,
+    /// Corrupt a durable byte on a crashed node's disk (a minority only); recovery must
+    /// detect it and refuse to start.
+    Corruption,
+    Drop,
+    Duplicate,
+    /// Long and variable delays, which also reorder messages.
+    Delay,
+    /// Partitions: two halves, one node isolated, one-way links, and flapping.
+    Partition,
+    /// Node clocks run fast or slow.
+    ClockDrift,
+    /// A node stops processing for a while (a GC pause, a stalled VM).
+    Pause,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 10] = [
+        FaultKind::Crash,
+        FaultKind::TornWrite,
+        FaultKind::RecoveryCrash,
+        FaultKind::Corruption,
+        FaultKind::Drop,
+        FaultKind::Duplicate,
+        FaultKind::Delay,
+        FaultKind::Partition,
+        FaultKind::ClockDrift,
+        FaultKind::Pause,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Crash => "crash",
+            FaultKind::TornWrite => "torn-write",
+            FaultKind::RecoveryCrash => "recovery-crash",
+            FaultKind::Corruption => "corruption",
+            FaultKind::Drop => "drop",
+            FaultKind::Duplicate => "duplicate",
+            FaultKind::Delay => "delay",
+            FaultKind::Partition => "partition",
+            FaultKind::ClockDrift => "clock-drift",
+            FaultKind::Pause => "pause",
+        }
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A set of fault kinds, as given by `--faults all|none|crash,drop,...`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultSet(pub BTreeSet<FaultKind>);
+
+impl FaultSet {
+    pub fn all() -> FaultSet {
+        FaultSet(FaultKind::ALL.into_iter().collect())
+    }
+
+    pub fn contains(&self, kind: FaultKind) -> bool {
+        self.0.contains(&kind)
+    }
+}
+
+impl FromStr for FaultSet {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<FaultSet, String> {
+        match text.trim() {
+            "all" => return Ok(FaultSet::all()),
+            "none" | "" => return Ok(FaultSet::default()),
+            _ => {}
+        }
+        let mut set = BTreeSet::new();
+        for word in text.split(',').map(str::trim) {
+            let kind = FaultKind::ALL.into_iter().find(|k| k.name() == word).ok_or_else(|| {
+                let names: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown fault {word:?}; expected all, none, or a comma-separated list of: {}", names.join(", "))
+            })?;
+            set.insert(kind);
+        }
+        Ok(FaultSet(set))
+    }
+}
+
+impl fmt::Display for FaultSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == FaultSet::all() {
+            return f.write_str("all");
+        }
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        let names: Vec<&str> = self.0.iter().map(|k| k.name()).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_lists_and_round_trips() {
+        assert_eq!("all".parse::<FaultSet>().unwrap(), FaultSet::all());
+        assert!("none".parse::<FaultSet>().unwrap().0.is_empty());
+        let set: FaultSet = "crash, drop".parse().unwrap();
+        assert_eq!(set.0.len(), 2);
+        assert_eq!(set.to_string().parse::<FaultSet>().unwrap(), set);
+        assert!("crash,bogus".parse::<FaultSet>().unwrap_err().contains("bogus"));
+    }
+}
