@@ -1,3 +1,4 @@
 pub mod app;
 pub mod entry;
+pub mod storage;
 pub mod types;
