@@ -8,7 +8,7 @@ use super::{
 use crate::entry::{HardState, Persist};
 use crate::storage::record::{read_record, RecordRead, HEADER_BYTES};
 use crate::storage::{
-    parse_segment_file_name, CorruptReason, Disk, LogStore, Recovered, StorageError,
+    parse_segment_file_name, CorruptReason, Disk, DiskError, LogStore, Recovered, StorageError,
     ENTRY_BYTES_MAX, HARD_STATE_FILE, HARD_STATE_TMP_FILE, SNAPSHOT_FILE, SNAPSHOT_TMP_FILE,
 };
 use crate::types::{LogIndex, NodeId, Term};
@@ -20,6 +20,7 @@ use rand_chacha::ChaCha8Rng;
 macro_rules! storage_suite_tests {
     ($harness:expr) => {
         $crate::storage_suite_tests!(@cases $harness;
+            disk_obeys_the_trait_contract,
             fresh_disk_recovers_empty,
             random_scripts_survive_restarts,
             rollover_and_suffix_truncation_across_segments,
@@ -113,6 +114,51 @@ fn expect_corrupt(
             recovered.entries.len()
         ),
     }
+}
+
+/// The semantics storage relies on, checked on the disk itself.
+pub fn disk_obeys_the_trait_contract<D: Disk>(h: &mut Harness<D>) {
+    let mut disk = h.fresh_disk();
+    assert_eq!(disk.list().expect("list"), Vec::<String>::new());
+    assert!(matches!(disk.len("a"), Err(DiskError::NotFound { .. })));
+    assert!(matches!(
+        disk.write_at("a", 0, b"x"),
+        Err(DiskError::NotFound { .. })
+    ));
+    assert!(matches!(
+        disk.create("a/b"),
+        Err(DiskError::InvalidName { .. })
+    ));
+
+    disk.create("b").expect("create");
+    disk.create("a").expect("create");
+    assert_eq!(disk.list().expect("list"), vec!["a", "b"]);
+    disk.write_at("a", 0, b"hello").expect("write");
+    disk.write_at("a", 8, b"!").expect("write past the end");
+    assert_eq!(disk.read_all("a").expect("read"), b"hello\0\0\0!");
+    let mut buf = [0; 3];
+    disk.read_at("a", 1, &mut buf).expect("read_at");
+    assert_eq!(&buf, b"ell");
+    assert!(matches!(
+        disk.read_at("a", 7, &mut buf),
+        Err(DiskError::OutOfBounds { .. })
+    ));
+    disk.truncate("a", 4).expect("truncate");
+    assert_eq!(disk.len("a").expect("len"), 4);
+    disk.sync("a").expect("sync");
+
+    disk.write_at("b", 0, b"bee").expect("write");
+    disk.rename("a", "b").expect("rename replaces");
+    assert_eq!(disk.list().expect("list"), vec!["b"]);
+    assert_eq!(disk.read_all("b").expect("read"), b"hell");
+    disk.write_at("b", 4, b"o").expect("write after rename");
+    disk.sync("b").expect("sync after rename");
+    disk.create("b").expect("create empties");
+    assert_eq!(disk.len("b").expect("len"), 0);
+    disk.remove("b").expect("remove");
+    assert!(matches!(disk.remove("b"), Err(DiskError::NotFound { .. })));
+    disk.sync_dir().expect("sync_dir");
+    assert_eq!(disk.list().expect("list"), Vec::<String>::new());
 }
 
 pub fn fresh_disk_recovers_empty<D: Disk>(h: &mut Harness<D>) {
@@ -431,7 +477,7 @@ pub fn random_corruption_is_detected<D: Disk>(h: &mut Harness<D>) {
         }
     }
     // The cases must exercise both outcomes, or the test proves little.
-    if h.corruption_cases >= 100 {
+    if h.corruption_cases >= 400 {
         assert!(detected > h.corruption_cases / 2, "{detected} detected");
         assert!(cut > 0, "no case cut a damaged last record");
     }

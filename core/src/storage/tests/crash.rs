@@ -82,8 +82,10 @@ impl Allowed<'_> {
         }
 
         // Every synced entry is there, unless the in-flight persist disowned it or the
-        // recovered snapshot covers it.
+        // recovered snapshot covers it. Entries the new snapshot covers are committed, so
+        // a truncation never disowns them: they stay until that snapshot is durable.
         let truncate_from = self.in_flight.and_then(|(p, _)| p.truncate_from);
+        let target_snapshot_last = target.snapshot.as_ref().map_or(0, |s| s.meta.last_index.0);
         let present = |index: u64| {
             recovered
                 .entries
@@ -91,7 +93,8 @@ impl Allowed<'_> {
                 .is_some()
         };
         for &index in synced.entries.keys() {
-            let disowned = truncate_from.is_some_and(|from| index >= from.0);
+            let disowned =
+                truncate_from.is_some_and(|from| index >= from.0) && index > target_snapshot_last;
             if index > snapshot_last && !disowned {
                 assert!(present(index), "{context}: synced entry {index} lost");
             }
