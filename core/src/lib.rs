@@ -20,10 +20,11 @@ pub mod effects;
 pub mod entry;
 pub mod machine;
 pub mod session;
+pub mod storage;
 pub mod types;
 
 pub use consensus::message::{Envelope, Message};
-pub use consensus::Recovered;
 pub use consensus::{ClientRequest, Config, Metrics, ReadConsistency, Replica, ReplicaError, Role};
 pub use effects::{drive, perform, ClientError, Ready, Reply, Response, Shell};
+pub use storage::Recovered;
 pub use types::{ClientId, LogIndex, NodeId, RequestId, Term, Time};

@@ -39,13 +39,22 @@ impl SafetyChecker {
     pub fn observe_leader(&mut self, node: NodeId, term: Term) -> Result<(), Violation> {
         let leader = *self.leader_of_term.entry(term).or_insert(node);
         if leader != node {
-            return violation("election-safety", format!("{leader} and {node} both lead term {term}"));
+            return violation(
+                "election-safety",
+                format!("{leader} and {node} both lead term {term}"),
+            );
         }
         Ok(())
     }
 
     /// A node holds `digest` as the committed entry at `index`.
-    pub fn observe_committed(&mut self, node: NodeId, index: LogIndex, term: Term, digest: u64) -> Result<(), Violation> {
+    pub fn observe_committed(
+        &mut self,
+        node: NodeId,
+        index: LogIndex,
+        term: Term,
+        digest: u64,
+    ) -> Result<(), Violation> {
         let (first_term, first_digest) = *self.committed.entry(index).or_insert((term, digest));
         if (first_term, first_digest) != (term, digest) {
             return violation(
@@ -64,7 +73,12 @@ impl SafetyChecker {
         if replica.role() == Role::Leader {
             self.observe_leader(node, replica.term())?;
         }
-        let from = self.checked_through.get(&node).copied().unwrap_or(LogIndex::ZERO).next();
+        let from = self
+            .checked_through
+            .get(&node)
+            .copied()
+            .unwrap_or(LogIndex::ZERO)
+            .next();
         let commit = replica.commit_index();
         for index in from.0..=commit.0 {
             if let Some(entry) = replica.log_entry(LogIndex(index)) {
@@ -97,42 +111,75 @@ pub struct FinalState {
 pub fn check_history(history: &History, state: &FinalState) -> Result<(), Violation> {
     let mut deleted: BTreeMap<&str, BTreeSet<MessageId>> = BTreeMap::new();
     for op in &history.ops {
-        if let (OpKind::Delete { user, ids }, Some(Ok(_))) = (&op.kind, &op.outcome) {
+        // A delete whose outcome is unknown may have been applied.
+        if let (
+            OpKind::Delete { user, ids },
+            Some(Ok(_)) | None | Some(Err(ClientError::SessionExpired)),
+        ) = (&op.kind, &op.outcome)
+        {
             deleted.entry(user).or_default().extend(ids.iter().copied());
         }
-        if let (OpKind::CreateAccount { user }, Some(Err(ClientError::App(chat_core::app::AppError::UserExists(_))))) =
-            (&op.kind, &op.outcome)
+        if let (
+            OpKind::CreateAccount { user },
+            Some(Err(ClientError::App(chat_core::app::AppError::UserExists(_)))),
+        ) = (&op.kind, &op.outcome)
         {
-            return violation("exactly-once", format!("client {} saw its own account {user} created twice", op.client));
+            return violation(
+                "exactly-once",
+                format!(
+                    "client {} saw its own account {user} created twice",
+                    op.client
+                ),
+            );
         }
     }
     let mut bodies_seen: BTreeMap<&str, (&str, MessageId)> = BTreeMap::new();
     for (user, inbox) in &state.inboxes {
         for message in inbox {
-            if let Some((other_user, other_id)) = bodies_seen.insert(&message.body, (user, message.id)) {
+            if let Some((other_user, other_id)) =
+                bodies_seen.insert(&message.body, (user, message.id))
+            {
                 return violation(
                     "exactly-once",
-                    format!("message body {:?} is stored twice: {other_user}#{} and {user}#{}", message.body, other_id.0, message.id.0),
+                    format!(
+                        "message body {:?} is stored twice: {other_user}#{} and {user}#{}",
+                        message.body, other_id.0, message.id.0
+                    ),
                 );
             }
         }
     }
     for op in &history.ops {
-        let (OpKind::Send { to, body, .. }, Some(Ok(Response::Command(CommandOutput::Sent { id, .. })))) =
-            (&op.kind, &op.outcome)
+        let (
+            OpKind::Send { to, body, .. },
+            Some(Ok(Response::Command(CommandOutput::Sent { id, .. }))),
+        ) = (&op.kind, &op.outcome)
         else {
             continue;
         };
-        let Some(inbox) = state.inboxes.get(to) else { continue };
+        let Some(inbox) = state.inboxes.get(to) else {
+            continue;
+        };
         if deleted.get(to.as_str()).is_some_and(|ids| ids.contains(id)) {
             continue;
         }
         match inbox.iter().find(|m| m.id == *id) {
             Some(message) if message.body == *body => {}
             Some(message) => {
-                return violation("durability", format!("message {to}#{} holds {:?}, acknowledged as {body:?}", id.0, message.body))
+                return violation(
+                    "durability",
+                    format!(
+                        "message {to}#{} holds {:?}, acknowledged as {body:?}",
+                        id.0, message.body
+                    ),
+                )
             }
-            None => return violation("durability", format!("acknowledged send {to}#{} ({body:?}) is lost", id.0)),
+            None => {
+                return violation(
+                    "durability",
+                    format!("acknowledged send {to}#{} ({body:?}) is lost", id.0),
+                )
+            }
         }
     }
     check_reads(history)?;
@@ -144,18 +191,30 @@ fn check_reads(history: &History) -> Result<(), Violation> {
     let mut read_ids: BTreeMap<&str, BTreeMap<MessageId, usize>> = BTreeMap::new();
     let mut unknown_read_seen: BTreeSet<&str> = BTreeSet::new();
     for (n, op) in history.ops.iter().enumerate() {
-        let OpKind::Read { user, limit } = &op.kind else { continue };
-        let Some(outcome) = &op.outcome else {
+        let OpKind::Read { user, limit } = &op.kind else {
+            continue;
+        };
+        let Some(outcome) = op
+            .outcome
+            .as_ref()
+            .filter(|o| **o != Err(ClientError::SessionExpired))
+        else {
+            // It may have marked messages read that nobody saw.
             unknown_read_seen.insert(user);
             continue;
         };
-        let Ok(Response::Command(CommandOutput::Messages(messages))) = outcome else { continue };
+        let Ok(Response::Command(CommandOutput::Messages(messages))) = outcome else {
+            continue;
+        };
         let seen = read_ids.entry(user).or_default();
         for message in messages {
             if let Some(first) = seen.insert(message.id, n) {
                 return violation(
                     "exactly-once",
-                    format!("message {user}#{} was returned unread by two reads (ops {first} and {n})", message.id.0),
+                    format!(
+                        "message {user}#{} was returned unread by two reads (ops {first} and {n})",
+                        message.id.0
+                    ),
                 );
             }
         }
@@ -163,8 +222,11 @@ fn check_reads(history: &History) -> Result<(), Violation> {
             continue;
         }
         for send in &history.ops {
-            let (OpKind::Send { to, body, .. }, Some(Ok(Response::Command(CommandOutput::Sent { id, .. }))), Some(acked)) =
-                (&send.kind, &send.outcome, send.complete_us)
+            let (
+                OpKind::Send { to, body, .. },
+                Some(Ok(Response::Command(CommandOutput::Sent { id, .. }))),
+                Some(acked),
+            ) = (&send.kind, &send.outcome, send.complete_us)
             else {
                 continue;
             };
@@ -181,13 +243,20 @@ fn check_reads(history: &History) -> Result<(), Violation> {
 
 fn check_linearizable_lists(history: &History) -> Result<(), Violation> {
     for (n, op) in history.ops.iter().enumerate() {
-        let (OpKind::List { stale: false }, Some(Ok(Response::Query(QueryOutput::Accounts { names, has_more: false, .. })))) =
-            (&op.kind, &op.outcome)
+        let (
+            OpKind::List { stale: false },
+            Some(Ok(Response::Query(QueryOutput::Accounts {
+                names,
+                has_more: false,
+                ..
+            }))),
+        ) = (&op.kind, &op.outcome)
         else {
             continue;
         };
         for create in &history.ops {
-            let (OpKind::CreateAccount { user }, Some(Ok(_)), Some(acked)) = (&create.kind, &create.outcome, create.complete_us)
+            let (OpKind::CreateAccount { user }, Some(Ok(_)), Some(acked)) =
+                (&create.kind, &create.outcome, create.complete_us)
             else {
                 continue;
             };

@@ -124,6 +124,9 @@ mod tests {
         let set: FaultSet = "crash, drop".parse().unwrap();
         assert_eq!(set.0.len(), 2);
         assert_eq!(set.to_string().parse::<FaultSet>().unwrap(), set);
-        assert!("crash,bogus".parse::<FaultSet>().unwrap_err().contains("bogus"));
+        assert!("crash,bogus"
+            .parse::<FaultSet>()
+            .unwrap_err()
+            .contains("bogus"));
     }
 }

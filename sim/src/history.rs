@@ -5,11 +5,25 @@ use chat_core::{ClientError, Response};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OpKind {
-    CreateAccount { user: String },
-    Send { from: String, to: String, body: String },
-    Read { user: String, limit: u32 },
-    Delete { user: String, ids: Vec<MessageId> },
-    List { stale: bool },
+    CreateAccount {
+        user: String,
+    },
+    Send {
+        from: String,
+        to: String,
+        body: String,
+    },
+    Read {
+        user: String,
+        limit: u32,
+    },
+    Delete {
+        user: String,
+        ids: Vec<MessageId>,
+    },
+    List {
+        stale: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,7 +44,14 @@ pub struct History {
 
 impl History {
     pub fn invoke(&mut self, client: usize, kind: OpKind, now_us: u64) -> usize {
-        self.ops.push(OpRecord { client, kind, invoke_us: now_us, complete_us: None, outcome: None, attempts: 0 });
+        self.ops.push(OpRecord {
+            client,
+            kind,
+            invoke_us: now_us,
+            complete_us: None,
+            outcome: None,
+            attempts: 0,
+        });
         self.ops.len() - 1
     }
 

@@ -14,6 +14,7 @@ pub mod history;
 pub mod network;
 pub mod node;
 pub mod rng;
+pub mod runner;
 pub mod scenario;
 pub mod trace;
 pub mod workload;

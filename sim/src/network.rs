@@ -17,7 +17,12 @@ pub struct Network {
 
 impl Network {
     pub fn new(params: NetworkParams, rng: ChaCha8Rng) -> Network {
-        Network { params, rng, partitions: BTreeMap::new(), blocked: BTreeSet::new() }
+        Network {
+            params,
+            rng,
+            partitions: BTreeMap::new(),
+            blocked: BTreeSet::new(),
+        }
     }
 
     /// The delays after which copies of one message arrive: none if it is lost, two if
@@ -27,7 +32,9 @@ impl Network {
         if params.drop_per_mille > 0 && self.rng.random_range(0..1000) < params.drop_per_mille {
             return Vec::new();
         }
-        let copies = if params.duplicate_per_mille > 0 && self.rng.random_range(0..1000) < params.duplicate_per_mille {
+        let copies = if params.duplicate_per_mille > 0
+            && self.rng.random_range(0..1000) < params.duplicate_per_mille
+        {
             2
         } else {
             1
@@ -38,7 +45,9 @@ impl Network {
     /// Latency of a message that is not lost (client links use this too).
     pub fn latency_us(&mut self) -> u64 {
         let params = &self.params;
-        let mut latency = self.rng.random_range(params.latency_us_min..=params.latency_us_max);
+        let mut latency = self
+            .rng
+            .random_range(params.latency_us_min..=params.latency_us_max);
         if params.delay_per_mille > 0 && self.rng.random_range(0..1000) < params.delay_per_mille {
             latency += self.rng.random_range(0..=params.delay_us_max);
         }

@@ -80,7 +80,10 @@ mod tests {
             for local in [0, 1, 999, 1_000_000, 123_456_789] {
                 let v = node.virtual_time(Time(local));
                 assert!(node.local_time(v) >= Time(local));
-                assert!(v.0 == 0 || node.local_time(Time(v.0 - 1)) < Time(local), "earliest");
+                assert!(
+                    v.0 == 0 || node.local_time(Time(v.0 - 1)) < Time(local),
+                    "earliest"
+                );
             }
         }
     }

@@ -48,19 +48,48 @@ pub struct FaultEvent {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FaultAction {
-    Crash { node: u64, down_us: u64 },
+    Crash {
+        node: u64,
+        down_us: u64,
+    },
     /// The node's disk fails after `ops_before_failure` more operations; the node crashes
     /// at that write (fail-stop) with its unsynced writes lost, kept or torn.
-    TornWriteCrash { node: u64, ops_before_failure: u64, down_us: u64 },
+    TornWriteCrash {
+        node: u64,
+        ops_before_failure: u64,
+        down_us: u64,
+    },
     /// Crash, then crash again during recovery after `ops_before_failure` disk operations.
-    RecoveryCrash { node: u64, ops_before_failure: u64, down_us: u64 },
+    RecoveryCrash {
+        node: u64,
+        ops_before_failure: u64,
+        down_us: u64,
+    },
     /// Crash, flip a durable byte (file and offset picked from the numbers), restart.
-    Corrupt { node: u64, file_pick: u64, offset_pick: u64, mask: u8, down_us: u64 },
+    Corrupt {
+        node: u64,
+        file_pick: u64,
+        offset_pick: u64,
+        mask: u8,
+        down_us: u64,
+    },
     /// Messages from `a` to `b` are dropped for each pair, until the partition heals.
-    Partition { label: String, blocked: Vec<(u64, u64)>, duration_us: u64 },
+    Partition {
+        label: String,
+        blocked: Vec<(u64, u64)>,
+        duration_us: u64,
+    },
     /// A partition that comes and goes `count` times.
-    Flap { label: String, blocked: Vec<(u64, u64)>, period_us: u64, count: u32 },
-    Pause { node: u64, duration_us: u64 },
+    Flap {
+        label: String,
+        blocked: Vec<(u64, u64)>,
+        period_us: u64,
+        count: u32,
+    },
+    Pause {
+        node: u64,
+        duration_us: u64,
+    },
 }
 
 impl FaultAction {
@@ -138,7 +167,15 @@ impl Scenario {
         let mut rng = stream(seed, Stream::Faults);
         // Swarm testing: each allowed fault kind is on for this seed with probability
         // one half, so that some seeds stress one kind without the noise of the others.
-        let enabled: FaultSet = FaultSet(options.faults.0.iter().copied().filter(|_| rng.random_bool(0.5)).collect());
+        let enabled: FaultSet = FaultSet(
+            options
+                .faults
+                .0
+                .iter()
+                .copied()
+                .filter(|_| rng.random_bool(0.5))
+                .collect(),
+        );
         let on = |kind| enabled.contains(kind);
         let mut network = NetworkParams::calm();
         if on(FaultKind::Drop) {
@@ -153,12 +190,21 @@ impl Scenario {
         }
         let nodes = options.nodes;
         let clock_drift_ppm = (0..nodes)
-            .map(|_| if on(FaultKind::ClockDrift) { rng.random_range(-50_000..=50_000) } else { 0 })
+            .map(|_| {
+                if on(FaultKind::ClockDrift) {
+                    rng.random_range(-50_000..=50_000)
+                } else {
+                    0
+                }
+            })
             .collect();
-        let fault_events = generate_fault_events(&mut rng, &enabled, nodes, options.chaos_duration_us);
+        let fault_events =
+            generate_fault_events(&mut rng, &enabled, nodes, options.chaos_duration_us);
         let mut workload = stream(seed, Stream::Workload);
         let clients = (0..options.clients)
-            .map(|_| generate_client_plan(&mut workload, options.clients, options.chaos_duration_us))
+            .map(|_| {
+                generate_client_plan(&mut workload, options.clients, options.chaos_duration_us)
+            })
             .collect();
         Scenario {
             seed,
@@ -178,15 +224,26 @@ impl Scenario {
     }
 }
 
-fn generate_fault_events(rng: &mut impl Rng, enabled: &FaultSet, nodes: u64, duration_us: u64) -> Vec<FaultEvent> {
+fn generate_fault_events(
+    rng: &mut impl Rng,
+    enabled: &FaultSet,
+    nodes: u64,
+    duration_us: u64,
+) -> Vec<FaultEvent> {
     let mut events = Vec::new();
     let at = |rng: &mut dyn rand::RngCore| rng.random_range(0..duration_us);
     let node = |rng: &mut dyn rand::RngCore| rng.random_range(1..=nodes);
     let down_us = |rng: &mut dyn rand::RngCore| rng.random_range(50_000..=3_000_000);
     if enabled.contains(FaultKind::Crash) {
         for _ in 0..rng.random_range(1..=8) {
-            let action = FaultAction::Crash { node: node(rng), down_us: down_us(rng) };
-            events.push(FaultEvent { at_us: at(rng), action });
+            let action = FaultAction::Crash {
+                node: node(rng),
+                down_us: down_us(rng),
+            };
+            events.push(FaultEvent {
+                at_us: at(rng),
+                action,
+            });
         }
     }
     if enabled.contains(FaultKind::TornWrite) {
@@ -196,7 +253,10 @@ fn generate_fault_events(rng: &mut impl Rng, enabled: &FaultSet, nodes: u64, dur
                 ops_before_failure: rng.random_range(0..8),
                 down_us: down_us(rng),
             };
-            events.push(FaultEvent { at_us: at(rng), action });
+            events.push(FaultEvent {
+                at_us: at(rng),
+                action,
+            });
         }
     }
     if enabled.contains(FaultKind::RecoveryCrash) {
@@ -206,7 +266,10 @@ fn generate_fault_events(rng: &mut impl Rng, enabled: &FaultSet, nodes: u64, dur
                 ops_before_failure: rng.random_range(0..4),
                 down_us: down_us(rng),
             };
-            events.push(FaultEvent { at_us: at(rng), action });
+            events.push(FaultEvent {
+                at_us: at(rng),
+                action,
+            });
         }
     }
     if enabled.contains(FaultKind::Corruption) {
@@ -225,7 +288,10 @@ fn generate_fault_events(rng: &mut impl Rng, enabled: &FaultSet, nodes: u64, dur
                 mask: rng.random_range(1..=255),
                 down_us: down_us(rng),
             };
-            events.push(FaultEvent { at_us: at(rng), action });
+            events.push(FaultEvent {
+                at_us: at(rng),
+                action,
+            });
         }
     }
     if enabled.contains(FaultKind::Partition) {
@@ -239,15 +305,28 @@ fn generate_fault_events(rng: &mut impl Rng, enabled: &FaultSet, nodes: u64, dur
                     count: rng.random_range(2..=10),
                 }
             } else {
-                FaultAction::Partition { label, blocked, duration_us: rng.random_range(100_000..=4_000_000) }
+                FaultAction::Partition {
+                    label,
+                    blocked,
+                    duration_us: rng.random_range(100_000..=4_000_000),
+                }
             };
-            events.push(FaultEvent { at_us: at(rng), action });
+            events.push(FaultEvent {
+                at_us: at(rng),
+                action,
+            });
         }
     }
     if enabled.contains(FaultKind::Pause) {
         for _ in 0..rng.random_range(1..=4) {
-            let action = FaultAction::Pause { node: node(rng), duration_us: rng.random_range(10_000..=2_000_000) };
-            events.push(FaultEvent { at_us: at(rng), action });
+            let action = FaultAction::Pause {
+                node: node(rng),
+                duration_us: rng.random_range(10_000..=2_000_000),
+            };
+            events.push(FaultEvent {
+                at_us: at(rng),
+                action,
+            });
         }
     }
     events.sort_by_key(|e| e.at_us);
@@ -281,7 +360,11 @@ fn random_partition(rng: &mut impl Rng, nodes: u64) -> (String, Vec<(u64, u64)>)
             let node = rng.random_range(1..=nodes);
             let outgoing = rng.random_bool(0.5);
             for other in (1..=nodes).filter(|&o| o != node) {
-                blocked.push(if outgoing { (node, other) } else { (other, node) });
+                blocked.push(if outgoing {
+                    (node, other)
+                } else {
+                    (other, node)
+                });
             }
             let direction = if outgoing { "outgoing" } else { "incoming" };
             (format!("one-way {direction} n{node}"), blocked)
@@ -297,10 +380,17 @@ fn generate_client_plan(rng: &mut impl Rng, clients: usize, duration_us: u64) ->
         let think_us = rng.random_range(0..=2 * mean_think_us);
         planned_us += think_us + 5_000;
         let op = match rng.random_range(0..100) {
-            0..=54 => OpPlan::Send { to: rng.random_range(0..clients), body_bytes: rng.random_range(1..=200) },
-            55..=79 => OpPlan::Read { limit: rng.random_range(1..=20) },
+            0..=54 => OpPlan::Send {
+                to: rng.random_range(0..clients),
+                body_bytes: rng.random_range(1..=200),
+            },
+            55..=79 => OpPlan::Read {
+                limit: rng.random_range(1..=20),
+            },
             80..=87 => OpPlan::DeleteRead,
-            _ => OpPlan::List { stale: rng.random_bool(0.3) },
+            _ => OpPlan::List {
+                stale: rng.random_bool(0.3),
+            },
         };
         ops.push(PlannedOp { think_us, op });
     }

@@ -29,10 +29,22 @@ struct ChromeTrace {
 
 impl Tracer {
     pub fn new(text: Option<Box<dyn Write>>, chrome: Option<Box<dyn Write>>) -> Tracer {
-        let chrome = chrome.map(|out| ChromeTrace { out, events_written: 0, open_roles: BTreeMap::new(), flow_next: 1 });
-        let mut tracer = Tracer { fingerprint: 0xcbf2_9ce4_8422_2325, text, chrome, error: None };
+        let chrome = chrome.map(|out| ChromeTrace {
+            out,
+            events_written: 0,
+            open_roles: BTreeMap::new(),
+            flow_next: 1,
+        });
+        let mut tracer = Tracer {
+            fingerprint: 0xcbf2_9ce4_8422_2325,
+            text,
+            chrome,
+            error: None,
+        };
         if let Some(chrome) = tracer.chrome.as_mut() {
-            let result = chrome.out.write_all(b"{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n");
+            let result = chrome
+                .out
+                .write_all(b"{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n");
             tracer.record_io(result);
         }
         tracer
@@ -81,7 +93,9 @@ impl Tracer {
 
     /// A node's role changed (or it crashed: `None`).
     pub fn role(&mut self, now: Time, node: NodeId, label: Option<String>) {
-        let Some(chrome) = self.chrome.as_mut() else { return };
+        let Some(chrome) = self.chrome.as_mut() else {
+            return;
+        };
         let previous = chrome.open_roles.remove(&node);
         if let Some((old_label, start)) = &previous {
             if Some(old_label) == label.as_ref() {
@@ -99,8 +113,18 @@ impl Tracer {
     }
 
     /// A message sent at `sent` and delivered at `now`, drawn as a flow between tracks.
-    pub fn message(&mut self, sent: Time, now: Time, from: NodeId, to: NodeId, name: &str, detail: &str) {
-        let Some(chrome) = self.chrome.as_mut() else { return };
+    pub fn message(
+        &mut self,
+        sent: Time,
+        now: Time,
+        from: NodeId,
+        to: NodeId,
+        name: &str,
+        detail: &str,
+    ) {
+        let Some(chrome) = self.chrome.as_mut() else {
+            return;
+        };
         let id = chrome.flow_next;
         chrome.flow_next += 1;
         let events = [
@@ -126,10 +150,19 @@ impl Tracer {
     }
 
     fn chrome_event(&mut self, event: Value) {
-        let Some(chrome) = self.chrome.as_mut() else { return };
-        let separator: &[u8] = if chrome.events_written == 0 { b"" } else { b",\n" };
+        let Some(chrome) = self.chrome.as_mut() else {
+            return;
+        };
+        let separator: &[u8] = if chrome.events_written == 0 {
+            b""
+        } else {
+            b",\n"
+        };
         chrome.events_written += 1;
-        let result = chrome.out.write_all(separator).and_then(|()| serde_json::to_writer(&mut chrome.out, &event).map_err(io::Error::from));
+        let result = chrome
+            .out
+            .write_all(separator)
+            .and_then(|()| serde_json::to_writer(&mut chrome.out, &event).map_err(io::Error::from));
         self.record_io(result);
     }
 
@@ -141,12 +174,19 @@ impl Tracer {
 
     /// Closes open spans and flushes; reports the first write error, if any.
     pub fn finish(mut self, now: Time) -> io::Result<u64> {
-        let open: Vec<NodeId> = self.chrome.as_ref().map(|c| c.open_roles.keys().copied().collect()).unwrap_or_default();
+        let open: Vec<NodeId> = self
+            .chrome
+            .as_ref()
+            .map(|c| c.open_roles.keys().copied().collect())
+            .unwrap_or_default();
         for node in open {
             self.role(now, node, None);
         }
         if let Some(chrome) = self.chrome.as_mut() {
-            let result = chrome.out.write_all(b"\n]}\n").and_then(|()| chrome.out.flush());
+            let result = chrome
+                .out
+                .write_all(b"\n]}\n")
+                .and_then(|()| chrome.out.flush());
             self.record_io(result);
         }
         if let Some(text) = self.text.as_mut() {
@@ -162,7 +202,9 @@ impl Tracer {
 
 fn fnv1a64_continue(state: u64, bytes: &[u8]) -> u64 {
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes.iter().fold(state, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(PRIME))
+    bytes.iter().fold(state, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
 }
 
 /// A stable digest of a string, for folding names into the fingerprint.

@@ -66,18 +66,36 @@ impl Client {
 
     fn write(&mut self, command: Command) -> ClientRequest {
         self.seq += 1;
-        ClientRequest::Write { session: SessionRef { client: self.session, seq: self.seq }, command }
+        ClientRequest::Write {
+            session: SessionRef {
+                client: self.session,
+                seq: self.seq,
+            },
+            command,
+        }
     }
 
     /// The request and history entry for the account creation every client starts with.
     pub fn create_account(&mut self) -> (ClientRequest, OpKind) {
-        let command = Command::CreateAccount { user: self.user.clone(), password_hash: format!("sim-hash-{}", self.user) };
-        (self.write(command), OpKind::CreateAccount { user: self.user.clone() })
+        let command = Command::CreateAccount {
+            user: self.user.clone(),
+            password_hash: format!("sim-hash-{}", self.user),
+        };
+        (
+            self.write(command),
+            OpKind::CreateAccount {
+                user: self.user.clone(),
+            },
+        )
     }
 
     /// The request for a planned operation, or `None` if there is nothing to do for it
     /// (deleting with nothing read).
-    pub fn request_for(&mut self, op: &OpPlan, users: &[String]) -> Option<(ClientRequest, OpKind)> {
+    pub fn request_for(
+        &mut self,
+        op: &OpPlan,
+        users: &[String],
+    ) -> Option<(ClientRequest, OpKind)> {
         let auth = self.auth.clone()?;
         match op {
             OpPlan::Send { to, body_bytes } => {
@@ -87,33 +105,65 @@ impl Client {
                 while body.len() < *body_bytes {
                     body.push('x');
                 }
-                let kind = OpKind::Send { from: self.user.clone(), to: to.clone(), body: body.clone() };
+                let kind = OpKind::Send {
+                    from: self.user.clone(),
+                    to: to.clone(),
+                    body: body.clone(),
+                };
                 Some((self.write(Command::Send { auth, to, body }), kind))
             }
             OpPlan::Read { limit } => {
-                let kind = OpKind::Read { user: self.user.clone(), limit: *limit };
-                Some((self.write(Command::ReadMessages { auth, limit: *limit }), kind))
+                let kind = OpKind::Read {
+                    user: self.user.clone(),
+                    limit: *limit,
+                };
+                Some((
+                    self.write(Command::ReadMessages {
+                        auth,
+                        limit: *limit,
+                    }),
+                    kind,
+                ))
             }
             OpPlan::DeleteRead => {
                 if self.read_ids.is_empty() {
                     return None;
                 }
-                let ids: Vec<MessageId> =
-                    self.read_ids.iter().copied().take(chat_core::app::limits::DELETE_IDS_MAX).collect();
-                let kind = OpKind::Delete { user: self.user.clone(), ids: ids.clone() };
+                let ids: Vec<MessageId> = self
+                    .read_ids
+                    .iter()
+                    .copied()
+                    .take(chat_core::app::limits::DELETE_IDS_MAX)
+                    .collect();
+                let kind = OpKind::Delete {
+                    user: self.user.clone(),
+                    ids: ids.clone(),
+                };
                 Some((self.write(Command::DeleteMessages { auth, ids }), kind))
             }
             OpPlan::List { stale } => {
-                let consistency = if *stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable };
-                let query = Query::ListAccounts { pattern: "*".to_string(), page: 0 };
-                Some((ClientRequest::Read { query, consistency }, OpKind::List { stale: *stale }))
+                let consistency = if *stale {
+                    ReadConsistency::Stale
+                } else {
+                    ReadConsistency::Linearizable
+                };
+                let query = Query::ListAccounts {
+                    pattern: "*".to_string(),
+                    page: 0,
+                };
+                Some((
+                    ClientRequest::Read { query, consistency },
+                    OpKind::List { stale: *stale },
+                ))
             }
         }
     }
 
     /// Exponential backoff with jitter drawn by the caller (`jitter_permille` in 0..1000).
     pub fn backoff_us(&self, jitter_permille: u64) -> u64 {
-        let base = BACKOFF_US_MIN.saturating_mul(1 << self.retries.min(10)).min(BACKOFF_US_MAX);
+        let base = BACKOFF_US_MIN
+            .saturating_mul(1 << self.retries.min(10))
+            .min(BACKOFF_US_MAX);
         base / 2 + base * jitter_permille / 2000
     }
 }

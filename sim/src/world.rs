@@ -13,10 +13,10 @@ use crate::trace::{digest_str, Tracer};
 use crate::workload::{Client, InFlight, REQUEST_TIMEOUT_US};
 use chat_core::app::{Delivery, Query, QueryOutput};
 use chat_core::entry::Persist;
-use chat_core::storage::{LogStore, MemDisk, StorageError, SNAPSHOT_FILE};
+use chat_core::storage::{Disk, LogStore, MemDisk, StorageError, SNAPSHOT_FILE};
 use chat_core::{
-    drive, ClientError, ClientId, ClientRequest, Config, Envelope, NodeId, Recovered, Replica, Reply,
-    RequestId, Response, Role, Shell, Time,
+    drive, ClientError, ClientId, ClientRequest, Config, Envelope, NodeId, Recovered, Replica,
+    Reply, RequestId, Response, Role, Shell, Time,
 };
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -64,15 +64,42 @@ enum Phase {
 }
 
 enum Event {
-    Message { envelope: Envelope, sent: Time },
-    Request { node: NodeId, request_id: RequestId, request: ClientRequest },
-    Reply { client: usize, request_id: RequestId, outcome: Result<Response, ClientError> },
-    Timer { node: NodeId, seq: u64 },
-    ClientWake { client: usize, token: u64 },
-    Fault { index: usize },
-    Restart { node: NodeId, incarnation: u64 },
-    AddPartition { id: u64, links: Vec<(NodeId, NodeId)> },
-    HealPartition { id: u64 },
+    Message {
+        envelope: Envelope,
+        sent: Time,
+    },
+    Request {
+        node: NodeId,
+        request_id: RequestId,
+        request: ClientRequest,
+    },
+    Reply {
+        client: usize,
+        request_id: RequestId,
+        outcome: Result<Response, ClientError>,
+    },
+    Timer {
+        node: NodeId,
+        seq: u64,
+    },
+    ClientWake {
+        client: usize,
+        token: u64,
+    },
+    Fault {
+        index: usize,
+    },
+    Restart {
+        node: NodeId,
+        incarnation: u64,
+    },
+    AddPartition {
+        id: u64,
+        links: Vec<(NodeId, NodeId)>,
+    },
+    HealPartition {
+        id: u64,
+    },
     EndChaos,
     Probe,
 }
@@ -128,7 +155,16 @@ impl Shell for SimShell<'_> {
 impl<'a> World<'a> {
     pub fn new(scenario: &'a Scenario, tracer: Tracer) -> World<'a> {
         let nodes = (1..=scenario.nodes)
-            .map(|id| SimNode::new(NodeId(id), scenario.clock_drift_ppm.get(id as usize - 1).copied().unwrap_or(0)))
+            .map(|id| {
+                SimNode::new(
+                    NodeId(id),
+                    scenario
+                        .clock_drift_ppm
+                        .get(id as usize - 1)
+                        .copied()
+                        .unwrap_or(0),
+                )
+            })
             .collect();
         let mut client_rng = stream(scenario.seed, Stream::Clients);
         let clients: Vec<Client> = scenario
@@ -148,7 +184,10 @@ impl<'a> World<'a> {
             queue: BTreeMap::new(),
             seq: 0,
             nodes,
-            network: Network::new(scenario.network.clone(), stream(scenario.seed, Stream::Network)),
+            network: Network::new(
+                scenario.network.clone(),
+                stream(scenario.seed, Stream::Network),
+            ),
             disk_rng: stream(scenario.seed, Stream::Disk),
             client_rng,
             clients,
@@ -175,14 +214,20 @@ impl<'a> World<'a> {
 
     fn fail(&mut self, violation: Violation) {
         if self.failure.is_none() {
-            self.tracer.line(self.now, || format!("VIOLATION {violation}"));
-            self.failure = Some(Failure { violation, at: self.now, event: self.stats.events });
+            self.tracer
+                .line(self.now, || format!("VIOLATION {violation}"));
+            self.failure = Some(Failure {
+                violation,
+                at: self.now,
+                event: self.stats.events,
+            });
         }
     }
 
     /// Runs the scenario to the end or to the first violation.
     pub fn run(mut self) -> RunOutcome {
-        self.tracer.name_tracks(self.scenario.nodes, self.clients.len());
+        self.tracer
+            .name_tracks(self.scenario.nodes, self.clients.len());
         for id in 1..=self.scenario.nodes {
             self.restart(NodeId(id));
         }
@@ -196,13 +241,19 @@ impl<'a> World<'a> {
         self.push(Time(self.scenario.chaos_duration_us), Event::EndChaos);
         while self.failure.is_none() && self.phase != Phase::Done {
             let Some(((at, _), event)) = self.queue.pop_first() else {
-                self.fail(Violation { check: "liveness", detail: "the event queue ran dry".to_string() });
+                self.fail(Violation {
+                    check: "liveness",
+                    detail: "the event queue ran dry".to_string(),
+                });
                 break;
             };
             self.now = at;
             self.stats.events += 1;
             if self.stats.events > EVENTS_MAX {
-                self.fail(Violation { check: "liveness", detail: format!("more than {EVENTS_MAX} events") });
+                self.fail(Violation {
+                    check: "liveness",
+                    detail: format!("more than {EVENTS_MAX} events"),
+                });
                 break;
             }
             self.handle(event);
@@ -216,25 +267,50 @@ impl<'a> World<'a> {
         let final_digest: Vec<u64> = self
             .nodes
             .iter()
-            .flat_map(|n| n.replica.as_ref().map(|r| [r.last_applied().0, r.state_hash()]).unwrap_or([0, 0]))
+            .flat_map(|n| {
+                n.replica
+                    .as_ref()
+                    .map(|r| [r.last_applied().0, r.state_hash()])
+                    .unwrap_or([0, 0])
+            })
             .collect();
         self.tracer.digest(&final_digest);
         let fingerprint = match self.tracer.finish(self.now) {
             Ok(fingerprint) => fingerprint,
             Err(error) => {
-                let violation = Violation { check: "trace-io", detail: error.to_string() };
-                self.failure.get_or_insert(Failure { violation, at: self.now, event: self.stats.events });
+                let violation = Violation {
+                    check: "trace-io",
+                    detail: error.to_string(),
+                };
+                self.failure.get_or_insert(Failure {
+                    violation,
+                    at: self.now,
+                    event: self.stats.events,
+                });
                 0
             }
         };
-        RunOutcome { seed: self.scenario.seed, fingerprint, failure: self.failure, stats: self.stats }
+        RunOutcome {
+            seed: self.scenario.seed,
+            fingerprint,
+            failure: self.failure,
+            stats: self.stats,
+        }
     }
 
     fn handle(&mut self, event: Event) {
         match event {
             Event::Message { envelope, sent } => self.deliver_message(envelope, sent),
-            Event::Request { node, request_id, request } => self.deliver_request(node, request_id, request),
-            Event::Reply { client, request_id, outcome } => self.client_reply(client, request_id, outcome),
+            Event::Request {
+                node,
+                request_id,
+                request,
+            } => self.deliver_request(node, request_id, request),
+            Event::Reply {
+                client,
+                request_id,
+                outcome,
+            } => self.client_reply(client, request_id, outcome),
             Event::Timer { node, seq } => self.fire_timer(node, seq),
             Event::ClientWake { client, token } => self.client_wake(client, token),
             Event::Fault { index } => self.inject(index),
@@ -249,7 +325,8 @@ impl<'a> World<'a> {
             }
             Event::HealPartition { id } => {
                 self.tracer.digest(&[self.now.0, 8, id]);
-                self.tracer.line(self.now, || format!("FAULT heal partition #{id}"));
+                self.tracer
+                    .line(self.now, || format!("FAULT heal partition #{id}"));
                 self.network.remove_partition(id);
             }
             Event::EndChaos => self.end_chaos(),
@@ -280,15 +357,26 @@ impl<'a> World<'a> {
         if self.network.is_blocked(from, to) || !self.node(to).is_up() {
             return;
         }
-        if self.defer_if_paused(to, || Event::Message { envelope: envelope.clone(), sent }) {
+        if self.defer_if_paused(to, || Event::Message {
+            envelope: envelope.clone(),
+            sent,
+        }) {
             return;
         }
         self.stats.messages_delivered += 1;
         let kind = envelope.message.kind();
-        self.tracer.digest(&[self.now.0, 1, from.0, to.0, digest_str(kind), envelope.message.term().0]);
+        self.tracer.digest(&[
+            self.now.0,
+            1,
+            from.0,
+            to.0,
+            digest_str(kind),
+            envelope.message.term().0,
+        ]);
         if self.tracer.text_enabled() {
             let message = &envelope.message;
-            self.tracer.line(self.now, || format!("{to} <- {from} {message}"));
+            self.tracer
+                .line(self.now, || format!("{to} <- {from} {message}"));
         }
         if self.tracer.chrome_enabled() {
             let detail = envelope.message.to_string();
@@ -301,12 +389,20 @@ impl<'a> World<'a> {
         if !self.node(node).is_up() {
             return;
         }
-        if self.defer_if_paused(node, || Event::Request { node, request_id, request: request.clone() }) {
+        if self.defer_if_paused(node, || Event::Request {
+            node,
+            request_id,
+            request: request.clone(),
+        }) {
             return;
         }
         self.tracer.digest(&[self.now.0, 2, node.0, request_id.0]);
-        self.tracer.line(self.now, || format!("{node} <- client request #{} {request:?}", request_id.0));
-        self.with_replica(node, |replica, now| replica.handle_client_request(now, request_id, request));
+        self.tracer.line(self.now, || {
+            format!("{node} <- client request #{} {request:?}", request_id.0)
+        });
+        self.with_replica(node, |replica, now| {
+            replica.handle_client_request(now, request_id, request)
+        });
     }
 
     fn fire_timer(&mut self, id: NodeId, seq: u64) {
@@ -328,30 +424,64 @@ impl<'a> World<'a> {
         let index = id.0 as usize - 1;
         let node = &mut self.nodes[index];
         let local_now = node.local_time(self.now);
-        let (Some(replica), Some(store)) = (node.replica.as_mut(), node.store.as_mut()) else { return };
+        let (Some(replica), Some(store)) = (node.replica.as_mut(), node.store.as_mut()) else {
+            return;
+        };
         input(replica, local_now);
-        let mut shell = SimShell { store, outbox: Vec::new(), replies: Vec::new(), deliveries: 0 };
+        let mut shell = SimShell {
+            store,
+            outbox: Vec::new(),
+            replies: Vec::new(),
+            deliveries: 0,
+        };
         let result = drive(replica, &mut shell);
-        let SimShell { outbox, replies, .. } = shell;
+        let SimShell {
+            outbox, replies, ..
+        } = shell;
         for envelope in outbox {
             for delay_us in self.network.transit_delays_us() {
                 let sent = self.now;
-                self.push(self.now.saturating_add_us(delay_us), Event::Message { envelope: envelope.clone(), sent });
+                self.push(
+                    self.now.saturating_add_us(delay_us),
+                    Event::Message {
+                        envelope: envelope.clone(),
+                        sent,
+                    },
+                );
             }
         }
         for reply in replies {
             if let Some(&client) = self.requests.get(&reply.request_id) {
                 let at = self.now.saturating_add_us(self.network.latency_us());
-                self.push(at, Event::Reply { client, request_id: reply.request_id, outcome: reply.outcome });
+                self.push(
+                    at,
+                    Event::Reply {
+                        client,
+                        request_id: reply.request_id,
+                        outcome: reply.outcome,
+                    },
+                );
             }
         }
         if let Err(error) = result {
             // Fail-stop: a replica whose write did not become durable must not go on.
-            self.tracer.line(self.now, || format!("{id} disk write failed ({error}); crashing"));
-            let down_us = self.node_mut(id).torn_write_down_us.take().unwrap_or(1_000_000);
+            self.tracer.line(self.now, || {
+                format!("{id} disk write failed ({error}); crashing")
+            });
+            let down_us = self
+                .node_mut(id)
+                .torn_write_down_us
+                .take()
+                .unwrap_or(1_000_000);
             self.crash(id);
             let incarnation = self.node(id).incarnation;
-            self.push(self.now.saturating_add_us(down_us), Event::Restart { node: id, incarnation });
+            self.push(
+                self.now.saturating_add_us(down_us),
+                Event::Restart {
+                    node: id,
+                    incarnation,
+                },
+            );
             return;
         }
         self.after_input(id);
@@ -359,7 +489,9 @@ impl<'a> World<'a> {
 
     fn after_input(&mut self, id: NodeId) {
         let index = id.0 as usize - 1;
-        let Some(replica) = self.nodes[index].replica.as_ref() else { return };
+        let Some(replica) = self.nodes[index].replica.as_ref() else {
+            return;
+        };
         if let Err(violation) = self.safety.observe_replica(replica) {
             return self.fail(violation);
         }
@@ -369,15 +501,20 @@ impl<'a> World<'a> {
             if role.0 == Role::Leader {
                 self.stats.elections += 1;
             }
-            self.tracer.line(self.now, || format!("{id} is {:?} in term {}", role.0, role.1));
-            self.tracer.role(self.now, id, Some(format!("{:?} t{}", role.0, role.1)));
+            self.tracer.line(self.now, || {
+                format!("{id} is {:?} in term {}", role.0, role.1)
+            });
+            self.tracer
+                .role(self.now, id, Some(format!("{:?} t{}", role.0, role.1)));
         }
         self.schedule_timer(id);
     }
 
     fn schedule_timer(&mut self, id: NodeId) {
         let node = self.node(id);
-        let Some(replica) = node.replica.as_ref() else { return };
+        let Some(replica) = node.replica.as_ref() else {
+            return;
+        };
         let at = node.virtual_time(replica.poll_timeout()).max(self.now);
         if node.timer.map(|(t, _)| t) == Some(at) {
             return;
@@ -406,7 +543,8 @@ impl<'a> World<'a> {
         if let Some(store) = node.store.take() {
             let mut disk = store.into_disk();
             let report = disk.crash(&mut self.disk_rng);
-            self.tracer.line(self.now, || format!("{id} disk after crash: {report:?}"));
+            self.tracer
+                .line(self.now, || format!("{id} disk after crash: {report:?}"));
             node.disk = Some(disk);
         }
     }
@@ -417,7 +555,9 @@ impl<'a> World<'a> {
         if self.nodes[index].failed.is_some() {
             return;
         }
-        let Some(mut disk) = self.nodes[index].disk.take() else { return };
+        let Some(mut disk) = self.nodes[index].disk.take() else {
+            return;
+        };
         if let Some(ops) = self.nodes[index].recovery_crash_after_ops.take() {
             // Crash in the middle of recovery: its repairs may be half-done.
             disk.set_fail_after_ops(Some(ops));
@@ -425,12 +565,20 @@ impl<'a> World<'a> {
             disk.set_fail_after_ops(None);
             if let Err(StorageError::Disk(error)) = trial {
                 disk.crash(&mut self.disk_rng);
-                self.tracer.line(self.now, || format!("{id} crashes during recovery ({error})"));
+                self.tracer.line(self.now, || {
+                    format!("{id} crashes during recovery ({error})")
+                });
                 let node = &mut self.nodes[index];
                 node.disk = Some(disk);
                 node.incarnation += 1;
                 let incarnation = node.incarnation;
-                self.push(self.now.saturating_add_us(100_000), Event::Restart { node: id, incarnation });
+                self.push(
+                    self.now.saturating_add_us(100_000),
+                    Event::Restart {
+                        node: id,
+                        incarnation,
+                    },
+                );
                 return;
             }
         }
@@ -438,20 +586,26 @@ impl<'a> World<'a> {
         let (store, recovered) = match opened {
             Ok(opened) => opened,
             Err(error @ StorageError::Corrupt { .. }) if self.nodes[index].corrupted => {
-                self.tracer.line(self.now, || format!("{id} refuses to start: {error}"));
+                self.tracer
+                    .line(self.now, || format!("{id} refuses to start: {error}"));
                 self.nodes[index].failed = Some(error.to_string());
                 self.nodes[index].disk = Some(disk);
                 return;
             }
             Err(error) => {
                 self.nodes[index].disk = Some(disk);
-                return self.fail(Violation { check: "recovery", detail: format!("{id} cannot recover: {error}") });
+                return self.fail(Violation {
+                    check: "recovery",
+                    detail: format!("{id} cannot recover: {error}"),
+                });
             }
         };
         if self.nodes[index].corrupted {
             return self.fail(Violation {
                 check: "recovery",
-                detail: format!("{id} recovered from a disk with injected corruption without noticing"),
+                detail: format!(
+                    "{id} recovered from a disk with injected corruption without noticing"
+                ),
             });
         }
         self.start_replica(id, store, recovered);
@@ -465,7 +619,11 @@ impl<'a> World<'a> {
         config.snapshot_threshold_entries = 200;
         config.snapshot_chunk_bytes = 4 * 1024;
         let node = &mut self.nodes[index];
-        config.rng_seed = derive_seed(self.scenario.seed, Stream::Replicas, id.0 * 1_000_003 + node.starts);
+        config.rng_seed = derive_seed(
+            self.scenario.seed,
+            Stream::Replicas,
+            id.0 * 1_000_003 + node.starts,
+        );
         node.starts += 1;
         let local_now = node.local_time(self.now);
         let entries = recovered.entries.len();
@@ -477,12 +635,18 @@ impl<'a> World<'a> {
             }
             Err(error) => {
                 node.disk = Some(store.into_disk());
-                return self.fail(Violation { check: "recovery", detail: format!("{id} cannot start: {error}") });
+                return self.fail(Violation {
+                    check: "recovery",
+                    detail: format!("{id} cannot start: {error}"),
+                });
             }
         }
         self.safety.node_restarted(id);
-        self.tracer.digest(&[self.now.0, 9, id.0, term.0, entries as u64]);
-        self.tracer.line(self.now, || format!("{id} starts (term {term}, {entries} log entries recovered)"));
+        self.tracer
+            .digest(&[self.now.0, 9, id.0, term.0, entries as u64]);
+        self.tracer.line(self.now, || {
+            format!("{id} starts (term {term}, {entries} log entries recovered)")
+        });
         self.after_input(id);
     }
 
@@ -496,35 +660,67 @@ impl<'a> World<'a> {
         self.tracer.fault(self.now, &format!("{:?}", action.kind()));
         match action {
             FaultAction::Crash { node, down_us } => self.crash_for(NodeId(node), down_us),
-            FaultAction::TornWriteCrash { node, ops_before_failure, down_us } => {
+            FaultAction::TornWriteCrash {
+                node,
+                ops_before_failure,
+                down_us,
+            } => {
                 let node = self.node_mut(NodeId(node));
                 if let Some(store) = node.store.as_mut() {
-                    store.disk_mut().set_fail_after_ops(Some(ops_before_failure));
+                    store
+                        .disk_mut()
+                        .set_fail_after_ops(Some(ops_before_failure));
                     node.torn_write_down_us = Some(down_us);
                 }
             }
-            FaultAction::RecoveryCrash { node, ops_before_failure, down_us } => {
+            FaultAction::RecoveryCrash {
+                node,
+                ops_before_failure,
+                down_us,
+            } => {
                 let id = NodeId(node);
                 if self.node(id).is_up() {
                     self.node_mut(id).recovery_crash_after_ops = Some(ops_before_failure);
                     self.crash_for(id, down_us);
                 }
             }
-            FaultAction::Corrupt { node, file_pick, offset_pick, mask, down_us } => {
-                self.corrupt(NodeId(node), file_pick, offset_pick, mask, down_us)
-            }
-            FaultAction::Partition { blocked, duration_us, .. } => {
+            FaultAction::Corrupt {
+                node,
+                file_pick,
+                offset_pick,
+                mask,
+                down_us,
+            } => self.corrupt(NodeId(node), file_pick, offset_pick, mask, down_us),
+            FaultAction::Partition {
+                blocked,
+                duration_us,
+                ..
+            } => {
                 self.next_partition += 1;
                 let id = self.next_partition;
                 self.network.add_partition(id, links(&blocked));
-                self.push(self.now.saturating_add_us(duration_us), Event::HealPartition { id });
+                self.push(
+                    self.now.saturating_add_us(duration_us),
+                    Event::HealPartition { id },
+                );
             }
-            FaultAction::Flap { blocked, period_us, count, .. } => {
+            FaultAction::Flap {
+                blocked,
+                period_us,
+                count,
+                ..
+            } => {
                 self.next_partition += 1;
                 let id = self.next_partition;
                 for k in 0..u64::from(count) {
                     let on = self.now.saturating_add_us(2 * k * period_us);
-                    self.push(on, Event::AddPartition { id, links: links(&blocked) });
+                    self.push(
+                        on,
+                        Event::AddPartition {
+                            id,
+                            links: links(&blocked),
+                        },
+                    );
                     self.push(on.saturating_add_us(period_us), Event::HealPartition { id });
                 }
             }
@@ -544,7 +740,13 @@ impl<'a> World<'a> {
         }
         self.crash(id);
         let incarnation = self.node(id).incarnation;
-        self.push(self.now.saturating_add_us(down_us), Event::Restart { node: id, incarnation });
+        self.push(
+            self.now.saturating_add_us(down_us),
+            Event::Restart {
+                node: id,
+                incarnation,
+            },
+        );
     }
 
     /// Crashes the node and damages a durable byte where recovery must notice it: the
@@ -552,15 +754,26 @@ impl<'a> World<'a> {
     /// indistinguishable from a torn write and is cut, by design).
     fn corrupt(&mut self, id: NodeId, file_pick: u64, offset_pick: u64, mask: u8, down_us: u64) {
         let tolerance = self.scenario.fault_tolerance() as usize;
-        let already_damaged = self.nodes.iter().filter(|n| n.corrupted || n.failed.is_some()).count();
+        let already_damaged = self
+            .nodes
+            .iter()
+            .filter(|n| n.corrupted || n.failed.is_some())
+            .count();
         if already_damaged >= tolerance || self.node(id).corrupted {
             return;
         }
         self.crash_for(id, down_us);
-        let Some(disk) = self.node_mut(id).disk.as_mut() else { return };
+        let Some(disk) = self.node_mut(id).disk.as_mut() else {
+            return;
+        };
         let files = disk.list().unwrap_or_default();
         let segments: Vec<&String> = files.iter().filter(|f| f.ends_with(".seg")).collect();
-        let mut candidates: Vec<String> = segments.iter().rev().skip(1).map(|f| f.to_string()).collect();
+        let mut candidates: Vec<String> = segments
+            .iter()
+            .rev()
+            .skip(1)
+            .map(|f| f.to_string())
+            .collect();
         if files.iter().any(|f| f == SNAPSHOT_FILE) {
             candidates.push(SNAPSHOT_FILE.to_string());
         }
@@ -575,7 +788,9 @@ impl<'a> World<'a> {
         }
         let offset = offset_pick % len;
         if disk.corrupt(&file, offset, mask).is_ok() {
-            self.tracer.line(self.now, || format!("{id} disk corrupted: {file} byte {offset} ^= {mask:#04x}"));
+            self.tracer.line(self.now, || {
+                format!("{id} disk corrupted: {file} byte {offset} ^= {mask:#04x}")
+            });
             self.node_mut(id).corrupted = true;
         }
     }
@@ -606,7 +821,9 @@ impl<'a> World<'a> {
             c.create_account()
         } else {
             loop {
-                let Some(planned) = c.plan.get(c.next_op).cloned() else { return };
+                let Some(planned) = c.plan.get(c.next_op).cloned() else {
+                    return;
+                };
                 c.next_op += 1;
                 if let Some(found) = c.request_for(&planned.op, &users) {
                     break found;
@@ -615,7 +832,12 @@ impl<'a> World<'a> {
         };
         let op = self.history.invoke(client, kind, self.now.0);
         let request_id = self.new_request_id(client);
-        self.clients[client].current = Some(InFlight { history_op: op, request, request_id, started: self.now });
+        self.clients[client].current = Some(InFlight {
+            history_op: op,
+            request,
+            request_id,
+            started: self.now,
+        });
         self.clients[client].retries = 0;
         self.send_request(client);
     }
@@ -629,7 +851,9 @@ impl<'a> World<'a> {
 
     fn resend(&mut self, client: usize) {
         let request_id = self.new_request_id(client);
-        let Some(current) = self.clients[client].current.as_mut() else { return };
+        let Some(current) = self.clients[client].current.as_mut() else {
+            return;
+        };
         self.requests.remove(&current.request_id);
         current.request_id = request_id;
         self.clients[client].retries += 1;
@@ -638,35 +862,69 @@ impl<'a> World<'a> {
 
     fn send_request(&mut self, client: usize) {
         let c = &mut self.clients[client];
-        let Some(current) = c.current.as_ref() else { return };
+        let Some(current) = c.current.as_ref() else {
+            return;
+        };
         let (node, request_id, request) = (c.target, current.request_id, current.request.clone());
         self.history.ops[current.history_op].attempts += 1;
         c.wake_token += 1;
         let token = c.wake_token;
-        self.tracer.line(self.now, || format!("c{client} -> {node} request #{}", request_id.0));
+        self.tracer.line(self.now, || {
+            format!("c{client} -> {node} request #{}", request_id.0)
+        });
         let at = self.now.saturating_add_us(self.network.latency_us());
-        self.push(at, Event::Request { node, request_id, request });
-        self.push(self.now.saturating_add_us(REQUEST_TIMEOUT_US), Event::ClientWake { client, token });
+        self.push(
+            at,
+            Event::Request {
+                node,
+                request_id,
+                request,
+            },
+        );
+        self.push(
+            self.now.saturating_add_us(REQUEST_TIMEOUT_US),
+            Event::ClientWake { client, token },
+        );
     }
 
-    fn client_reply(&mut self, client: usize, request_id: RequestId, outcome: Result<Response, ClientError>) {
-        let is_current = self.clients[client].current.as_ref().is_some_and(|c| c.request_id == request_id);
+    fn client_reply(
+        &mut self,
+        client: usize,
+        request_id: RequestId,
+        outcome: Result<Response, ClientError>,
+    ) {
+        let is_current = self.clients[client]
+            .current
+            .as_ref()
+            .is_some_and(|c| c.request_id == request_id);
         self.requests.remove(&request_id);
         if !is_current {
             return;
         }
-        self.tracer.digest(&[self.now.0, 3, client as u64, request_id.0, u64::from(outcome.is_ok())]);
-        self.tracer.line(self.now, || format!("c{client} <- reply #{} {outcome:?}", request_id.0));
+        self.tracer.digest(&[
+            self.now.0,
+            3,
+            client as u64,
+            request_id.0,
+            u64::from(outcome.is_ok()),
+        ]);
+        self.tracer.line(self.now, || {
+            format!("c{client} <- reply #{} {outcome:?}", request_id.0)
+        });
         match &outcome {
             Err(ClientError::NotLeader { leader_hint }) => {
-                let target = leader_hint.unwrap_or_else(|| NodeId(self.client_rng.random_range(1..=self.scenario.nodes)));
+                let target = leader_hint.unwrap_or_else(|| {
+                    NodeId(self.client_rng.random_range(1..=self.scenario.nodes))
+                });
                 self.clients[client].target = target;
                 return self.retry_after_backoff(client);
             }
             Err(ClientError::Busy { .. }) => return self.retry_after_backoff(client),
             _ => {}
         }
-        let Some(current) = self.clients[client].current.take() else { return };
+        let Some(current) = self.clients[client].current.take() else {
+            return;
+        };
         self.finish_op(client, current, outcome);
     }
 
@@ -678,10 +936,18 @@ impl<'a> World<'a> {
         c.wake_token += 1;
         let token = c.wake_token;
         // The wake-up finds the request still current and resends it.
-        self.push(self.now.saturating_add_us(backoff), Event::ClientWake { client, token });
+        self.push(
+            self.now.saturating_add_us(backoff),
+            Event::ClientWake { client, token },
+        );
     }
 
-    fn finish_op(&mut self, client: usize, current: InFlight, outcome: Result<Response, ClientError>) {
+    fn finish_op(
+        &mut self,
+        client: usize,
+        current: InFlight,
+        outcome: Result<Response, ClientError>,
+    ) {
         use chat_core::app::CommandOutput;
         self.stats.ops_completed += 1;
         if outcome.is_ok() {
@@ -689,8 +955,15 @@ impl<'a> World<'a> {
         }
         let c = &mut self.clients[client];
         match (&self.history.ops[current.history_op].kind, &outcome) {
-            (OpKind::CreateAccount { .. }, Ok(Response::Command(CommandOutput::AccountCreated { user, generation }))) => {
-                c.auth = Some(chat_core::app::Auth { user: user.clone(), generation: *generation, token_epoch: 0 });
+            (
+                OpKind::CreateAccount { .. },
+                Ok(Response::Command(CommandOutput::AccountCreated { user, generation })),
+            ) => {
+                c.auth = Some(chat_core::app::Auth {
+                    user: user.clone(),
+                    generation: *generation,
+                    token_epoch: 0,
+                });
             }
             (OpKind::CreateAccount { .. }, _) => c.stopped = true,
             (OpKind::Read { .. }, Ok(Response::Command(CommandOutput::Messages(messages)))) => {
@@ -708,19 +981,29 @@ impl<'a> World<'a> {
             Ok(_) => "ok".to_string(),
             Err(error) => error.to_string(),
         };
-        self.tracer.client_op(client, current.started, self.now, &name, &label);
-        self.history.complete(current.history_op, outcome, self.now.0);
-        let think_us = self.clients[client].plan.get(self.clients[client].next_op).map_or(0, |p| p.think_us);
+        self.tracer
+            .client_op(client, current.started, self.now, &name, &label);
+        self.history
+            .complete(current.history_op, outcome, self.now.0);
+        let think_us = self.clients[client]
+            .plan
+            .get(self.clients[client].next_op)
+            .map_or(0, |p| p.think_us);
         let c = &mut self.clients[client];
         c.wake_token += 1;
         let token = c.wake_token;
-        self.push(self.now.saturating_add_us(think_us), Event::ClientWake { client, token });
+        self.push(
+            self.now.saturating_add_us(think_us),
+            Event::ClientWake { client, token },
+        );
     }
 
     // Phases.
 
     fn end_chaos(&mut self) {
-        self.tracer.line(self.now, || "END OF CHAOS: faults stop, every node restarts, the network heals".to_string());
+        self.tracer.line(self.now, || {
+            "END OF CHAOS: faults stop, every node restarts, the network heals".to_string()
+        });
         self.tracer.fault(self.now, "end of chaos");
         self.phase = Phase::Liveness;
         self.network.calm();
@@ -736,7 +1019,13 @@ impl<'a> World<'a> {
             if !node.is_up() && node.failed.is_none() {
                 node.incarnation += 1;
                 let incarnation = node.incarnation;
-                self.push(self.now, Event::Restart { node: id, incarnation });
+                self.push(
+                    self.now,
+                    Event::Restart {
+                        node: id,
+                        incarnation,
+                    },
+                );
             }
         }
         self.deadline = self.now.saturating_add_us(LIVENESS_BOUND_US);
@@ -746,17 +1035,33 @@ impl<'a> World<'a> {
     /// What keeps the cluster from being settled, if anything.
     fn unsettled(&self) -> Option<String> {
         if let Some(client) = self.clients.iter().find(|c| !c.is_idle()) {
-            return Some(format!("client c{} still has a request pending", client.index));
+            return Some(format!(
+                "client c{} still has a request pending",
+                client.index
+            ));
         }
-        let live: Vec<&Replica> = self.nodes.iter().filter_map(|n| n.replica.as_ref()).collect();
+        let live: Vec<&Replica> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .collect();
         if let Some(down) = self.nodes.iter().find(|n| !n.is_up() && n.failed.is_none()) {
             return Some(format!("{} is down", down.id));
         }
         let Some(leader) = live.iter().find(|r| r.role() == Role::Leader) else {
             return Some("no leader".to_string());
         };
+        if leader.term_at(leader.commit_index()) != Some(leader.term()) {
+            // Until then the leader does not know what is committed.
+            return Some(format!(
+                "leader {} has not committed an entry of its term yet",
+                leader.id()
+            ));
+        }
         for replica in &live {
-            if replica.last_applied() != leader.commit_index() || replica.state_hash() != leader.state_hash() {
+            if replica.last_applied() != leader.commit_index()
+                || replica.state_hash() != leader.state_hash()
+            {
                 return Some(format!(
                     "{} applied {} (state {:016x}) but leader {} committed {} (state {:016x})",
                     replica.id(),
@@ -777,7 +1082,10 @@ impl<'a> World<'a> {
                 let phase = self.phase;
                 self.fail(Violation {
                     check: "liveness",
-                    detail: format!("not settled {}s after faults stopped ({phase:?}): {reason}", LIVENESS_BOUND_US / 1_000_000),
+                    detail: format!(
+                        "not settled {}s after faults stopped ({phase:?}): {reason}",
+                        LIVENESS_BOUND_US / 1_000_000
+                    ),
                 });
             }
             Some(_) => {
@@ -790,9 +1098,15 @@ impl<'a> World<'a> {
 
     /// Every node loses power at once and restarts: nothing acknowledged may be lost.
     fn power_loss(&mut self) {
-        let leader = self.nodes.iter().filter_map(|n| n.replica.as_ref()).find(|r| r.role() == Role::Leader);
+        let leader = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .find(|r| r.role() == Role::Leader);
         self.chat_hash_before_power_loss = leader.map(|r| r.chat().state_hash());
-        self.tracer.line(self.now, || "POWER LOSS: every node crashes at once".to_string());
+        self.tracer.line(self.now, || {
+            "POWER LOSS: every node crashes at once".to_string()
+        });
         self.tracer.fault(self.now, "power loss");
         self.phase = Phase::PowerLoss;
         for index in 0..self.nodes.len() {
@@ -800,8 +1114,16 @@ impl<'a> World<'a> {
             if self.nodes[index].is_up() {
                 self.crash(id);
                 let incarnation = self.nodes[index].incarnation;
-                let at = self.now.saturating_add_us(self.client_rng.random_range(10_000..=500_000));
-                self.push(at, Event::Restart { node: id, incarnation });
+                let at = self
+                    .now
+                    .saturating_add_us(self.client_rng.random_range(10_000..=500_000));
+                self.push(
+                    at,
+                    Event::Restart {
+                        node: id,
+                        incarnation,
+                    },
+                );
             }
         }
         self.deadline = self.now.saturating_add_us(LIVENESS_BOUND_US);
@@ -810,7 +1132,11 @@ impl<'a> World<'a> {
 
     fn finish(&mut self) {
         self.phase = Phase::Done;
-        let Some(leader) = self.nodes.iter().filter_map(|n| n.replica.as_ref()).find(|r| r.role() == Role::Leader)
+        let Some(leader) = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .find(|r| r.role() == Role::Leader)
         else {
             return;
         };
@@ -831,20 +1157,31 @@ impl<'a> World<'a> {
 }
 
 fn links(blocked: &[(u64, u64)]) -> Vec<(NodeId, NodeId)> {
-    blocked.iter().map(|&(a, b)| (NodeId(a), NodeId(b))).collect()
+    blocked
+        .iter()
+        .map(|&(a, b)| (NodeId(a), NodeId(b)))
+        .collect()
 }
 
 /// Every client's inbox as the replica holds it, read through the same query API.
 fn final_state(replica: &Replica, clients: &[Client]) -> FinalState {
     let mut state = FinalState::default();
     for client in clients {
-        let Some(auth) = client.auth.clone() else { continue };
+        let Some(auth) = client.auth.clone() else {
+            continue;
+        };
         let mut after = chat_core::app::MessageId(0);
         let mut inbox = Vec::new();
         loop {
             let limit = chat_core::app::limits::READ_LIMIT_MAX;
-            let query = Query::MessagesAfter { auth: auth.clone(), after, limit };
-            let Ok(QueryOutput::Messages(page)) = replica.chat().query(&query) else { break };
+            let query = Query::MessagesAfter {
+                auth: auth.clone(),
+                after,
+                limit,
+            };
+            let Ok(QueryOutput::Messages(page)) = replica.chat().query(&query) else {
+                break;
+            };
             let Some(last) = page.last() else { break };
             after = last.id;
             let full = page.len() as u32 == limit;

@@ -14,6 +14,4 @@ mod replication;
 mod snapshot;
 
 pub use config::{Config, ConfigError};
-pub use replica::{
-    ClientRequest, Metrics, ReadConsistency, Recovered, Replica, ReplicaError, Role,
-};
+pub use replica::{ClientRequest, Metrics, ReadConsistency, Replica, ReplicaError, Role};

@@ -10,6 +10,7 @@ use crate::app::{ChatState, Command, Query};
 use crate::effects::Ready;
 use crate::entry::{Entry, HardState, Snapshot, SnapshotMeta};
 use crate::machine::MachineState;
+use crate::storage::Recovered;
 use crate::types::{LogIndex, NodeId, RequestId, Term, Time};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -134,15 +135,6 @@ pub struct Replica {
 
     pub(super) ready: Ready,
     pub(super) metrics: Metrics,
-}
-
-/// What a replica recovered from its storage.
-#[derive(Clone, Debug, Default)]
-pub struct Recovered {
-    pub hard_state: HardState,
-    pub snapshot: Option<Snapshot>,
-    /// Entries after the snapshot, contiguous.
-    pub entries: Vec<Entry>,
 }
 
 impl Replica {

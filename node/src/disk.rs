@@ -1,0 +1,198 @@
+//! [`FsDisk`]: the storage [`Disk`] over a real directory.
+//!
+//! Durability maps one to one onto the trait: `sync` is `fdatasync` (which also makes a
+//! grown file length durable), `sync_dir` is `fsync` on the directory, and `rename` is
+//! `rename(2)`, atomic on POSIX file systems. Files stay open between calls, so an
+//! append costs one `pwrite` and its sync one `fdatasync`.
+
+use chat_core::storage::{Disk, DiskError};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug)]
+pub struct FsDisk {
+    dir: PathBuf,
+    /// Kept open to fsync the directory without reopening it.
+    dir_handle: File,
+    /// Open handles by file name.
+    open_files: BTreeMap<String, File>,
+}
+
+impl FsDisk {
+    /// Opens the data directory, creating it (durably) if it does not exist.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<FsDisk, DiskError> {
+        let dir = dir.into();
+        let display = dir.display().to_string();
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(|e| io_error("create dir", &display, e))?;
+            // The new directory's own entry must survive a crash too.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                File::open(parent)
+                    .and_then(|parent| parent.sync_all())
+                    .map_err(|e| io_error("sync parent dir", &display, e))?;
+            }
+        }
+        let dir_handle = File::open(&dir).map_err(|e| io_error("open dir", &display, e))?;
+        Ok(FsDisk {
+            dir,
+            dir_handle,
+            open_files: BTreeMap::new(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, file: &str) -> Result<PathBuf, DiskError> {
+        let single_component =
+            !file.is_empty() && file != "." && file != ".." && !file.contains(['/', '\\', '\0']);
+        if !single_component {
+            return Err(DiskError::InvalidName {
+                file: file.to_string(),
+            });
+        }
+        Ok(self.dir.join(file))
+    }
+
+    /// The open handle for `file`, opening an existing file on first use.
+    fn handle(&mut self, op: &'static str, file: &str) -> Result<&File, DiskError> {
+        if !self.open_files.contains_key(file) {
+            let path = self.path(file)?;
+            let handle = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| io_error(op, file, e))?;
+            self.open_files.insert(file.to_string(), handle);
+        }
+        self.open_files
+            .get(file)
+            .ok_or_else(|| io_error(op, file, io::ErrorKind::NotFound.into()))
+    }
+}
+
+fn io_error(op: &'static str, file: &str, error: io::Error) -> DiskError {
+    match error.kind() {
+        io::ErrorKind::NotFound => DiskError::NotFound {
+            file: file.to_string(),
+        },
+        _ => DiskError::Io {
+            op,
+            file: file.to_string(),
+            message: error.to_string(),
+        },
+    }
+}
+
+impl Disk for FsDisk {
+    fn list(&self) -> Result<Vec<String>, DiskError> {
+        let display = self.dir.display().to_string();
+        let mut files = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(|e| io_error("list", &display, e))? {
+            let entry = entry.map_err(|e| io_error("list", &display, e))?;
+            let is_file = entry
+                .file_type()
+                .map_err(|e| io_error("list", &display, e))?
+                .is_file();
+            // Names storage never writes (not UTF-8, subdirectories) are not its files.
+            if let (true, Ok(name)) = (is_file, entry.file_name().into_string()) {
+                files.push(name);
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    fn len(&self, file: &str) -> Result<u64, DiskError> {
+        let metadata = match self.open_files.get(file) {
+            Some(handle) => handle.metadata(),
+            None => fs::metadata(self.path(file)?),
+        };
+        Ok(metadata.map_err(|e| io_error("stat", file, e))?.len())
+    }
+
+    fn read_at(&self, file: &str, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        let opened;
+        let handle = match self.open_files.get(file) {
+            Some(handle) => handle,
+            None => {
+                opened = File::open(self.path(file)?).map_err(|e| io_error("read", file, e))?;
+                &opened
+            }
+        };
+        match handle.read_exact_at(buf, offset) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(DiskError::OutOfBounds {
+                    file: file.to_string(),
+                    offset,
+                    len: buf.len() as u64,
+                    file_len: self.len(file)?,
+                })
+            }
+            Err(error) => Err(io_error("read", file, error)),
+        }
+    }
+
+    fn read_all(&self, file: &str) -> Result<Vec<u8>, DiskError> {
+        fs::read(self.path(file)?).map_err(|e| io_error("read", file, e))
+    }
+
+    fn create(&mut self, file: &str) -> Result<(), DiskError> {
+        let path = self.path(file)?;
+        let handle = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| io_error("create", file, e))?;
+        self.open_files.insert(file.to_string(), handle);
+        Ok(())
+    }
+
+    fn write_at(&mut self, file: &str, offset: u64, data: &[u8]) -> Result<(), DiskError> {
+        self.handle("write", file)?
+            .write_all_at(data, offset)
+            .map_err(|e| io_error("write", file, e))
+    }
+
+    fn truncate(&mut self, file: &str, len: u64) -> Result<(), DiskError> {
+        self.handle("truncate", file)?
+            .set_len(len)
+            .map_err(|e| io_error("truncate", file, e))
+    }
+
+    fn sync(&mut self, file: &str) -> Result<(), DiskError> {
+        self.handle("sync", file)?
+            .sync_data()
+            .map_err(|e| io_error("sync", file, e))
+    }
+
+    fn rename(&mut self, source: &str, target: &str) -> Result<(), DiskError> {
+        fs::rename(self.path(source)?, self.path(target)?)
+            .map_err(|e| io_error("rename", source, e))?;
+        self.open_files.remove(target);
+        if let Some(handle) = self.open_files.remove(source) {
+            self.open_files.insert(target.to_string(), handle);
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, file: &str) -> Result<(), DiskError> {
+        fs::remove_file(self.path(file)?).map_err(|e| io_error("remove", file, e))?;
+        self.open_files.remove(file);
+        Ok(())
+    }
+
+    fn sync_dir(&mut self) -> Result<(), DiskError> {
+        let display = self.dir.display().to_string();
+        self.dir_handle
+            .sync_all()
+            .map_err(|e| io_error("sync dir", &display, e))
+    }
+}

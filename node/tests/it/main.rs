@@ -1,0 +1,3 @@
+//! The node's one integration-test binary.
+
+mod storage;

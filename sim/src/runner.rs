@@ -1,0 +1,64 @@
+//! Running many seeds: each simulation is single-threaded; seeds are spread over worker
+//! threads and the results gathered in seed order, so the output is the same for any
+//! number of jobs.
+
+use crate::scenario::{GenerateOptions, Scenario};
+use crate::world::RunOutcome;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub seeds: u64,
+    pub failures: u64,
+    pub events: u64,
+    pub simulated_us: u64,
+}
+
+impl Summary {
+    pub fn add(&mut self, outcome: &RunOutcome) {
+        self.seeds += 1;
+        self.failures += u64::from(outcome.failure.is_some());
+        self.events += outcome.stats.events;
+        self.simulated_us += outcome.stats.simulated_us;
+    }
+}
+
+/// Runs `seeds` on `jobs` threads; `on_done` is called (from any thread, serialized) as
+/// each finishes, for progress. Returns outcomes in seed order and the wall time.
+pub fn run_seeds(
+    seeds: &[u64],
+    options: &GenerateOptions,
+    jobs: usize,
+    on_done: &(dyn Fn(&RunOutcome) + Sync),
+) -> (Vec<RunOutcome>, Duration) {
+    let started = Instant::now(); // determinism: ok (wall time is reported, never simulated)
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<RunOutcome>>> = Mutex::new(vec![None; seeds.len()]);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&seed) = seeds.get(index) else { break };
+                let scenario = Scenario::generate(seed, options);
+                let outcome = crate::run_scenario(&scenario);
+                on_done(&outcome);
+                // A poisoned lock means another worker panicked; that panic is re-raised
+                // by the scope, so this worker may simply stop.
+                let Ok(mut results) = results.lock() else {
+                    break;
+                };
+                results[index] = Some(outcome);
+            });
+        }
+    });
+    let wall = started.elapsed();
+    let outcomes = results
+        .into_inner()
+        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .collect();
+    (outcomes, wall)
+}
