@@ -14,6 +14,9 @@ pub const CLIENTS_DEFAULT: usize = 5;
 pub const NODES_DEFAULT: u64 = 5;
 /// Upper bound on node count: the fault budget and timeouts are tuned for small clusters.
 pub const NODES_MAX: u64 = 9;
+/// In a fault, the node that leads at the moment the fault strikes (or none if no node
+/// leads then).
+pub const LEADER: u64 = 0;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkParams {
@@ -35,6 +38,32 @@ impl NetworkParams {
             duplicate_per_mille: 0,
             delay_per_mille: 0,
             delay_us_max: 0,
+        }
+    }
+}
+
+/// Replica settings the seed varies, so that runs also explore batching, pipelining and
+/// timing corners (one entry per message, say) that default settings rarely reach.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaTuning {
+    pub election_timeout_us_min: u64,
+    pub heartbeat_interval_us: u64,
+    pub append_entries_count_max: usize,
+    pub in_flight_messages_max: usize,
+    pub snapshot_threshold_entries: u64,
+    pub snapshot_chunk_bytes: usize,
+}
+
+impl ReplicaTuning {
+    pub fn generate(rng: &mut impl Rng) -> ReplicaTuning {
+        let election_timeout_us_min = [150_000, 300_000, 1_000_000][rng.random_range(0..3)];
+        ReplicaTuning {
+            election_timeout_us_min,
+            heartbeat_interval_us: election_timeout_us_min / rng.random_range(3..=10),
+            append_entries_count_max: [1, 2, 4, 64, 1024][rng.random_range(0..5)],
+            in_flight_messages_max: rng.random_range(1..=8),
+            snapshot_threshold_entries: [20, 100, 200, 4096][rng.random_range(0..4)],
+            snapshot_chunk_bytes: [512, 4096, 65536][rng.random_range(0..3)],
         }
     }
 }
@@ -136,6 +165,7 @@ pub struct Scenario {
     pub faults: FaultSet,
     pub chaos_duration_us: u64,
     pub network: NetworkParams,
+    pub tuning: ReplicaTuning,
     /// Per node, how fast its clock runs, in parts per million off true time.
     pub clock_drift_ppm: Vec<i64>,
     pub fault_events: Vec<FaultEvent>,
@@ -178,6 +208,8 @@ impl Scenario {
         );
         let on = |kind| enabled.contains(kind);
         let mut network = NetworkParams::calm();
+        network.latency_us_max = [2_000, 10_000, 30_000][rng.random_range(0..3)];
+        let tuning = ReplicaTuning::generate(&mut rng);
         if on(FaultKind::Drop) {
             network.drop_per_mille = rng.random_range(1..=100);
         }
@@ -212,6 +244,7 @@ impl Scenario {
             faults: enabled,
             chaos_duration_us: options.chaos_duration_us,
             network,
+            tuning,
             clock_drift_ppm,
             fault_events,
             clients,
@@ -234,10 +267,19 @@ fn generate_fault_events(
     let at = |rng: &mut dyn rand::RngCore| rng.random_range(0..duration_us);
     let node = |rng: &mut dyn rand::RngCore| rng.random_range(1..=nodes);
     let down_us = |rng: &mut dyn rand::RngCore| rng.random_range(50_000..=3_000_000);
+    // Node 0 stands for whichever node leads when the fault strikes: leader churn is
+    // where consensus bugs hide.
+    let node_or_leader = |rng: &mut dyn rand::RngCore| {
+        if rng.random_bool(0.5) {
+            LEADER
+        } else {
+            rng.random_range(1..=nodes)
+        }
+    };
     if enabled.contains(FaultKind::Crash) {
-        for _ in 0..rng.random_range(1..=8) {
+        for _ in 0..rng.random_range(1..=20) {
             let action = FaultAction::Crash {
-                node: node(rng),
+                node: node_or_leader(rng),
                 down_us: down_us(rng),
             };
             events.push(FaultEvent {
@@ -348,12 +390,16 @@ fn random_partition(rng: &mut impl Rng, nodes: u64) -> (String, Vec<(u64, u64)>)
             (format!("halves {side:?}"), blocked)
         }
         1 => {
-            let isolated = rng.random_range(1..=nodes);
+            let isolated = if rng.random_bool(0.5) { LEADER } else { rng.random_range(1..=nodes) };
             for other in (1..=nodes).filter(|&o| o != isolated) {
                 blocked.push((isolated, other));
                 blocked.push((other, isolated));
             }
-            (format!("isolate n{isolated}"), blocked)
+            let label = match isolated {
+                LEADER => "isolate the leader".to_string(),
+                node => format!("isolate n{node}"),
+            };
+            (label, blocked)
         }
         _ => {
             // One-way: a node's outgoing (or incoming) links fail, the others work.

@@ -8,7 +8,7 @@ use crate::history::{History, OpKind};
 use crate::network::Network;
 use crate::node::SimNode;
 use crate::rng::{derive_seed, stream, Stream};
-use crate::scenario::{FaultAction, Scenario};
+use crate::scenario::{FaultAction, Scenario, LEADER};
 use crate::trace::{digest_str, Tracer};
 use crate::workload::{Client, InFlight, REQUEST_TIMEOUT_US};
 use chat_core::app::{Delivery, Query, QueryOutput};
@@ -615,9 +615,13 @@ impl<'a> World<'a> {
         let index = id.0 as usize - 1;
         let members: Vec<NodeId> = (1..=self.scenario.nodes).map(NodeId).collect();
         let mut config = Config::new(id, members);
-        // Small enough that runs take snapshots and stream them in several chunks.
-        config.snapshot_threshold_entries = 200;
-        config.snapshot_chunk_bytes = 4 * 1024;
+        let tuning = &self.scenario.tuning;
+        config.election_timeout_us_min = tuning.election_timeout_us_min;
+        config.heartbeat_interval_us = tuning.heartbeat_interval_us;
+        config.append_entries_count_max = tuning.append_entries_count_max;
+        config.in_flight_messages_max = tuning.in_flight_messages_max;
+        config.snapshot_threshold_entries = tuning.snapshot_threshold_entries;
+        config.snapshot_chunk_bytes = tuning.snapshot_chunk_bytes;
         let node = &mut self.nodes[index];
         config.rng_seed = derive_seed(
             self.scenario.seed,
@@ -659,7 +663,11 @@ impl<'a> World<'a> {
         self.tracer.line(self.now, || format!("FAULT {action:?}"));
         self.tracer.fault(self.now, &format!("{:?}", action.kind()));
         match action {
-            FaultAction::Crash { node, down_us } => self.crash_for(NodeId(node), down_us),
+            FaultAction::Crash { node, down_us } => {
+                if let Some(node) = self.resolve(node) {
+                    self.crash_for(node, down_us);
+                }
+            }
             FaultAction::TornWriteCrash {
                 node,
                 ops_before_failure,
@@ -696,9 +704,12 @@ impl<'a> World<'a> {
                 duration_us,
                 ..
             } => {
+                let Some(links) = self.resolve_links(&blocked) else {
+                    return;
+                };
                 self.next_partition += 1;
                 let id = self.next_partition;
-                self.network.add_partition(id, links(&blocked));
+                self.network.add_partition(id, links);
                 self.push(
                     self.now.saturating_add_us(duration_us),
                     Event::HealPartition { id },
@@ -726,6 +737,30 @@ impl<'a> World<'a> {
             }
             FaultAction::Pause { node, duration_us } => self.pause(NodeId(node), duration_us),
         }
+    }
+
+    /// The node a fault names: itself, or for `LEADER` the current leader (if any).
+    fn resolve(&self, node: u64) -> Option<NodeId> {
+        if node != LEADER {
+            return Some(NodeId(node));
+        }
+        self.nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .filter(|r| r.role() == Role::Leader)
+            .max_by_key(|r| r.term())
+            .map(|r| r.id())
+    }
+
+    fn resolve_links(&self, blocked: &[(u64, u64)]) -> Option<Vec<(NodeId, NodeId)>> {
+        let mut resolved = Vec::with_capacity(blocked.len());
+        for &(a, b) in blocked {
+            let (a, b) = (self.resolve(a)?, self.resolve(b)?);
+            if a != b {
+                resolved.push((a, b));
+            }
+        }
+        Some(resolved)
     }
 
     fn pause(&mut self, id: NodeId, duration_us: u64) {
