@@ -12,6 +12,8 @@ pub enum Stream {
     Disk = 4,
     Replicas = 5,
     Clients = 6,
+    /// Faults decided while running (quick restarts).
+    Chaos = 7,
 }
 
 /// A portable generator (ChaCha8: the same numbers on every machine and build) for one

@@ -166,6 +166,9 @@ pub struct Scenario {
     pub chaos_duration_us: u64,
     pub network: NetworkParams,
     pub tuning: ReplicaTuning,
+    /// Chance, per ten thousand inputs a node handles, that it crashes right after the
+    /// input and comes back within milliseconds: crashes at every point of the protocol.
+    pub quick_restart_per_10k: u32,
     /// Per node, how fast its clock runs, in parts per million off true time.
     pub clock_drift_ppm: Vec<i64>,
     pub fault_events: Vec<FaultEvent>,
@@ -210,6 +213,7 @@ impl Scenario {
         let mut network = NetworkParams::calm();
         network.latency_us_max = [2_000, 10_000, 30_000][rng.random_range(0..3)];
         let tuning = ReplicaTuning::generate(&mut rng);
+        let quick_restart_per_10k = if on(FaultKind::Crash) { rng.random_range(0..=100) } else { 0 };
         if on(FaultKind::Drop) {
             network.drop_per_mille = rng.random_range(1..=100);
         }
@@ -245,6 +249,7 @@ impl Scenario {
             chaos_duration_us: options.chaos_duration_us,
             network,
             tuning,
+            quick_restart_per_10k,
             clock_drift_ppm,
             fault_events,
             clients,
@@ -266,7 +271,12 @@ fn generate_fault_events(
     let mut events = Vec::new();
     let at = |rng: &mut dyn rand::RngCore| rng.random_range(0..duration_us);
     let node = |rng: &mut dyn rand::RngCore| rng.random_range(1..=nodes);
-    let down_us = |rng: &mut dyn rand::RngCore| rng.random_range(50_000..=3_000_000);
+    // Log-uniform from 1 ms to 3 s: quick restarts (within one election) matter as much
+    // as long outages.
+    let down_us = |rng: &mut dyn rand::RngCore| {
+        let decade = [1_000u64, 10_000, 100_000, 1_000_000][rng.random_range(0..4)];
+        rng.random_range(decade..=3 * decade)
+    };
     // Node 0 stands for whichever node leads when the fault strikes: leader churn is
     // where consensus bugs hide.
     let node_or_leader = |rng: &mut dyn rand::RngCore| {

@@ -112,6 +112,7 @@ pub struct World<'a> {
     nodes: Vec<SimNode>,
     network: Network,
     disk_rng: ChaCha8Rng,
+    chaos_rng: ChaCha8Rng,
     client_rng: ChaCha8Rng,
     clients: Vec<Client>,
     users: Vec<String>,
@@ -189,6 +190,7 @@ impl<'a> World<'a> {
                 stream(scenario.seed, Stream::Network),
             ),
             disk_rng: stream(scenario.seed, Stream::Disk),
+            chaos_rng: stream(scenario.seed, Stream::Chaos),
             client_rng,
             clients,
             users,
@@ -487,6 +489,18 @@ impl<'a> World<'a> {
         self.after_input(id);
     }
 
+    /// A crash at an arbitrary point of the protocol, with a quick return.
+    fn maybe_quick_restart(&mut self, id: NodeId) -> bool {
+        let rate = self.scenario.quick_restart_per_10k;
+        if self.phase != Phase::Chaos || rate == 0 || self.chaos_rng.random_range(0..10_000) >= rate {
+            return false;
+        }
+        let down_us = self.chaos_rng.random_range(1_000..=20_000);
+        self.tracer.line(self.now, || format!("FAULT quick restart of {id} in {down_us}us"));
+        self.crash_for(id, down_us);
+        true
+    }
+
     fn after_input(&mut self, id: NodeId) {
         let index = id.0 as usize - 1;
         let Some(replica) = self.nodes[index].replica.as_ref() else {
@@ -495,6 +509,12 @@ impl<'a> World<'a> {
         if let Err(violation) = self.safety.observe_replica(replica) {
             return self.fail(violation);
         }
+        if self.maybe_quick_restart(id) {
+            return;
+        }
+        let Some(replica) = self.nodes[index].replica.as_ref() else {
+            return;
+        };
         let role = (replica.role(), replica.term());
         if self.nodes[index].last_role != Some(role) {
             self.nodes[index].last_role = Some(role);
@@ -534,6 +554,19 @@ impl<'a> World<'a> {
         self.tracer.digest(&[self.now.0, 6, id.0]);
         self.tracer.line(self.now, || format!("{id} crashes"));
         self.tracer.role(self.now, id, None);
+        // What a crashed process had not yet handed to the wire dies with it: each of
+        // its messages still in flight is lost with probability one half.
+        let in_flight: Vec<(Time, u64)> = self
+            .queue
+            .iter()
+            .filter(|(_, event)| matches!(event, Event::Message { envelope, .. } if envelope.from == id))
+            .map(|(&key, _)| key)
+            .collect();
+        for key in in_flight {
+            if self.chaos_rng.random_bool(0.5) {
+                self.queue.remove(&key);
+            }
+        }
         let node = &mut self.nodes[id.0 as usize - 1];
         node.replica = None;
         node.timer = None;
@@ -721,17 +754,16 @@ impl<'a> World<'a> {
                 count,
                 ..
             } => {
+                // The leader at the start of the flapping stays the flapping node.
+                let Some(links) = self.resolve_links(&blocked) else {
+                    return;
+                };
                 self.next_partition += 1;
                 let id = self.next_partition;
                 for k in 0..u64::from(count) {
                     let on = self.now.saturating_add_us(2 * k * period_us);
-                    self.push(
-                        on,
-                        Event::AddPartition {
-                            id,
-                            links: links(&blocked),
-                        },
-                    );
+                    let links = links.clone();
+                    self.push(on, Event::AddPartition { id, links });
                     self.push(on.saturating_add_us(period_us), Event::HealPartition { id });
                 }
             }
