@@ -16,6 +16,7 @@ pub mod node;
 pub mod rng;
 pub mod runner;
 pub mod scenario;
+pub mod shrink;
 pub mod trace;
 pub mod workload;
 pub mod world;

@@ -1223,13 +1223,6 @@ impl<'a> World<'a> {
     }
 }
 
-fn links(blocked: &[(u64, u64)]) -> Vec<(NodeId, NodeId)> {
-    blocked
-        .iter()
-        .map(|&(a, b)| (NodeId(a), NodeId(b)))
-        .collect()
-}
-
 /// Every client's inbox as the replica holds it, read through the same query API.
 fn final_state(replica: &Replica, clients: &[Client]) -> FinalState {
     let mut state = FinalState::default();

@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use chat_sim::faults::FaultSet;
 use chat_sim::runner::{run_seeds, Summary};
+use chat_sim::shrink::ScenarioFile;
 use chat_sim::scenario::{
     GenerateOptions, Scenario, CHAOS_DURATION_US_DEFAULT, CLIENTS_DEFAULT, NODES_MAX,
 };
@@ -302,14 +303,8 @@ fn open_writer(path: &Option<PathBuf>) -> Result<Option<Box<dyn std::io::Write>>
 fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let (scenario, replay_hint) = match (&args.scenario, args.seed) {
         (Some(path), _) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let scenario: Scenario = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a scenario file", path.display()))?;
-            (
-                scenario,
-                format!("chatsim replay --scenario {}", path.display()),
-            )
+            let scenario = read_scenario(path)?;
+            (scenario, format!("chatsim replay --scenario {}", path.display()))
         }
         (None, Some(seed)) => {
             let options = args.sim.generate_options()?;
@@ -350,6 +345,50 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
     Ok(code)
 }
 
-fn shrink(_args: ShrinkArgs) -> Result<ExitCode> {
-    bail!("shrink is not implemented yet")
+fn shrink(args: ShrinkArgs) -> Result<ExitCode> {
+    let options = args.sim.generate_options()?;
+    let scenario = Scenario::generate(args.seed, &options);
+    let outcome = chat_sim::run_scenario(&scenario);
+    let Some(failure) = outcome.failure else {
+        bail!("seed {} passes every check; there is nothing to shrink", args.seed);
+    };
+    let check = failure.violation.check;
+    println!("seed {} fails {check}: {}", args.seed, failure.violation.detail);
+    println!("shrinking (each step re-runs the scenario)...");
+    let (shrunk, stats) = chat_sim::shrink::shrink(&scenario, check, &mut |s| chat_sim::run_scenario(s));
+    let final_outcome = chat_sim::run_scenario(&shrunk);
+    let Some(final_failure) = final_outcome.failure else {
+        bail!("internal error: the shrunk scenario no longer fails");
+    };
+    let file = ScenarioFile {
+        description: format!(
+            "Found by `chatsim shrink --seed {}{}`: {check}. Say here which bug it caught.",
+            args.seed,
+            args.sim.flags()
+        ),
+        check: check.to_string(),
+        detail: final_failure.violation.detail.clone(),
+        scenario: shrunk,
+    };
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    let path = args.out_dir.join(format!("{check}-seed{}.json", args.seed));
+    std::fs::write(&path, serde_json::to_string_pretty(&file)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!(
+        "{} runs: fault events {} -> {}, client operations {} -> {}",
+        stats.runs, stats.fault_events_before, stats.fault_events_after, stats.ops_before, stats.ops_after
+    );
+    println!("still fails {check}: {}", final_failure.violation.detail);
+    println!("wrote {}\n  replay: chatsim replay --scenario {}", path.display(), path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a scenario file as written by `shrink` (or a bare scenario).
+fn read_scenario(path: &std::path::Path) -> Result<Scenario> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if let Ok(file) = serde_json::from_str::<ScenarioFile>(&text) {
+        return Ok(file.scenario);
+    }
+    serde_json::from_str(&text).with_context(|| format!("{} is not a scenario file", path.display()))
 }
