@@ -1040,6 +1040,13 @@ impl<'a> World<'a> {
             _ => {}
         }
         if let Err(ClientError::SessionExpired) = outcome {
+            // Sessions here are far below the table's bound and its expiry: an expired
+            // session is a replica answering from state it should not trust.
+            self.fail(Violation {
+                check: "sessions",
+                detail: format!("client c{client} was told its live session expired"),
+            });
+            let c = &mut self.clients[client];
             c.session = ClientId(uuid::Uuid::from_u128(self.client_rng.random()));
             c.seq = 0;
         }

@@ -47,26 +47,21 @@ impl Replica {
         if let Err(error) = ChatState::validate(&command) {
             return self.reply_err(request_id, error.into());
         }
-        // A retry of a request already applied is answered from the session table without
-        // another trip through the log.
-        match self.machine.sessions.check(session) {
-            SessionCheck::Apply => {}
-            SessionCheck::Duplicate(outcome) => return self.reply_outcome(request_id, outcome),
-            SessionCheck::Stale { last_seq } => {
-                return self.reply_err(
-                    request_id,
-                    ClientError::StaleRequest {
-                        seq: session.seq,
-                        last_seq,
-                    },
-                );
-            }
-            SessionCheck::Expired => {
-                return self.reply_err(request_id, ClientError::SessionExpired)
-            }
-        }
         if !self.admit(request_id) {
             return;
+        }
+        // A retry of a request already applied is answered from the session table without
+        // another trip through the log: that answer is a committed fact. Nothing else is
+        // decided here, because this leader's applied state may still lag its log (an
+        // unknown session may be one whose first request it has yet to apply); the log
+        // decides the rest when the request is applied.
+        match self.machine.sessions.check(session) {
+            SessionCheck::Duplicate(outcome) => return self.reply_outcome(request_id, outcome),
+            SessionCheck::Stale { last_seq } => {
+                let error = ClientError::StaleRequest { seq: session.seq, last_seq };
+                return self.reply_err(request_id, error);
+            }
+            SessionCheck::Apply | SessionCheck::Expired => {}
         }
         let timestamp = self.stamp_time();
         let index = self.append_own(EntryPayload::Command(Proposal {
