@@ -22,7 +22,7 @@ pub mod workload;
 pub mod world;
 
 pub use scenario::{GenerateOptions, Scenario};
-pub use world::{Failure, RunOutcome, RunStats, World};
+pub use world::{Failure, RunOutcome, RunStats, Sabotage, World};
 
 /// Runs one scenario without traces.
 pub fn run_scenario(scenario: &Scenario) -> RunOutcome {

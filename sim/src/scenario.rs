@@ -213,7 +213,11 @@ impl Scenario {
         let mut network = NetworkParams::calm();
         network.latency_us_max = [2_000, 10_000, 30_000][rng.random_range(0..3)];
         let tuning = ReplicaTuning::generate(&mut rng);
-        let quick_restart_per_10k = if on(FaultKind::Crash) { rng.random_range(0..=100) } else { 0 };
+        let quick_restart_per_10k = if on(FaultKind::Crash) {
+            rng.random_range(0..=100)
+        } else {
+            0
+        };
         if on(FaultKind::Drop) {
             network.drop_per_mille = rng.random_range(1..=100);
         }
@@ -400,7 +404,11 @@ fn random_partition(rng: &mut impl Rng, nodes: u64) -> (String, Vec<(u64, u64)>)
             (format!("halves {side:?}"), blocked)
         }
         1 => {
-            let isolated = if rng.random_bool(0.5) { LEADER } else { rng.random_range(1..=nodes) };
+            let isolated = if rng.random_bool(0.5) {
+                LEADER
+            } else {
+                rng.random_range(1..=nodes)
+            };
             for other in (1..=nodes).filter(|&o| o != isolated) {
                 blocked.push((isolated, other));
                 blocked.push((other, isolated));

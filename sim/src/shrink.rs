@@ -39,14 +39,18 @@ pub fn shrink(
     };
     let mut fails = |candidate: &Scenario| {
         stats.runs += 1;
-        run(candidate).failure.is_some_and(|f| f.violation.check == check)
+        run(candidate)
+            .failure
+            .is_some_and(|f| f.violation.check == check)
     };
     let mut best = scenario.clone();
     // Shorter chaos first: everything after the failure is noise.
     while best.chaos_duration_us > 100_000 {
         let mut candidate = best.clone();
         candidate.chaos_duration_us /= 2;
-        candidate.fault_events.retain(|e| e.at_us < candidate.chaos_duration_us);
+        candidate
+            .fault_events
+            .retain(|e| e.at_us < candidate.chaos_duration_us);
         if !fails(&candidate) {
             break;
         }
@@ -99,8 +103,11 @@ pub fn minimize<T: Clone>(items: Vec<T>, fails: &mut dyn FnMut(&[T]) -> bool) ->
         let chunk = items.len().div_ceil(granularity);
         let mut reduced = false;
         for start in (0..items.len()).step_by(chunk) {
-            let complement: Vec<T> =
-                items[..start].iter().chain(items[(start + chunk).min(items.len())..].iter()).cloned().collect();
+            let complement: Vec<T> = items[..start]
+                .iter()
+                .chain(items[(start + chunk).min(items.len())..].iter())
+                .cloned()
+                .collect();
             if fails(&complement) {
                 items = complement;
                 granularity = (granularity - 1).max(2);

@@ -104,7 +104,18 @@ enum Event {
     Probe,
 }
 
+/// Deliberate damage, for tests of the end-of-run checkers: each makes a correct cluster
+/// look broken so the checker must say so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sabotage {
+    /// After the faults stop, every message is still dropped: liveness must fail.
+    SilenceAfterChaos,
+    /// The power loss also wipes every disk: the state after it must differ.
+    WipeDisksOnPowerLoss,
+}
+
 pub struct World<'a> {
+    sabotage: Option<Sabotage>,
     scenario: &'a Scenario,
     now: Time,
     queue: BTreeMap<(Time, u64), Event>,
@@ -180,6 +191,7 @@ impl<'a> World<'a> {
             .collect();
         let users = clients.iter().map(|c| c.user.clone()).collect();
         World {
+            sabotage: None,
             scenario,
             now: Time(0),
             queue: BTreeMap::new(),
@@ -206,6 +218,12 @@ impl<'a> World<'a> {
             stats: RunStats::default(),
             failure: None,
         }
+    }
+
+    /// Breaks the world on purpose (see [`Sabotage`]).
+    pub fn sabotage(mut self, sabotage: Sabotage) -> World<'a> {
+        self.sabotage = Some(sabotage);
+        self
     }
 
     fn push(&mut self, at: Time, event: Event) -> u64 {
@@ -356,7 +374,9 @@ impl<'a> World<'a> {
 
     fn deliver_message(&mut self, envelope: Envelope, sent: Time) {
         let (from, to) = (envelope.from, envelope.to);
-        if self.network.is_blocked(from, to) || !self.node(to).is_up() {
+        let silenced =
+            self.sabotage == Some(Sabotage::SilenceAfterChaos) && self.phase != Phase::Chaos;
+        if silenced || self.network.is_blocked(from, to) || !self.node(to).is_up() {
             return;
         }
         if self.defer_if_paused(to, || Event::Message {
@@ -492,11 +512,14 @@ impl<'a> World<'a> {
     /// A crash at an arbitrary point of the protocol, with a quick return.
     fn maybe_quick_restart(&mut self, id: NodeId) -> bool {
         let rate = self.scenario.quick_restart_per_10k;
-        if self.phase != Phase::Chaos || rate == 0 || self.chaos_rng.random_range(0..10_000) >= rate {
+        if self.phase != Phase::Chaos || rate == 0 || self.chaos_rng.random_range(0..10_000) >= rate
+        {
             return false;
         }
         let down_us = self.chaos_rng.random_range(1_000..=20_000);
-        self.tracer.line(self.now, || format!("FAULT quick restart of {id} in {down_us}us"));
+        self.tracer.line(self.now, || {
+            format!("FAULT quick restart of {id} in {down_us}us")
+        });
         self.crash_for(id, down_us);
         true
     }
@@ -1187,6 +1210,12 @@ impl<'a> World<'a> {
             let id = NodeId(index as u64 + 1);
             if self.nodes[index].is_up() {
                 self.crash(id);
+                if self.sabotage == Some(Sabotage::WipeDisksOnPowerLoss) {
+                    self.nodes[index].disk = Some(MemDisk::new());
+                    // Only the power-loss check is under test: forget the old terms and
+                    // log, which the step checkers would rightly see reused.
+                    self.safety = SafetyChecker::default();
+                }
                 let incarnation = self.nodes[index].incarnation;
                 let at = self
                     .now

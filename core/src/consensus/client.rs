@@ -58,7 +58,10 @@ impl Replica {
         match self.machine.sessions.check(session) {
             SessionCheck::Duplicate(outcome) => return self.reply_outcome(request_id, outcome),
             SessionCheck::Stale { last_seq } => {
-                let error = ClientError::StaleRequest { seq: session.seq, last_seq };
+                let error = ClientError::StaleRequest {
+                    seq: session.seq,
+                    last_seq,
+                };
                 return self.reply_err(request_id, error);
             }
             SessionCheck::Apply | SessionCheck::Expired => {}

@@ -3,10 +3,10 @@
 use anyhow::{bail, Context, Result};
 use chat_sim::faults::FaultSet;
 use chat_sim::runner::{run_seeds, Summary};
-use chat_sim::shrink::ScenarioFile;
 use chat_sim::scenario::{
     GenerateOptions, Scenario, CHAOS_DURATION_US_DEFAULT, CLIENTS_DEFAULT, NODES_MAX,
 };
+use chat_sim::shrink::ScenarioFile;
 use chat_sim::trace::Tracer;
 use chat_sim::{RunOutcome, World};
 use clap::{Args, Parser, Subcommand};
@@ -304,7 +304,10 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let (scenario, replay_hint) = match (&args.scenario, args.seed) {
         (Some(path), _) => {
             let scenario = read_scenario(path)?;
-            (scenario, format!("chatsim replay --scenario {}", path.display()))
+            (
+                scenario,
+                format!("chatsim replay --scenario {}", path.display()),
+            )
         }
         (None, Some(seed)) => {
             let options = args.sim.generate_options()?;
@@ -350,12 +353,19 @@ fn shrink(args: ShrinkArgs) -> Result<ExitCode> {
     let scenario = Scenario::generate(args.seed, &options);
     let outcome = chat_sim::run_scenario(&scenario);
     let Some(failure) = outcome.failure else {
-        bail!("seed {} passes every check; there is nothing to shrink", args.seed);
+        bail!(
+            "seed {} passes every check; there is nothing to shrink",
+            args.seed
+        );
     };
     let check = failure.violation.check;
-    println!("seed {} fails {check}: {}", args.seed, failure.violation.detail);
+    println!(
+        "seed {} fails {check}: {}",
+        args.seed, failure.violation.detail
+    );
     println!("shrinking (each step re-runs the scenario)...");
-    let (shrunk, stats) = chat_sim::shrink::shrink(&scenario, check, &mut |s| chat_sim::run_scenario(s));
+    let (shrunk, stats) =
+        chat_sim::shrink::shrink(&scenario, check, &mut |s| chat_sim::run_scenario(s));
     let final_outcome = chat_sim::run_scenario(&shrunk);
     let Some(final_failure) = final_outcome.failure else {
         bail!("internal error: the shrunk scenario no longer fails");
@@ -377,18 +387,28 @@ fn shrink(args: ShrinkArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!(
         "{} runs: fault events {} -> {}, client operations {} -> {}",
-        stats.runs, stats.fault_events_before, stats.fault_events_after, stats.ops_before, stats.ops_after
+        stats.runs,
+        stats.fault_events_before,
+        stats.fault_events_after,
+        stats.ops_before,
+        stats.ops_after
     );
     println!("still fails {check}: {}", final_failure.violation.detail);
-    println!("wrote {}\n  replay: chatsim replay --scenario {}", path.display(), path.display());
+    println!(
+        "wrote {}\n  replay: chatsim replay --scenario {}",
+        path.display(),
+        path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 /// Reads a scenario file as written by `shrink` (or a bare scenario).
 fn read_scenario(path: &std::path::Path) -> Result<Scenario> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     if let Ok(file) = serde_json::from_str::<ScenarioFile>(&text) {
         return Ok(file.scenario);
     }
-    serde_json::from_str(&text).with_context(|| format!("{} is not a scenario file", path.display()))
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a scenario file", path.display()))
 }

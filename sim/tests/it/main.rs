@@ -1,0 +1,6 @@
+//! The simulator's own tests: determinism, checkers that can fail, traces, and every
+//! regression scenario under `seeds/`.
+
+mod checkers;
+mod determinism;
+mod seeds;
