@@ -26,6 +26,8 @@ pub struct SimNode {
     /// A torn-write crash is armed: the node goes down for this long when its disk fails.
     pub torn_write_down_us: Option<u64>,
     pub last_role: Option<(Role, Term)>,
+    /// The last input changed the role, the vote or the commit index.
+    pub at_milestone: bool,
 }
 
 impl SimNode {
@@ -45,6 +47,7 @@ impl SimNode {
             recovery_crash_after_ops: None,
             torn_write_down_us: None,
             last_role: None,
+            at_milestone: false,
         }
     }
 

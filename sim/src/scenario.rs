@@ -169,6 +169,9 @@ pub struct Scenario {
     /// Chance, per ten thousand inputs a node handles, that it crashes right after the
     /// input and comes back within milliseconds: crashes at every point of the protocol.
     pub quick_restart_per_10k: u32,
+    /// Chance, in percent, of such a crash right after a vote, an election won or a commit.
+    #[serde(default)]
+    pub milestone_crash_percent: u32,
     /// Per node, how fast its clock runs, in parts per million off true time.
     pub clock_drift_ppm: Vec<i64>,
     pub fault_events: Vec<FaultEvent>,
@@ -218,6 +221,11 @@ impl Scenario {
         } else {
             0
         };
+        let milestone_crash_percent = if on(FaultKind::Crash) {
+            rng.random_range(0..=20)
+        } else {
+            0
+        };
         if on(FaultKind::Drop) {
             network.drop_per_mille = rng.random_range(1..=100);
         }
@@ -254,6 +262,7 @@ impl Scenario {
             network,
             tuning,
             quick_restart_per_10k,
+            milestone_crash_percent,
             clock_drift_ppm,
             fault_events,
             clients,

@@ -72,7 +72,8 @@ pub fn shrink(
         best.clients[client].ops = kept;
     }
     // Then the background noise, one knob at a time.
-    let knobs: [fn(&mut Scenario); 5] = [
+    let knobs: [fn(&mut Scenario); 6] = [
+        |s| s.milestone_crash_percent = 0,
         |s| s.network.drop_per_mille = 0,
         |s| s.network.duplicate_per_mille = 0,
         |s| s.network.delay_per_mille = 0,

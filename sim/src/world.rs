@@ -449,7 +449,12 @@ impl<'a> World<'a> {
         let (Some(replica), Some(store)) = (node.replica.as_mut(), node.store.as_mut()) else {
             return;
         };
+        let before = (replica.role(), replica.voted_for(), replica.commit_index());
         input(replica, local_now);
+        // Protocol milestones (a vote given, leadership won, a commit) are where crashes
+        // find bugs: the moments just before the news has spread.
+        let after = (replica.role(), replica.voted_for(), replica.commit_index());
+        node.at_milestone = before != after;
         let mut shell = SimShell {
             store,
             outbox: Vec::new(),
@@ -511,9 +516,34 @@ impl<'a> World<'a> {
 
     /// A crash at an arbitrary point of the protocol, with a quick return.
     fn maybe_quick_restart(&mut self, id: NodeId) -> bool {
-        let rate = self.scenario.quick_restart_per_10k;
+        let at_milestone = std::mem::take(&mut self.node_mut(id).at_milestone);
+        let rate = if at_milestone {
+            100 * self.scenario.milestone_crash_percent
+        } else {
+            self.scenario.quick_restart_per_10k
+        };
         if self.phase != Phase::Chaos || rate == 0 || self.chaos_rng.random_range(0..10_000) >= rate
         {
+            return false;
+        }
+        if at_milestone && self.chaos_rng.random_bool(0.5) {
+            // Or cut it off for a moment: what it just sent is lost, it stays up.
+            let isolated_us = self.chaos_rng.random_range(1_000..=300_000);
+            self.tracer.line(self.now, || {
+                format!("FAULT isolate {id} for {isolated_us}us")
+            });
+            self.next_partition += 1;
+            let partition = self.next_partition;
+            let links = (1..=self.scenario.nodes)
+                .map(NodeId)
+                .filter(|&other| other != id)
+                .flat_map(|other| [(id, other), (other, id)])
+                .collect();
+            self.network.add_partition(partition, links);
+            self.push(
+                self.now.saturating_add_us(isolated_us),
+                Event::HealPartition { id: partition },
+            );
             return false;
         }
         let down_us = self.chaos_rng.random_range(1_000..=20_000);
