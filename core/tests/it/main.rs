@@ -5,6 +5,7 @@ mod election;
 mod figure8;
 mod harness;
 mod reads;
+mod restart;
 mod robustness;
 mod sessions;
 mod snapshots;
