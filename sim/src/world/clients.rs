@@ -1,0 +1,214 @@
+//! The simulated clients: starting operations, sending and resending requests,
+//! following leader hints with backoff, and recording outcomes in the history.
+
+use super::*;
+
+impl World<'_> {
+    pub(super) fn client_wake(&mut self, client: usize, token: u64) {
+        if self.clients[client].wake_token != token {
+            return;
+        }
+        if self.clients[client].current.is_some() {
+            // The answer did not come in time: try another node.
+            let target = NodeId(self.client_rng.random_range(1..=self.scenario.nodes));
+            self.clients[client].target = target;
+            self.resend(client);
+            return;
+        }
+        self.start_next_op(client);
+    }
+
+    pub(super) fn start_next_op(&mut self, client: usize) {
+        if self.phase != Phase::Chaos || self.clients[client].stopped {
+            return;
+        }
+        let users = self.users.clone();
+        let c = &mut self.clients[client];
+        let (request, kind) = if c.auth.is_none() {
+            c.create_account()
+        } else {
+            loop {
+                let Some(planned) = c.plan.get(c.next_op).cloned() else {
+                    return;
+                };
+                c.next_op += 1;
+                if let Some(found) = c.request_for(&planned.op, &users) {
+                    break found;
+                }
+            }
+        };
+        let op = self.history.invoke(client, kind, self.now.0);
+        let request_id = self.new_request_id(client);
+        self.clients[client].current = Some(InFlight {
+            history_op: op,
+            request,
+            request_id,
+            started: self.now,
+        });
+        self.clients[client].retries = 0;
+        self.send_request(client);
+    }
+
+    pub(super) fn new_request_id(&mut self, client: usize) -> RequestId {
+        self.next_request += 1;
+        let request_id = RequestId(self.next_request);
+        self.requests.insert(request_id, client);
+        request_id
+    }
+
+    pub(super) fn resend(&mut self, client: usize) {
+        let request_id = self.new_request_id(client);
+        let Some(current) = self.clients[client].current.as_mut() else {
+            return;
+        };
+        self.requests.remove(&current.request_id);
+        current.request_id = request_id;
+        self.clients[client].retries += 1;
+        self.send_request(client);
+    }
+
+    pub(super) fn send_request(&mut self, client: usize) {
+        let c = &mut self.clients[client];
+        let Some(current) = c.current.as_ref() else {
+            return;
+        };
+        let (node, request_id, request) = (c.target, current.request_id, current.request.clone());
+        self.history.ops[current.history_op].attempts += 1;
+        c.wake_token += 1;
+        let token = c.wake_token;
+        self.tracer.line(self.now, || {
+            format!("c{client} -> {node} request #{}", request_id.0)
+        });
+        let at = self.now.saturating_add_us(self.network.latency_us());
+        self.push(
+            at,
+            Event::Request {
+                node,
+                request_id,
+                request,
+            },
+        );
+        self.push(
+            self.now.saturating_add_us(REQUEST_TIMEOUT_US),
+            Event::ClientWake { client, token },
+        );
+    }
+
+    pub(super) fn client_reply(
+        &mut self,
+        client: usize,
+        request_id: RequestId,
+        outcome: Result<Response, ClientError>,
+    ) {
+        let is_current = self.clients[client]
+            .current
+            .as_ref()
+            .is_some_and(|c| c.request_id == request_id);
+        self.requests.remove(&request_id);
+        if !is_current {
+            return;
+        }
+        self.tracer.digest(&[
+            self.now.0,
+            3,
+            client as u64,
+            request_id.0,
+            u64::from(outcome.is_ok()),
+        ]);
+        self.tracer.line(self.now, || {
+            format!("c{client} <- reply #{} {outcome:?}", request_id.0)
+        });
+        match &outcome {
+            Err(ClientError::NotLeader { leader_hint }) => {
+                let target = leader_hint.unwrap_or_else(|| {
+                    NodeId(self.client_rng.random_range(1..=self.scenario.nodes))
+                });
+                self.clients[client].target = target;
+                return self.retry_after_backoff(client);
+            }
+            Err(ClientError::Busy { .. }) => return self.retry_after_backoff(client),
+            _ => {}
+        }
+        let Some(current) = self.clients[client].current.take() else {
+            return;
+        };
+        self.finish_op(client, current, outcome);
+    }
+
+    pub(super) fn retry_after_backoff(&mut self, client: usize) {
+        let jitter = self.client_rng.random_range(0..1000);
+        let backoff = self.clients[client].backoff_us(jitter);
+        let c = &mut self.clients[client];
+        c.retries += 1;
+        c.wake_token += 1;
+        let token = c.wake_token;
+        // The wake-up finds the request still current and resends it.
+        self.push(
+            self.now.saturating_add_us(backoff),
+            Event::ClientWake { client, token },
+        );
+    }
+
+    pub(super) fn finish_op(
+        &mut self,
+        client: usize,
+        current: InFlight,
+        outcome: Result<Response, ClientError>,
+    ) {
+        use chat_core::app::CommandOutput;
+        self.stats.ops_completed += 1;
+        if outcome.is_ok() {
+            self.stats.ops_acknowledged += 1;
+        }
+        let c = &mut self.clients[client];
+        match (&self.history.ops[current.history_op].kind, &outcome) {
+            (
+                OpKind::CreateAccount { .. },
+                Ok(Response::Command(CommandOutput::AccountCreated { user, generation })),
+            ) => {
+                c.auth = Some(chat_core::app::Auth {
+                    user: user.clone(),
+                    generation: *generation,
+                    token_epoch: 0,
+                });
+            }
+            (OpKind::CreateAccount { .. }, _) => c.stopped = true,
+            (OpKind::Read { .. }, Ok(Response::Command(CommandOutput::Messages(messages)))) => {
+                c.read_ids.extend(messages.iter().map(|m| m.id));
+            }
+            (OpKind::Delete { ids, .. }, Ok(_)) => c.read_ids.retain(|id| !ids.contains(id)),
+            _ => {}
+        }
+        if let Err(ClientError::SessionExpired) = outcome {
+            // Sessions here are far below the table's bound and its expiry: an expired
+            // session is a replica answering from state it should not trust.
+            self.fail(Violation {
+                check: "sessions",
+                detail: format!("client c{client} was told its live session expired"),
+            });
+            let c = &mut self.clients[client];
+            c.session = ClientId(uuid::Uuid::from_u128(self.client_rng.random()));
+            c.seq = 0;
+        }
+        let name = format!("{:?}", self.history.ops[current.history_op].kind);
+        let label = match &outcome {
+            Ok(_) => "ok".to_string(),
+            Err(error) => error.to_string(),
+        };
+        self.tracer
+            .client_op(client, current.started, self.now, &name, &label);
+        self.history
+            .complete(current.history_op, outcome, self.now.0);
+        let think_us = self.clients[client]
+            .plan
+            .get(self.clients[client].next_op)
+            .map_or(0, |p| p.think_us);
+        let c = &mut self.clients[client];
+        c.wake_token += 1;
+        let token = c.wake_token;
+        self.push(
+            self.now.saturating_add_us(think_us),
+            Event::ClientWake { client, token },
+        );
+    }
+}

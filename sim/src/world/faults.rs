@@ -1,0 +1,228 @@
+//! Fault injection: the scheduled faults, quick restarts and milestone crashes, and
+//! disk corruption.
+
+use super::*;
+
+impl World<'_> {
+    /// A crash at an arbitrary point of the protocol, with a quick return.
+    pub(super) fn maybe_quick_restart(&mut self, id: NodeId) -> bool {
+        let at_milestone = std::mem::take(&mut self.node_mut(id).at_milestone);
+        let rate = if at_milestone {
+            100 * self.scenario.milestone_crash_percent
+        } else {
+            self.scenario.quick_restart_per_10k
+        };
+        if self.phase != Phase::Chaos || rate == 0 || self.chaos_rng.random_range(0..10_000) >= rate
+        {
+            return false;
+        }
+        if at_milestone && self.chaos_rng.random_bool(0.5) {
+            // Or cut it off for a moment: what it just sent is lost, it stays up.
+            let isolated_us = self.chaos_rng.random_range(1_000..=300_000);
+            self.tracer.line(self.now, || {
+                format!("FAULT isolate {id} for {isolated_us}us")
+            });
+            self.next_partition += 1;
+            let partition = self.next_partition;
+            let links = (1..=self.scenario.nodes)
+                .map(NodeId)
+                .filter(|&other| other != id)
+                .flat_map(|other| [(id, other), (other, id)])
+                .collect();
+            self.network.add_partition(partition, links);
+            self.push(
+                self.now.saturating_add_us(isolated_us),
+                Event::HealPartition { id: partition },
+            );
+            return false;
+        }
+        let down_us = self.chaos_rng.random_range(1_000..=20_000);
+        self.tracer.line(self.now, || {
+            format!("FAULT quick restart of {id} in {down_us}us")
+        });
+        self.crash_for(id, down_us);
+        true
+    }
+
+    pub(super) fn inject(&mut self, index: usize) {
+        if self.phase != Phase::Chaos {
+            return;
+        }
+        let action = self.scenario.fault_events[index].action.clone();
+        self.tracer.digest(&[self.now.0, 5, index as u64]);
+        self.tracer.line(self.now, || format!("FAULT {action:?}"));
+        self.tracer.fault(self.now, &format!("{:?}", action.kind()));
+        match action {
+            FaultAction::Crash { node, down_us } => {
+                if let Some(node) = self.resolve(node) {
+                    self.crash_for(node, down_us);
+                }
+            }
+            FaultAction::TornWriteCrash {
+                node,
+                ops_before_failure,
+                down_us,
+            } => {
+                let node = self.node_mut(NodeId(node));
+                if let Some(store) = node.store.as_mut() {
+                    store
+                        .disk_mut()
+                        .set_fail_after_ops(Some(ops_before_failure));
+                    node.torn_write_down_us = Some(down_us);
+                }
+            }
+            FaultAction::RecoveryCrash {
+                node,
+                ops_before_failure,
+                down_us,
+            } => {
+                let id = NodeId(node);
+                if self.node(id).is_up() {
+                    self.node_mut(id).recovery_crash_after_ops = Some(ops_before_failure);
+                    self.crash_for(id, down_us);
+                }
+            }
+            FaultAction::Corrupt {
+                node,
+                file_pick,
+                offset_pick,
+                mask,
+                down_us,
+            } => self.corrupt(NodeId(node), file_pick, offset_pick, mask, down_us),
+            FaultAction::Partition {
+                blocked,
+                duration_us,
+                ..
+            } => {
+                let Some(links) = self.resolve_links(&blocked) else {
+                    return;
+                };
+                self.next_partition += 1;
+                let id = self.next_partition;
+                self.network.add_partition(id, links);
+                self.push(
+                    self.now.saturating_add_us(duration_us),
+                    Event::HealPartition { id },
+                );
+            }
+            FaultAction::Flap {
+                blocked,
+                period_us,
+                count,
+                ..
+            } => {
+                // The leader at the start of the flapping stays the flapping node.
+                let Some(links) = self.resolve_links(&blocked) else {
+                    return;
+                };
+                self.next_partition += 1;
+                let id = self.next_partition;
+                for k in 0..u64::from(count) {
+                    let on = self.now.saturating_add_us(2 * k * period_us);
+                    let links = links.clone();
+                    self.push(on, Event::AddPartition { id, links });
+                    self.push(on.saturating_add_us(period_us), Event::HealPartition { id });
+                }
+            }
+            FaultAction::Pause { node, duration_us } => self.pause(NodeId(node), duration_us),
+        }
+    }
+
+    /// The node a fault names: itself, or for `LEADER` the current leader (if any).
+    pub(super) fn resolve(&self, node: u64) -> Option<NodeId> {
+        if node != LEADER {
+            return Some(NodeId(node));
+        }
+        self.nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .filter(|r| r.role() == Role::Leader)
+            .max_by_key(|r| r.term())
+            .map(|r| r.id())
+    }
+
+    pub(super) fn resolve_links(&self, blocked: &[(u64, u64)]) -> Option<Vec<(NodeId, NodeId)>> {
+        let mut resolved = Vec::with_capacity(blocked.len());
+        for &(a, b) in blocked {
+            let (a, b) = (self.resolve(a)?, self.resolve(b)?);
+            if a != b {
+                resolved.push((a, b));
+            }
+        }
+        Some(resolved)
+    }
+
+    pub(super) fn pause(&mut self, id: NodeId, duration_us: u64) {
+        let until = self.now.saturating_add_us(duration_us);
+        let node = self.node_mut(id);
+        node.paused_until = node.paused_until.max(until);
+    }
+
+    pub(super) fn crash_for(&mut self, id: NodeId, down_us: u64) {
+        if !self.node(id).is_up() {
+            return;
+        }
+        self.crash(id);
+        let incarnation = self.node(id).incarnation;
+        self.push(
+            self.now.saturating_add_us(down_us),
+            Event::Restart {
+                node: id,
+                incarnation,
+            },
+        );
+    }
+
+    /// Crashes the node and damages a durable byte where recovery must notice it: the
+    /// snapshot file or a log segment that is not the last (a damaged last record is
+    /// indistinguishable from a torn write and is cut, by design).
+    pub(super) fn corrupt(
+        &mut self,
+        id: NodeId,
+        file_pick: u64,
+        offset_pick: u64,
+        mask: u8,
+        down_us: u64,
+    ) {
+        let tolerance = self.scenario.fault_tolerance() as usize;
+        let already_damaged = self
+            .nodes
+            .iter()
+            .filter(|n| n.corrupted || n.failed.is_some())
+            .count();
+        if already_damaged >= tolerance || self.node(id).corrupted {
+            return;
+        }
+        self.crash_for(id, down_us);
+        let Some(disk) = self.node_mut(id).disk.as_mut() else {
+            return;
+        };
+        let files = disk.list().unwrap_or_default();
+        let segments: Vec<&String> = files.iter().filter(|f| f.ends_with(".seg")).collect();
+        let mut candidates: Vec<String> = segments
+            .iter()
+            .rev()
+            .skip(1)
+            .map(|f| f.to_string())
+            .collect();
+        if files.iter().any(|f| f == SNAPSHOT_FILE) {
+            candidates.push(SNAPSHOT_FILE.to_string());
+        }
+        candidates.sort();
+        if candidates.is_empty() {
+            return;
+        }
+        let file = candidates[(file_pick % candidates.len() as u64) as usize].clone();
+        let len = disk.len(&file).unwrap_or(0);
+        if len == 0 {
+            return;
+        }
+        let offset = offset_pick % len;
+        if disk.corrupt(&file, offset, mask).is_ok() {
+            self.tracer.line(self.now, || {
+                format!("{id} disk corrupted: {file} byte {offset} ^= {mask:#04x}")
+            });
+            self.node_mut(id).corrupted = true;
+        }
+    }
+}

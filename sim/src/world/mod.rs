@@ -1,0 +1,569 @@
+//! The discrete-event simulation of one scenario: an event queue ordered by (virtual
+//! time, insertion sequence), the replicas with their disks and clocks, the network, the
+//! clients, the fault schedule, and the checkers. One run is single-threaded and a pure
+//! function of the scenario.
+
+use crate::checker::{check_history, FinalState, SafetyChecker, Violation};
+use crate::history::{History, OpKind};
+use crate::network::Network;
+use crate::node::SimNode;
+use crate::rng::{derive_seed, stream, Stream};
+use crate::scenario::{FaultAction, Scenario, LEADER};
+use crate::trace::{digest_str, Tracer};
+use crate::workload::{Client, InFlight, REQUEST_TIMEOUT_US};
+use chat_core::app::{Delivery, Query, QueryOutput};
+use chat_core::entry::Persist;
+use chat_core::storage::{Disk, LogStore, MemDisk, StorageError, SNAPSHOT_FILE};
+use chat_core::{
+    drive, ClientError, ClientId, ClientRequest, Config, Envelope, NodeId, Recovered, Replica,
+    Reply, RequestId, Response, Role, Shell, Time,
+};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+
+mod clients;
+mod faults;
+mod nodes;
+mod phases;
+
+/// After the faults stop, the cluster must recover and finish every request within this.
+pub const LIVENESS_BOUND_US: u64 = 30_000_000;
+const PROBE_INTERVAL_US: u64 = 100_000;
+/// A run that takes more events than this is stuck in a loop.
+const EVENTS_MAX: u64 = 20_000_000;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub violation: Violation,
+    pub at: Time,
+    pub event: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    pub events: u64,
+    pub simulated_us: u64,
+    pub messages_delivered: u64,
+    pub crashes: u64,
+    pub elections: u64,
+    pub ops_completed: u64,
+    pub ops_acknowledged: u64,
+    pub snapshots_installed: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunOutcome {
+    pub seed: u64,
+    pub fingerprint: u64,
+    pub failure: Option<Failure>,
+    pub stats: RunStats,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Chaos,
+    Liveness,
+    PowerLoss,
+    Done,
+}
+
+enum Event {
+    Message {
+        envelope: Envelope,
+        sent: Time,
+    },
+    Request {
+        node: NodeId,
+        request_id: RequestId,
+        request: ClientRequest,
+    },
+    Reply {
+        client: usize,
+        request_id: RequestId,
+        outcome: Result<Response, ClientError>,
+    },
+    Timer {
+        node: NodeId,
+        seq: u64,
+    },
+    ClientWake {
+        client: usize,
+        token: u64,
+    },
+    Fault {
+        index: usize,
+    },
+    Restart {
+        node: NodeId,
+        incarnation: u64,
+    },
+    AddPartition {
+        id: u64,
+        links: Vec<(NodeId, NodeId)>,
+    },
+    HealPartition {
+        id: u64,
+    },
+    EndChaos,
+    Probe,
+}
+
+/// Deliberate damage, for tests of the end-of-run checkers: each makes a correct cluster
+/// look broken so the checker must say so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sabotage {
+    /// After the faults stop, every message is still dropped: liveness must fail.
+    SilenceAfterChaos,
+    /// The power loss also wipes every disk: the state after it must differ.
+    WipeDisksOnPowerLoss,
+}
+
+pub struct World<'a> {
+    sabotage: Option<Sabotage>,
+    scenario: &'a Scenario,
+    now: Time,
+    queue: BTreeMap<(Time, u64), Event>,
+    seq: u64,
+    nodes: Vec<SimNode>,
+    network: Network,
+    disk_rng: ChaCha8Rng,
+    chaos_rng: ChaCha8Rng,
+    client_rng: ChaCha8Rng,
+    clients: Vec<Client>,
+    users: Vec<String>,
+    requests: BTreeMap<RequestId, usize>,
+    next_request: u64,
+    next_partition: u64,
+    history: History,
+    safety: SafetyChecker,
+    tracer: Tracer,
+    phase: Phase,
+    deadline: Time,
+    chat_hash_before_power_loss: Option<u64>,
+    stats: RunStats,
+    failure: Option<Failure>,
+}
+
+/// Performs a replica's outputs: persistence into its store, the rest collected.
+struct SimShell<'a> {
+    store: &'a mut LogStore<MemDisk>,
+    outbox: Vec<Envelope>,
+    replies: Vec<Reply>,
+    deliveries: u64,
+}
+
+impl Shell for SimShell<'_> {
+    type Error = StorageError;
+    fn persist(&mut self, persist: &Persist) -> Result<(), StorageError> {
+        self.store.persist(persist)
+    }
+    fn send(&mut self, envelope: Envelope) {
+        self.outbox.push(envelope);
+    }
+    fn reply(&mut self, reply: Reply) {
+        self.replies.push(reply);
+    }
+    fn deliver(&mut self, _delivery: Delivery) {
+        self.deliveries += 1;
+    }
+}
+
+impl<'a> World<'a> {
+    pub fn new(scenario: &'a Scenario, tracer: Tracer) -> World<'a> {
+        let nodes = (1..=scenario.nodes)
+            .map(|id| {
+                SimNode::new(
+                    NodeId(id),
+                    scenario
+                        .clock_drift_ppm
+                        .get(id as usize - 1)
+                        .copied()
+                        .unwrap_or(0),
+                )
+            })
+            .collect();
+        let mut client_rng = stream(scenario.seed, Stream::Clients);
+        let clients: Vec<Client> = scenario
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(index, plan)| {
+                let session = ClientId(uuid::Uuid::from_u128(client_rng.random()));
+                let target = NodeId(client_rng.random_range(1..=scenario.nodes));
+                Client::new(index, session, plan.ops.clone(), target)
+            })
+            .collect();
+        let users = clients.iter().map(|c| c.user.clone()).collect();
+        World {
+            sabotage: None,
+            scenario,
+            now: Time(0),
+            queue: BTreeMap::new(),
+            seq: 0,
+            nodes,
+            network: Network::new(
+                scenario.network.clone(),
+                stream(scenario.seed, Stream::Network),
+            ),
+            disk_rng: stream(scenario.seed, Stream::Disk),
+            chaos_rng: stream(scenario.seed, Stream::Chaos),
+            client_rng,
+            clients,
+            users,
+            requests: BTreeMap::new(),
+            next_request: 0,
+            next_partition: 0,
+            history: History::default(),
+            safety: SafetyChecker::default(),
+            tracer,
+            phase: Phase::Chaos,
+            deadline: Time(scenario.chaos_duration_us),
+            chat_hash_before_power_loss: None,
+            stats: RunStats::default(),
+            failure: None,
+        }
+    }
+
+    /// Breaks the world on purpose (see [`Sabotage`]).
+    pub fn sabotage(mut self, sabotage: Sabotage) -> World<'a> {
+        self.sabotage = Some(sabotage);
+        self
+    }
+
+    fn push(&mut self, at: Time, event: Event) -> u64 {
+        self.seq += 1;
+        self.queue.insert((at.max(self.now), self.seq), event);
+        self.seq
+    }
+
+    fn fail(&mut self, violation: Violation) {
+        if self.failure.is_none() {
+            self.tracer
+                .line(self.now, || format!("VIOLATION {violation}"));
+            self.failure = Some(Failure {
+                violation,
+                at: self.now,
+                event: self.stats.events,
+            });
+        }
+    }
+
+    /// Runs the scenario to the end or to the first violation.
+    pub fn run(mut self) -> RunOutcome {
+        self.tracer
+            .name_tracks(self.scenario.nodes, self.clients.len());
+        for id in 1..=self.scenario.nodes {
+            self.restart(NodeId(id));
+        }
+        for client in 0..self.clients.len() {
+            let start = Time(self.client_rng.random_range(0..50_000));
+            self.push(start, Event::ClientWake { client, token: 0 });
+        }
+        for (index, fault) in self.scenario.fault_events.iter().enumerate() {
+            self.push(Time(fault.at_us), Event::Fault { index });
+        }
+        self.push(Time(self.scenario.chaos_duration_us), Event::EndChaos);
+        while self.failure.is_none() && self.phase != Phase::Done {
+            let Some(((at, _), event)) = self.queue.pop_first() else {
+                self.fail(Violation {
+                    check: "liveness",
+                    detail: "the event queue ran dry".to_string(),
+                });
+                break;
+            };
+            self.now = at;
+            self.stats.events += 1;
+            if self.stats.events > EVENTS_MAX {
+                self.fail(Violation {
+                    check: "liveness",
+                    detail: format!("more than {EVENTS_MAX} events"),
+                });
+                break;
+            }
+            self.handle(event);
+        }
+        for node in &self.nodes {
+            if let Some(replica) = &node.replica {
+                self.stats.snapshots_installed += replica.metrics().snapshots_installed;
+            }
+        }
+        self.stats.simulated_us = self.now.0;
+        let final_digest: Vec<u64> = self
+            .nodes
+            .iter()
+            .flat_map(|n| {
+                n.replica
+                    .as_ref()
+                    .map(|r| [r.last_applied().0, r.state_hash()])
+                    .unwrap_or([0, 0])
+            })
+            .collect();
+        self.tracer.digest(&final_digest);
+        let fingerprint = match self.tracer.finish(self.now) {
+            Ok(fingerprint) => fingerprint,
+            Err(error) => {
+                let violation = Violation {
+                    check: "trace-io",
+                    detail: error.to_string(),
+                };
+                self.failure.get_or_insert(Failure {
+                    violation,
+                    at: self.now,
+                    event: self.stats.events,
+                });
+                0
+            }
+        };
+        RunOutcome {
+            seed: self.scenario.seed,
+            fingerprint,
+            failure: self.failure,
+            stats: self.stats,
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Message { envelope, sent } => self.deliver_message(envelope, sent),
+            Event::Request {
+                node,
+                request_id,
+                request,
+            } => self.deliver_request(node, request_id, request),
+            Event::Reply {
+                client,
+                request_id,
+                outcome,
+            } => self.client_reply(client, request_id, outcome),
+            Event::Timer { node, seq } => self.fire_timer(node, seq),
+            Event::ClientWake { client, token } => self.client_wake(client, token),
+            Event::Fault { index } => self.inject(index),
+            Event::Restart { node, incarnation } => {
+                if self.node(node).incarnation == incarnation && !self.node(node).is_up() {
+                    self.restart(node);
+                }
+            }
+            Event::AddPartition { id, links } => {
+                self.tracer.digest(&[self.now.0, 7, id]);
+                self.network.add_partition(id, links);
+            }
+            Event::HealPartition { id } => {
+                self.tracer.digest(&[self.now.0, 8, id]);
+                self.tracer
+                    .line(self.now, || format!("FAULT heal partition #{id}"));
+                self.network.remove_partition(id);
+            }
+            Event::EndChaos => self.end_chaos(),
+            Event::Probe => self.probe(),
+        }
+    }
+
+    fn node(&self, id: NodeId) -> &SimNode {
+        &self.nodes[id.0 as usize - 1]
+    }
+
+    fn node_mut(&mut self, id: NodeId) -> &mut SimNode {
+        &mut self.nodes[id.0 as usize - 1]
+    }
+
+    /// Defers an event for a paused node until it resumes. Returns whether it did.
+    fn defer_if_paused(&mut self, node: NodeId, event: impl FnOnce() -> Event) -> bool {
+        let paused_until = self.node(node).paused_until;
+        if self.now < paused_until {
+            self.push(paused_until, event());
+            return true;
+        }
+        false
+    }
+
+    fn deliver_message(&mut self, envelope: Envelope, sent: Time) {
+        let (from, to) = (envelope.from, envelope.to);
+        let silenced =
+            self.sabotage == Some(Sabotage::SilenceAfterChaos) && self.phase != Phase::Chaos;
+        if silenced || self.network.is_blocked(from, to) || !self.node(to).is_up() {
+            return;
+        }
+        if self.defer_if_paused(to, || Event::Message {
+            envelope: envelope.clone(),
+            sent,
+        }) {
+            return;
+        }
+        self.stats.messages_delivered += 1;
+        let kind = envelope.message.kind();
+        self.tracer.digest(&[
+            self.now.0,
+            1,
+            from.0,
+            to.0,
+            digest_str(kind),
+            envelope.message.term().0,
+        ]);
+        if self.tracer.text_enabled() {
+            let message = &envelope.message;
+            self.tracer
+                .line(self.now, || format!("{to} <- {from} {message}"));
+        }
+        if self.tracer.chrome_enabled() {
+            let detail = envelope.message.to_string();
+            self.tracer.message(sent, self.now, from, to, kind, &detail);
+        }
+        self.with_replica(to, |replica, now| replica.handle_message(now, envelope));
+    }
+
+    fn deliver_request(&mut self, node: NodeId, request_id: RequestId, request: ClientRequest) {
+        if !self.node(node).is_up() {
+            return;
+        }
+        if self.defer_if_paused(node, || Event::Request {
+            node,
+            request_id,
+            request: request.clone(),
+        }) {
+            return;
+        }
+        self.tracer.digest(&[self.now.0, 2, node.0, request_id.0]);
+        self.tracer.line(self.now, || {
+            format!("{node} <- client request #{} {request:?}", request_id.0)
+        });
+        self.with_replica(node, |replica, now| {
+            replica.handle_client_request(now, request_id, request)
+        });
+    }
+
+    fn fire_timer(&mut self, id: NodeId, seq: u64) {
+        let node = self.node(id);
+        if node.timer.map(|(_, s)| s) != Some(seq) || !node.is_up() {
+            return;
+        }
+        self.node_mut(id).timer = None;
+        let paused_until = self.node(id).paused_until;
+        if self.now < paused_until {
+            return self.schedule_timer_at(id, paused_until);
+        }
+        self.tracer.digest(&[self.now.0, 4, id.0]);
+        self.with_replica(id, |replica, now| replica.handle_timeout(now));
+    }
+
+    /// Feeds one input to a replica and performs its outputs.
+    fn with_replica(&mut self, id: NodeId, input: impl FnOnce(&mut Replica, Time)) {
+        let index = id.0 as usize - 1;
+        let node = &mut self.nodes[index];
+        let local_now = node.local_time(self.now);
+        let (Some(replica), Some(store)) = (node.replica.as_mut(), node.store.as_mut()) else {
+            return;
+        };
+        let before = (replica.role(), replica.voted_for(), replica.commit_index());
+        input(replica, local_now);
+        // Protocol milestones (a vote given, leadership won, a commit) are where crashes
+        // find bugs: the moments just before the news has spread.
+        let after = (replica.role(), replica.voted_for(), replica.commit_index());
+        node.at_milestone = before != after;
+        let mut shell = SimShell {
+            store,
+            outbox: Vec::new(),
+            replies: Vec::new(),
+            deliveries: 0,
+        };
+        let result = drive(replica, &mut shell);
+        let SimShell {
+            outbox, replies, ..
+        } = shell;
+        for envelope in outbox {
+            for delay_us in self.network.transit_delays_us() {
+                let sent = self.now;
+                self.push(
+                    self.now.saturating_add_us(delay_us),
+                    Event::Message {
+                        envelope: envelope.clone(),
+                        sent,
+                    },
+                );
+            }
+        }
+        for reply in replies {
+            if let Some(&client) = self.requests.get(&reply.request_id) {
+                let at = self.now.saturating_add_us(self.network.latency_us());
+                self.push(
+                    at,
+                    Event::Reply {
+                        client,
+                        request_id: reply.request_id,
+                        outcome: reply.outcome,
+                    },
+                );
+            }
+        }
+        if let Err(error) = result {
+            // Fail-stop: a replica whose write did not become durable must not go on.
+            self.tracer.line(self.now, || {
+                format!("{id} disk write failed ({error}); crashing")
+            });
+            let down_us = self
+                .node_mut(id)
+                .torn_write_down_us
+                .take()
+                .unwrap_or(1_000_000);
+            self.crash(id);
+            let incarnation = self.node(id).incarnation;
+            self.push(
+                self.now.saturating_add_us(down_us),
+                Event::Restart {
+                    node: id,
+                    incarnation,
+                },
+            );
+            return;
+        }
+        self.after_input(id);
+    }
+
+    fn after_input(&mut self, id: NodeId) {
+        let index = id.0 as usize - 1;
+        let Some(replica) = self.nodes[index].replica.as_ref() else {
+            return;
+        };
+        if let Err(violation) = self.safety.observe_replica(replica) {
+            return self.fail(violation);
+        }
+        if self.maybe_quick_restart(id) {
+            return;
+        }
+        let Some(replica) = self.nodes[index].replica.as_ref() else {
+            return;
+        };
+        let role = (replica.role(), replica.term());
+        if self.nodes[index].last_role != Some(role) {
+            self.nodes[index].last_role = Some(role);
+            if role.0 == Role::Leader {
+                self.stats.elections += 1;
+            }
+            self.tracer.line(self.now, || {
+                format!("{id} is {:?} in term {}", role.0, role.1)
+            });
+            self.tracer
+                .role(self.now, id, Some(format!("{:?} t{}", role.0, role.1)));
+        }
+        self.schedule_timer(id);
+    }
+
+    fn schedule_timer(&mut self, id: NodeId) {
+        let node = self.node(id);
+        let Some(replica) = node.replica.as_ref() else {
+            return;
+        };
+        let at = node.virtual_time(replica.poll_timeout()).max(self.now);
+        if node.timer.map(|(t, _)| t) == Some(at) {
+            return;
+        }
+        self.schedule_timer_at(id, at);
+    }
+
+    fn schedule_timer_at(&mut self, id: NodeId, at: Time) {
+        self.seq += 1;
+        let seq = self.seq;
+        self.queue.insert((at, seq), Event::Timer { node: id, seq });
+        self.node_mut(id).timer = Some((at, seq));
+    }
+}

@@ -1,0 +1,148 @@
+//! Node lifecycle: crash (with what the disk loses), recovery from disk, start.
+
+use super::*;
+
+impl World<'_> {
+    pub(super) fn crash(&mut self, id: NodeId) {
+        self.stats.crashes += 1;
+        self.tracer.digest(&[self.now.0, 6, id.0]);
+        self.tracer.line(self.now, || format!("{id} crashes"));
+        self.tracer.role(self.now, id, None);
+        // What a crashed process had not yet handed to the wire dies with it: each of
+        // its messages still in flight is lost with probability one half.
+        let in_flight: Vec<(Time, u64)> = self
+            .queue
+            .iter()
+            .filter(|(_, event)| matches!(event, Event::Message { envelope, .. } if envelope.from == id))
+            .map(|(&key, _)| key)
+            .collect();
+        for key in in_flight {
+            if self.chaos_rng.random_bool(0.5) {
+                self.queue.remove(&key);
+            }
+        }
+        let node = &mut self.nodes[id.0 as usize - 1];
+        node.replica = None;
+        node.timer = None;
+        node.last_role = None;
+        node.incarnation += 1;
+        node.torn_write_down_us = None;
+        if let Some(store) = node.store.take() {
+            let mut disk = store.into_disk();
+            let report = disk.crash(&mut self.disk_rng);
+            self.tracer
+                .line(self.now, || format!("{id} disk after crash: {report:?}"));
+            node.disk = Some(disk);
+        }
+    }
+
+    /// Starts a node from its disk, as the real node does; refuses on damage.
+    pub(super) fn restart(&mut self, id: NodeId) {
+        let index = id.0 as usize - 1;
+        if self.nodes[index].failed.is_some() {
+            return;
+        }
+        let Some(mut disk) = self.nodes[index].disk.take() else {
+            return;
+        };
+        if let Some(ops) = self.nodes[index].recovery_crash_after_ops.take() {
+            // Crash in the middle of recovery: its repairs may be half-done.
+            disk.set_fail_after_ops(Some(ops));
+            let trial = LogStore::open(&mut disk).map(|_| ());
+            disk.set_fail_after_ops(None);
+            if let Err(StorageError::Disk(error)) = trial {
+                disk.crash(&mut self.disk_rng);
+                self.tracer.line(self.now, || {
+                    format!("{id} crashes during recovery ({error})")
+                });
+                let node = &mut self.nodes[index];
+                node.disk = Some(disk);
+                node.incarnation += 1;
+                let incarnation = node.incarnation;
+                self.push(
+                    self.now.saturating_add_us(100_000),
+                    Event::Restart {
+                        node: id,
+                        incarnation,
+                    },
+                );
+                return;
+            }
+        }
+        let opened = LogStore::open(disk.clone());
+        let (store, recovered) = match opened {
+            Ok(opened) => opened,
+            Err(error @ StorageError::Corrupt { .. }) if self.nodes[index].corrupted => {
+                self.tracer
+                    .line(self.now, || format!("{id} refuses to start: {error}"));
+                self.nodes[index].failed = Some(error.to_string());
+                self.nodes[index].disk = Some(disk);
+                return;
+            }
+            Err(error) => {
+                self.nodes[index].disk = Some(disk);
+                return self.fail(Violation {
+                    check: "recovery",
+                    detail: format!("{id} cannot recover: {error}"),
+                });
+            }
+        };
+        if self.nodes[index].corrupted {
+            return self.fail(Violation {
+                check: "recovery",
+                detail: format!(
+                    "{id} recovered from a disk with injected corruption without noticing"
+                ),
+            });
+        }
+        self.start_replica(id, store, recovered);
+    }
+
+    pub(super) fn start_replica(
+        &mut self,
+        id: NodeId,
+        store: LogStore<MemDisk>,
+        recovered: Recovered,
+    ) {
+        let index = id.0 as usize - 1;
+        let members: Vec<NodeId> = (1..=self.scenario.nodes).map(NodeId).collect();
+        let mut config = Config::new(id, members);
+        let tuning = &self.scenario.tuning;
+        config.election_timeout_us_min = tuning.election_timeout_us_min;
+        config.heartbeat_interval_us = tuning.heartbeat_interval_us;
+        config.append_entries_count_max = tuning.append_entries_count_max;
+        config.in_flight_messages_max = tuning.in_flight_messages_max;
+        config.snapshot_threshold_entries = tuning.snapshot_threshold_entries;
+        config.snapshot_chunk_bytes = tuning.snapshot_chunk_bytes;
+        let node = &mut self.nodes[index];
+        config.rng_seed = derive_seed(
+            self.scenario.seed,
+            Stream::Replicas,
+            id.0 * 1_000_003 + node.starts,
+        );
+        node.starts += 1;
+        let local_now = node.local_time(self.now);
+        let entries = recovered.entries.len();
+        let term = recovered.hard_state.term;
+        match Replica::new(config, recovered, local_now) {
+            Ok(replica) => {
+                node.replica = Some(replica);
+                node.store = Some(store);
+            }
+            Err(error) => {
+                node.disk = Some(store.into_disk());
+                return self.fail(Violation {
+                    check: "recovery",
+                    detail: format!("{id} cannot start: {error}"),
+                });
+            }
+        }
+        self.safety.node_restarted(id);
+        self.tracer
+            .digest(&[self.now.0, 9, id.0, term.0, entries as u64]);
+        self.tracer.line(self.now, || {
+            format!("{id} starts (term {term}, {entries} log entries recovered)")
+        });
+        self.after_input(id);
+    }
+}
