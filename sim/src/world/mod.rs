@@ -505,15 +505,7 @@ impl<'a> World<'a> {
                 .torn_write_down_us
                 .take()
                 .unwrap_or(1_000_000);
-            self.crash(id);
-            let incarnation = self.node(id).incarnation;
-            self.push(
-                self.now.saturating_add_us(down_us),
-                Event::Restart {
-                    node: id,
-                    incarnation,
-                },
-            );
+            self.crash_for(id, down_us);
             return;
         }
         self.after_input(id);

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Simulator speed: the default sweep (256 seeds, all faults) on one core, then on all
+# cores. Prints chatsim's JSON summaries: events_per_sec and acceleration (simulated
+# time / wall time) are the figures.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked -p chat-sim --bin chatsim
+echo "== one core"
+target/release/chatsim run --jobs 1 --json
+echo "== all cores"
+target/release/chatsim run --json
