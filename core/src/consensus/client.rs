@@ -2,7 +2,7 @@
 //! read index, stale reads, and applying committed entries to the state machine.
 
 use super::replica::{PendingRead, ReadConsistency, Replica, Role};
-use crate::app::{ApplyContext, ChatState, Command, Query};
+use crate::app::{AppError, ApplyContext, ChatState, Command, CommandOutput, Query};
 use crate::effects::{ClientError, Reply, Response};
 use crate::entry::{Entry, EntryPayload, Proposal, SessionRef};
 use crate::session::SessionCheck;
@@ -77,11 +77,7 @@ impl Replica {
         self.maybe_commit();
     }
 
-    fn reply_outcome(
-        &mut self,
-        request_id: RequestId,
-        outcome: Result<crate::app::CommandOutput, crate::app::AppError>,
-    ) {
+    fn reply_outcome(&mut self, request_id: RequestId, outcome: Result<CommandOutput, AppError>) {
         match outcome {
             Ok(output) => self.reply_ok(request_id, Response::Command(output)),
             Err(error) => self.reply_err(request_id, error.into()),
@@ -216,31 +212,32 @@ impl Replica {
             index: entry.index,
             timestamp: self.machine.log_time,
         };
-        let outcome: Result<Response, ClientError> = match proposal.session {
+        let outcome = match proposal.session {
             None => self.apply_command(ctx, &proposal.command),
             Some(session) => match self.machine.sessions.check(session) {
                 SessionCheck::Apply => {
-                    let mut deliveries = Vec::new();
-                    let result = self
-                        .machine
-                        .chat
-                        .apply(ctx, &proposal.command, &mut deliveries);
-                    self.ready.deliveries.extend(deliveries);
+                    let result = self.apply_command(ctx, &proposal.command);
+                    let log_time = self.machine.log_time;
                     self.machine
                         .sessions
-                        .record(session, result.clone(), self.machine.log_time);
-                    result.map(Response::Command).map_err(ClientError::from)
+                        .record(session, result.clone(), log_time);
+                    result
                 }
-                SessionCheck::Duplicate(result) => {
-                    result.map(Response::Command).map_err(ClientError::from)
+                SessionCheck::Duplicate(result) => result,
+                SessionCheck::Stale { last_seq } => {
+                    let error = ClientError::StaleRequest {
+                        seq: session.seq,
+                        last_seq,
+                    };
+                    return self.answer_pending_write(entry.index, entry.term, Err(error));
                 }
-                SessionCheck::Stale { last_seq } => Err(ClientError::StaleRequest {
-                    seq: session.seq,
-                    last_seq,
-                }),
-                SessionCheck::Expired => Err(ClientError::SessionExpired),
+                SessionCheck::Expired => {
+                    let error = ClientError::SessionExpired;
+                    return self.answer_pending_write(entry.index, entry.term, Err(error));
+                }
             },
         };
+        let outcome = outcome.map(Response::Command).map_err(ClientError::from);
         self.answer_pending_write(entry.index, entry.term, outcome);
     }
 
@@ -248,11 +245,11 @@ impl Replica {
         &mut self,
         ctx: ApplyContext,
         command: &Command,
-    ) -> Result<Response, ClientError> {
+    ) -> Result<CommandOutput, AppError> {
         let mut deliveries = Vec::new();
         let result = self.machine.chat.apply(ctx, command, &mut deliveries);
         self.ready.deliveries.extend(deliveries);
-        result.map(Response::Command).map_err(ClientError::from)
+        result
     }
 
     fn answer_pending_write(
