@@ -60,6 +60,18 @@ impl Glob {
     }
 
     pub(crate) fn matches(&self, text: &str) -> bool {
+        self.matches_counting_steps(text).0
+    }
+
+    /// Matches and counts loop steps: the tests bound the work (at most pattern length
+    /// times text length) instead of timing it.
+    pub(crate) fn matches_counting_steps(&self, text: &str) -> (bool, u64) {
+        let mut steps = 0u64;
+        let matched = self.match_loop(text, &mut steps);
+        (matched, steps)
+    }
+
+    fn match_loop(&self, text: &str, steps: &mut u64) -> bool {
         // Positions: `token_index` into the pattern, `text_at` a byte offset into `text`
         // that always sits on a character boundary because it only moves by whole
         // characters.
@@ -69,6 +81,7 @@ impl Glob {
         // `*`'s run currently ends.
         let mut backtrack: Option<(usize, usize)> = None;
         loop {
+            *steps += 1;
             let next_char = char_at(text, text_at);
             match (self.tokens.get(token_index), next_char) {
                 (None, None) => return true,
