@@ -10,7 +10,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 pub const CHAOS_DURATION_US_DEFAULT: u64 = 10_000_000;
-pub const CLIENTS_DEFAULT: usize = 5;
+pub const CLIENTS_DEFAULT: usize = 8;
 pub const NODES_DEFAULT: u64 = 5;
 /// Upper bound on node count: the fault budget and timeouts are tuned for small clusters.
 pub const NODES_MAX: u64 = 9;
