@@ -1,0 +1,102 @@
+//! Live delivery: the server side of `Listen`.
+//!
+//! The stream first subscribes to this replica's deliveries, then catches up from its
+//! applied state (`MessagesAfter`, a local read), then forwards each new delivery for the
+//! user. Both come from the core thread in apply order, and the subscription is taken
+//! before the catch-up read is queued, so every message with an id above the client's
+//! cursor arrives once: older ones from the read, newer ones from the subscription, and
+//! ids at or below the last one sent are skipped. A listener that falls behind the
+//! delivery buffer catches up from the state again.
+
+use crate::convert;
+use crate::service::Shared;
+use chat_core::app::{limits, Auth, MessageId, Query, QueryOutput};
+use chat_core::ReadConsistency;
+use chat_proto::chat::ChatMessage;
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+pub type ListenStream = ReceiverStream<Result<ChatMessage, Status>>;
+
+const STREAM_BUFFER: usize = 256;
+
+pub fn start(shared: Arc<Shared>, auth: Auth, after: MessageId) -> ListenStream {
+    let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+    let subscription = shared.core.subscribe();
+    tokio::spawn(async move {
+        if let Err(status) = forward(&shared, &auth, after, subscription, &sender).await {
+            // The client may be gone already; then there is no one to tell.
+            let _ = sender.send(Err(status)).await;
+        }
+    });
+    ReceiverStream::new(receiver)
+}
+
+type Sink = mpsc::Sender<Result<ChatMessage, Status>>;
+
+async fn forward(
+    shared: &Shared,
+    auth: &Auth,
+    mut last: MessageId,
+    mut subscription: broadcast::Receiver<Arc<chat_core::app::Delivery>>,
+    sink: &Sink,
+) -> Result<(), Status> {
+    let mut shutdown = shared.shutdown.clone();
+    if !catch_up(shared, auth, &mut last, sink).await? {
+        return Ok(());
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            _ = sink.closed() => return Ok(()),
+            received = subscription.recv() => match received {
+                Ok(delivery) => {
+                    let view = &delivery.message;
+                    if view.recipient == auth.user && view.id > last {
+                        last = view.id;
+                        if sink.send(Ok(convert::message(view))).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if !catch_up(shared, auth, &mut last, sink).await? {
+                        return Ok(());
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Sends every message after `last` from the replica's state; false if the client left.
+async fn catch_up(
+    shared: &Shared,
+    auth: &Auth,
+    last: &mut MessageId,
+    sink: &Sink,
+) -> Result<bool, Status> {
+    loop {
+        let query = Query::MessagesAfter {
+            auth: auth.clone(),
+            after: *last,
+            limit: limits::READ_LIMIT_MAX,
+        };
+        let QueryOutput::Messages(views) = shared.read(query, ReadConsistency::Stale).await? else {
+            return Err(Status::internal("unexpected answer to MessagesAfter"));
+        };
+        let full_page = views.len() >= limits::READ_LIMIT_MAX as usize;
+        for view in &views {
+            *last = view.id;
+            if sink.send(Ok(convert::message(view))).await.is_err() {
+                return Ok(false);
+            }
+        }
+        if !full_page {
+            return Ok(true);
+        }
+    }
+}
