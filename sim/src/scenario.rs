@@ -390,7 +390,11 @@ fn random_partition(rng: &mut impl Rng, nodes: u64) -> (String, Vec<(u64, u64)>)
             (format!("halves {side:?}"), blocked)
         }
         1 => {
-            let isolated = if rng.random_bool(0.5) { LEADER } else { rng.random_range(1..=nodes) };
+            let isolated = if rng.random_bool(0.5) {
+                LEADER
+            } else {
+                rng.random_range(1..=nodes)
+            };
             for other in (1..=nodes).filter(|&o| o != isolated) {
                 blocked.push((isolated, other));
                 blocked.push((other, isolated));

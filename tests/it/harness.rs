@@ -1,0 +1,349 @@
+//! The one place the cluster tests touch processes and the API.
+
+use chat_node::client::ClusterClient;
+use chat_proto::chat::*;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+use tonic::Status;
+
+pub const PASSWORD: &str = "correct horse";
+/// Every test finishes within this, or fails.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+const TICK_MS: &str = "50";
+
+/// One cluster at a time: elections need CPU on time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    // A test that panicked released the lock by unwinding; the next one may go on.
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The directory holding the workspace's binaries (`target/debug`), building them first
+/// if this test binary was built alone (`cargo test -p chat-tests`).
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        // target/debug/deps/it-<hash> -> target/debug
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps")
+            .to_path_buf();
+        if !dir.join("chatnode").exists() || !dir.join("chatctl").exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "chat-node", "--bins"])
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build -p chat-node --bins failed");
+        }
+        dir
+    })
+}
+
+pub fn free_ports(count: usize) -> Vec<u16> {
+    // Held together so they differ; released just before the nodes bind them.
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("bound address").port())
+        .collect()
+}
+
+pub struct Node {
+    pub id: u64,
+    pub address: String,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+}
+
+impl Cluster {
+    pub fn start(size: u64) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("secret"),
+            "test-secret-of-the-cluster-tests",
+        )
+        .expect("write secret");
+        let ports = free_ports(size as usize);
+        let nodes = (1..=size)
+            .zip(ports)
+            .map(|(id, port)| Node {
+                id,
+                address: format!("127.0.0.1:{port}"),
+                child: None,
+            })
+            .collect();
+        let mut cluster = Cluster { dir, nodes };
+        for id in 1..=size {
+            cluster.restart(id);
+        }
+        cluster
+    }
+
+    pub fn addresses(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.address.clone()).collect()
+    }
+
+    pub fn address(&self, id: u64) -> String {
+        self.node(id).address.clone()
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    pub fn secret_file(&self) -> PathBuf {
+        self.dir.path().join("secret")
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    /// The command line of node `id` (also used to start it by hand in a test).
+    pub fn command(&self, id: u64) -> Command {
+        self.command_in(id, &self.data_dir(id))
+    }
+
+    /// Node `id`'s command line with another data dir.
+    pub fn command_in(&self, id: u64, data_dir: &Path) -> Command {
+        let peers: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.id != id)
+            .map(|n| format!("{}={}", n.id, n.address))
+            .collect();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node-{id}.log")))
+            .expect("open node log");
+        let mut command = Command::new(bin_dir().join("chatnode"));
+        command
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--listen")
+            .arg(self.address(id))
+            .arg("--peers")
+            .arg(peers.join(","))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--secret-file")
+            .arg(self.secret_file())
+            .arg("--tick-ms")
+            .arg(TICK_MS)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        command
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        let child = self.command(id).spawn().expect("spawn chatnode");
+        self.nodes[(id - 1) as usize].child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown, no flush beyond what was already synced.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes[(id - 1) as usize].child.take() {
+            // Already exited is fine: it is dead either way.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// True if node `id` is still running (it did not crash).
+    pub fn is_running(&mut self, id: u64) -> bool {
+        match self.nodes[(id - 1) as usize].child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn client(&self) -> ClusterClient {
+        ClusterClient::new(self.addresses(), None)
+    }
+
+    /// Waits until a leader is known and every running node in `ids` reports it.
+    pub async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut client = self.client();
+            if let Ok(status) = client.discover().await {
+                if status.leader_id != 0 {
+                    if let Ok(s) = client.status_of(&self.address(status.leader_id)).await {
+                        if s.role == "leader" {
+                            return s.id;
+                        }
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every node reports the same commit index, applied index and state
+    /// hash; returns them.
+    pub async fn converged(&self) -> (u64, u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut client = self.client();
+            let mut views = Vec::new();
+            for address in self.addresses() {
+                if let Ok(s) = client.status_of(&address).await {
+                    views.push((s.commit_index, s.last_applied, s.state_hash));
+                }
+            }
+            let all_same = views.windows(2).all(|w| w[0] == w[1]);
+            if views.len() == self.nodes.len() && all_same && views[0].0 == views[0].1 {
+                return (views[0].0, views[0].2);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas did not converge within 30 s: {views:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                // Best effort: the process may be gone already.
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+pub async fn register(client: &mut ClusterClient, user: &str) -> Result<(), Status> {
+    let request = RegisterRequest {
+        session: Some(client.next_session()),
+        user: user.to_owned(),
+        password: PASSWORD.to_owned(),
+    };
+    client
+        .call(|mut c| {
+            let request = request.clone();
+            async move { c.register(request).await }
+        })
+        .await
+        .map(|_| ())
+}
+
+pub async fn login_with(
+    client: &mut ClusterClient,
+    user: &str,
+    password: &str,
+) -> Result<Credentials, Status> {
+    let request = LoginRequest {
+        user: user.to_owned(),
+        password: password.to_owned(),
+    };
+    let response = client
+        .call(|mut c| {
+            let request = request.clone();
+            async move { c.login(request).await }
+        })
+        .await?;
+    Ok(Credentials {
+        user: user.to_owned(),
+        token: response.token,
+    })
+}
+
+pub async fn login(client: &mut ClusterClient, user: &str) -> Credentials {
+    login_with(client, user, PASSWORD).await.expect("login")
+}
+
+pub async fn send(
+    client: &mut ClusterClient,
+    auth: &Credentials,
+    to: &str,
+    body: &str,
+) -> Result<u64, Status> {
+    let request = SendRequest {
+        session: Some(client.next_session()),
+        auth: Some(auth.clone()),
+        to: to.to_owned(),
+        body: body.to_owned(),
+    };
+    client
+        .call(|mut c| {
+            let request = request.clone();
+            async move { c.send(request).await }
+        })
+        .await
+        .map(|r| r.id)
+}
+
+/// Reads (and marks read) every unread message, page by page.
+pub async fn read_all(client: &mut ClusterClient, auth: &Credentials) -> Vec<ChatMessage> {
+    let mut all = Vec::new();
+    loop {
+        let request = ReadRequest {
+            session: Some(client.next_session()),
+            auth: Some(auth.clone()),
+            limit: 1_000,
+        };
+        let page = client
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.read(request).await }
+            })
+            .await
+            .expect("read")
+            .messages;
+        if page.is_empty() {
+            return all;
+        }
+        all.extend(page);
+    }
+}
+
+/// Every message in the inbox, read or not (through a listen stream from id 0).
+pub async fn inbox(client: &mut ClusterClient, auth: &Credentials) -> Vec<ChatMessage> {
+    let mut all = Vec::new();
+    // The stream never ends by itself: stop when it has been quiet for a while.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        client
+            .listen(auth.clone(), 0, |m| {
+                all.push(m);
+                true
+            })
+            .await
+    })
+    .await;
+    all
+}
+
+/// Runs a test body on a fresh runtime, one at a time, within [`TEST_TIMEOUT`].
+pub fn run<F: std::future::Future<Output = ()>>(body: F) {
+    let _turn = serial();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        tokio::time::timeout(TEST_TIMEOUT, body)
+            .await
+            .expect("test exceeded its time bound");
+    });
+}
