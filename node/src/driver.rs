@@ -83,12 +83,15 @@ impl CoreHandle {
 }
 
 /// Starts the core thread. It returns when it receives [`Input::Shutdown`] (after the
-/// batch in progress, fsync included, is done) or with the storage error that stopped it.
+/// batch in progress, fsync included, is done) or with the storage error that stopped it
+/// (fail-stop: the replica already counted on the write). Either way `stopped` fires, so
+/// the server stops too.
 pub fn spawn(
     replica: Replica,
     store: LogStore<FsDisk>,
     clock: Clock,
     router: PeerRouter,
+    stopped: oneshot::Sender<()>,
 ) -> std::io::Result<(
     CoreHandle,
     std::thread::JoinHandle<Result<(), StorageError>>,
@@ -112,7 +115,15 @@ pub fn spawn(
     };
     let thread = std::thread::Builder::new()
         .name(format!("core-{}", core.replica.id().0))
-        .spawn(move || core.run(receiver))?;
+        .spawn(move || {
+            let result = core.run(receiver);
+            if let Err(error) = &result {
+                tracing::error!("{error}");
+            }
+            // The server may be gone already.
+            let _ = stopped.send(());
+            result
+        })?;
     Ok((handle, thread))
 }
 

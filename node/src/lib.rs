@@ -6,13 +6,16 @@
 //! - [`peers`]: replica-to-replica transport; [`service`], [`listen`]: the client API;
 //! - [`auth`]: passwords, tokens, peer proofs; [`convert`]: core ⟷ wire;
 //! - [`client`]: leader-following, retrying client with an exactly-once session;
-//! - [`local`]: a whole cluster on loopback in one process.
+//! - [`local`]: a whole cluster on loopback in one process;
+//! - [`cli`], [`ctl`]: the `main` of `chatnode` and of `chatctl`.
 
 pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
 pub mod convert;
+pub mod ctl;
 pub mod disk;
 pub mod driver;
 pub mod listen;

@@ -7,6 +7,11 @@
 //! cursor arrives once: older ones from the read, newer ones from the subscription, and
 //! ids at or below the last one sent are skipped. A listener that falls behind the
 //! delivery buffer catches up from the state again.
+//!
+//! A replica that restarted or lagged may not have applied the account yet, or the last
+//! message the client saw. Ids and account generations are log indexes, so the stream
+//! first waits until this replica has applied both; otherwise a resumed stream could be
+//! refused (no such account yet) or, worse, look complete while it is behind.
 
 use crate::convert;
 use crate::service::Shared;
@@ -14,6 +19,7 @@ use chat_core::app::{limits, Auth, MessageId, Query, QueryOutput};
 use chat_core::ReadConsistency;
 use chat_proto::chat::ChatMessage;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -44,6 +50,7 @@ async fn forward(
     sink: &Sink,
 ) -> Result<(), Status> {
     let mut shutdown = shared.shutdown.clone();
+    wait_for_applied(shared, last.0.max(auth.generation)).await?;
     if !catch_up(shared, auth, &mut last, sink).await? {
         return Ok(());
     }
@@ -70,6 +77,24 @@ async fn forward(
             }
         }
     }
+}
+
+/// How long a lagging replica may take to apply what the client has already seen before
+/// the client is told to go elsewhere.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+const CATCH_UP_POLL: Duration = Duration::from_millis(20);
+
+async fn wait_for_applied(shared: &Shared, index: u64) -> Result<(), Status> {
+    let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+    while shared.status().await?.last_applied.0 < index {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Status::unavailable(
+                "this replica is still catching up; retry on another node",
+            ));
+        }
+        tokio::time::sleep(CATCH_UP_POLL).await;
+    }
+    Ok(())
 }
 
 /// Sends every message after `last` from the replica's state; false if the client left.

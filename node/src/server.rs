@@ -65,14 +65,18 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
 
     let (server_tls, client_tls) = tls(&config)?;
     let router = peers::start(NodeId(config.id), &config.peers, &secret, client_tls)?;
-    let (core, core_thread) = driver::spawn(replica, store, clock, router)?;
+    let (core_stopped_tx, core_stopped) = tokio::sync::oneshot::channel();
+    let (core, core_thread) = driver::spawn(replica, store, clock, router, core_stopped_tx)?;
 
+    // Turned on when the server stops, whatever the reason, so that listen streams end
+    // and graceful shutdown does not wait for them forever.
+    let (stop_streams, streams_stopped) = watch::channel(false);
     let shared = Arc::new(Shared {
         core: core.clone(),
         secret: secret.clone(),
         members: members.clone(),
         token_ttl_us: config.token_ttl_secs.saturating_mul(1_000_000),
-        shutdown: shutdown.clone(),
+        shutdown: streams_stopped,
     });
     let chat = ChatServer::new(ChatService { inner: shared })
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
@@ -97,8 +101,14 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
         builder = builder.tls_config(tls)?;
     }
     let stop = async move {
-        // Either the flag turned true or every sender is gone: stop in both cases.
-        let _ = shutdown.wait_for(|stop| *stop).await;
+        tokio::select! {
+            // Either the flag turned true or every sender is gone: stop in both cases.
+            _ = shutdown.wait_for(|stop| *stop) => {}
+            // The core stopped on its own (a failed write): serve nothing more.
+            _ = core_stopped => {}
+        }
+        // Listen streams may all be gone already.
+        let _ = stop_streams.send(true);
     };
     let served = builder
         .add_service(health)

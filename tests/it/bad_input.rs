@@ -104,6 +104,45 @@ fn bad_input_is_refused_and_nodes_stay_up() {
             Code::PermissionDenied
         );
 
+        // Only your own inbox: bob cannot delete alice's messages, even by id.
+        let bob = harness::login(&mut client, "bob").await;
+        let to_alice = harness::send(&mut client, &bob, "alice", "for alice")
+            .await
+            .expect("send");
+        let request = chat_proto::chat::DeleteMessagesRequest {
+            session: Some(client.next_session()),
+            auth: Some(bob.clone()),
+            ids: vec![to_alice],
+        };
+        let refused = client
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.delete_messages(request).await }
+            })
+            .await;
+        assert_eq!(
+            refused.expect_err("not bob's message").code(),
+            Code::NotFound
+        );
+
+        // Logout kills every token of the account on every node.
+        let request = chat_proto::chat::LogoutRequest {
+            session: Some(client.next_session()),
+            auth: Some(bob.clone()),
+        };
+        client
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.logout(request).await }
+            })
+            .await
+            .expect("logout");
+        let refused = harness::send(&mut client, &bob, "alice", "hi").await;
+        assert_eq!(
+            refused.expect_err("logged out").code(),
+            Code::Unauthenticated
+        );
+
         // A request without a session cannot be applied exactly once: refused.
         let no_session = client
             .call(|mut c| async move {

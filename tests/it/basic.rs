@@ -42,5 +42,25 @@ fn hundred_messages_are_read_back_exactly_once() {
         assert_eq!(ids.len(), 100);
         assert!(harness::read_all(&mut client, &bob).await.is_empty());
         cluster.converged().await;
+
+        // Every node reports itself healthy through the standard gRPC health service.
+        for address in cluster.addresses() {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                .expect("valid address")
+                .connect()
+                .await
+                .expect("connect");
+            let health = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "chat.v1.Chat".to_owned(),
+                })
+                .await
+                .expect("health check")
+                .into_inner();
+            assert_eq!(
+                health.status,
+                tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            );
+        }
     });
 }

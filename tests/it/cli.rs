@@ -5,7 +5,7 @@ use crate::harness::{self, Cluster};
 use std::process::{Command, Output};
 
 fn chatctl(cluster: Option<&Cluster>, args: &[&str], password: Option<&str>) -> Output {
-    let mut command = Command::new(harness::bin_dir().join("chatctl"));
+    let mut command = Command::new(harness::chatctl());
     if let Some(cluster) = cluster {
         command.arg("--cluster").arg(cluster.addresses().join(","));
     }
@@ -64,7 +64,7 @@ fn commands_and_error_lines() {
         assert_eq!(stdout(&ok), "alice\nbob\n(2 matching, page 0)\n");
         let token = chatctl(c, &["login", "--user", "bob"], pw);
         let token = stdout(&token).trim().to_owned();
-        let mut with_token = Command::new(harness::bin_dir().join("chatctl"));
+        let mut with_token = Command::new(harness::chatctl());
         let ok = with_token
             .arg("--cluster")
             .arg(cluster.address(1))

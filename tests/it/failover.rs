@@ -96,6 +96,7 @@ fn acknowledged_sends_survive_crashes_exactly_once() {
             cluster.restart(id);
         }
         cluster.leader().await;
+        cluster.converged().await;
         let mut client = cluster.client();
         let all = harness::inbox(&mut client, &bob).await;
         check_exactly_once(&all, &acked);

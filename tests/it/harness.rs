@@ -5,7 +5,7 @@ use chat_proto::chat::*;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tonic::Status;
 
@@ -21,28 +21,13 @@ pub fn serial() -> MutexGuard<'static, ()> {
     TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The directory holding the workspace's binaries (`target/debug`), building them first
-/// if this test binary was built alone (`cargo test -p chat-tests`).
-pub fn bin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test binary path");
-        // target/debug/deps/it-<hash> -> target/debug
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary lives in target/<profile>/deps")
-            .to_path_buf();
-        if !dir.join("chatnode").exists() || !dir.join("chatctl").exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "chat-node", "--bins"])
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "cargo build -p chat-node --bins failed");
-        }
-        dir
-    })
+/// The tests' own builds of the binaries (always current: Cargo builds them first).
+pub fn chatnode() -> &'static str {
+    env!("CARGO_BIN_EXE_it-chatnode")
+}
+
+pub fn chatctl() -> &'static str {
+    env!("CARGO_BIN_EXE_it-chatctl")
 }
 
 pub fn free_ports(count: usize) -> Vec<u16> {
@@ -129,7 +114,7 @@ impl Cluster {
             .append(true)
             .open(self.dir.path().join(format!("node-{id}.log")))
             .expect("open node log");
-        let mut command = Command::new(bin_dir().join("chatnode"));
+        let mut command = Command::new(chatnode());
         command
             .arg("--id")
             .arg(id.to_string())
