@@ -41,6 +41,37 @@ fn hundred_messages_are_read_back_exactly_once() {
         let ids: BTreeSet<u64> = read.iter().map(|m| m.id).collect();
         assert_eq!(ids.len(), 100);
         assert!(harness::read_all(&mut client, &bob).await.is_empty());
+
+        // Throughput with concurrent sessions: group commit batches them.
+        const CLIENTS: usize = 8;
+        const SENDS_PER_CLIENT: usize = 50;
+        let started = Instant::now();
+        let mut senders = Vec::new();
+        for c in 0..CLIENTS {
+            let mut client = cluster.client();
+            let alice = alice.clone();
+            senders.push(tokio::spawn(async move {
+                for i in 0..SENDS_PER_CLIENT {
+                    let body = format!("c{c} m{i}");
+                    harness::send(&mut client, &alice, "bob", &body)
+                        .await
+                        .expect("send");
+                }
+            }));
+        }
+        for sender in senders {
+            sender.await.expect("sender");
+        }
+        let elapsed = started.elapsed();
+        let total = CLIENTS * SENDS_PER_CLIENT;
+        println!(
+            "{total} sends from {CLIENTS} concurrent clients in {elapsed:?}: {:.0} sends/s",
+            total as f64 / elapsed.as_secs_f64()
+        );
+        let read = harness::read_all(&mut client, &bob).await;
+        let bodies: BTreeSet<&str> = read.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(read.len(), total);
+        assert_eq!(bodies.len(), total);
         cluster.converged().await;
 
         // Every node reports itself healthy through the standard gRPC health service.

@@ -38,21 +38,26 @@ fn acknowledged_sends_survive_crashes_exactly_once() {
         let alice = harness::login(&mut setup, "alice").await;
         let bob = harness::login(&mut setup, "bob").await;
 
-        // A sender task acknowledges sends one at a time with one session.
-        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-        let mut sender_client = cluster.client();
-        let sender = tokio::spawn(async move {
-            let mut acked = BTreeMap::new();
-            let mut attempts = 0u64;
-            while !*stop_rx.borrow_and_update() {
-                attempts += 1;
-                let body = format!("m{attempts}");
-                if let Ok(id) = harness::send(&mut sender_client, &alice, "bob", &body).await {
-                    acked.insert(body, id);
+        // Two sender tasks, each acknowledging sends one at a time with its own session.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut senders = Vec::new();
+        for name in ["a", "b"] {
+            let mut sender_client = cluster.client();
+            let alice = alice.clone();
+            let mut stop_rx = stop_rx.clone();
+            senders.push(tokio::spawn(async move {
+                let mut acked = BTreeMap::new();
+                let mut attempts = 0u64;
+                while !*stop_rx.borrow_and_update() {
+                    attempts += 1;
+                    let body = format!("{name}{attempts}");
+                    if let Ok(id) = harness::send(&mut sender_client, &alice, "bob", &body).await {
+                        acked.insert(body, id);
+                    }
                 }
-            }
-            (acked, attempts)
-        });
+                (acked, attempts)
+            }));
+        }
 
         tokio::time::sleep(Duration::from_millis(700)).await;
         let follower = (1..=5).find(|&id| id != leader).expect("a follower");
@@ -65,9 +70,14 @@ fn acknowledged_sends_survive_crashes_exactly_once() {
         println!("new leader n{new_leader} after {:?}", killed_at.elapsed());
         tokio::time::sleep(Duration::from_millis(1_000)).await;
         stop_tx.send(true).expect("sender alive");
-        let (acked, attempts) = sender.await.expect("sender task");
-        let after_kill = acked.len();
-        println!("{attempts} sends attempted, {after_kill} acknowledged");
+        let mut acked = BTreeMap::new();
+        let mut attempts = 0;
+        for sender in senders {
+            let (sender_acked, sender_attempts) = sender.await.expect("sender task");
+            acked.extend(sender_acked);
+            attempts += sender_attempts;
+        }
+        println!("{attempts} sends attempted, {} acknowledged", acked.len());
         assert!(
             acked.len() > 10,
             "too few sends acknowledged: {}",
@@ -79,7 +89,6 @@ fn acknowledged_sends_survive_crashes_exactly_once() {
         let more = harness::send(&mut client, &alice, "bob", "after the crash")
             .await
             .expect("sends resume after the crash");
-        let mut acked = acked;
         acked.insert("after the crash".to_owned(), more);
 
         // The killed nodes come back and catch up.

@@ -50,10 +50,24 @@ pub struct Node {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<Node>,
+    /// Serve (and reach peers) over TLS with the test certificates.
+    pub tls: bool,
+}
+
+/// The test certificates: a CA and one certificate for 127.0.0.1 and localhost, shared
+/// by every node (test material only, valid for a century).
+pub fn tls_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/tls")
+        .join(name)
 }
 
 impl Cluster {
     pub fn start(size: u64) -> Cluster {
+        Cluster::start_with(size, false)
+    }
+
+    pub fn start_with(size: u64, tls: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(
             dir.path().join("secret"),
@@ -69,7 +83,7 @@ impl Cluster {
                 child: None,
             })
             .collect();
-        let mut cluster = Cluster { dir, nodes };
+        let mut cluster = Cluster { dir, nodes, tls };
         for id in 1..=size {
             cluster.restart(id);
         }
@@ -128,11 +142,35 @@ impl Cluster {
             .arg(self.secret_file())
             .arg("--tick-ms")
             .arg(TICK_MS)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        if self.tls {
+            command
+                .arg("--tls-cert")
+                .arg(tls_file("node.pem"))
+                .arg("--tls-key")
+                .arg(tls_file("node.key"))
+                .arg("--tls-ca")
+                .arg(tls_file("ca.pem"));
+        }
         command
+    }
+
+    /// The process id of node `id`, if it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).child.as_ref().map(Child::id)
+    }
+
+    /// Waits for node `id` to exit by itself; its exit status.
+    pub fn wait(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let mut child = self.nodes[(id - 1) as usize].child.take()?;
+        child.wait().ok()
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log"))).unwrap_or_default()
     }
 
     pub fn restart(&mut self, id: u64) {
@@ -158,7 +196,15 @@ impl Cluster {
     }
 
     pub fn client(&self) -> ClusterClient {
-        ClusterClient::new(self.addresses(), None)
+        ClusterClient::new(self.addresses(), self.client_tls())
+    }
+
+    pub fn client_tls(&self) -> Option<tonic::transport::ClientTlsConfig> {
+        self.tls.then(|| {
+            let ca = std::fs::read(tls_file("ca.pem")).expect("test CA");
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        })
     }
 
     /// Waits until a leader is known and every running node in `ids` reports it.

@@ -10,3 +10,5 @@ mod cli;
 mod failover;
 mod harness;
 mod listen;
+mod shutdown;
+mod tls;
