@@ -159,6 +159,38 @@ fn bad_input_is_refused_and_nodes_stay_up() {
             Code::InvalidArgument
         );
 
+        // Peer calls without a proof of membership, or with a forged one, are refused.
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.address(1)))
+                .expect("address")
+                .connect()
+                .await
+                .expect("connect");
+        let mut peer = chat_proto::peer::peer_client::PeerClient::new(channel);
+        let batch = chat_proto::peer::PeerBatch {
+            from: 2,
+            to: 1,
+            envelopes: vec![vec![0xFF; 16]],
+        };
+        let refused = peer.deliver(batch.clone()).await;
+        assert_eq!(
+            refused.expect_err("no proof").code(),
+            Code::PermissionDenied
+        );
+        let mut forged = tonic::Request::new(batch);
+        forged
+            .metadata_mut()
+            .insert(chat_proto::metadata::PEER_ID, "2".parse().expect("ascii"));
+        let proof = forger.peer_proof(2).parse().expect("hex is ascii");
+        forged
+            .metadata_mut()
+            .insert(chat_proto::metadata::PEER_PROOF, proof);
+        let refused = peer.deliver(forged).await;
+        assert_eq!(
+            refused.expect_err("forged proof").code(),
+            Code::PermissionDenied
+        );
+
         // Garbage on the gRPC port of every node.
         for address in cluster.addresses() {
             let mut stream = std::net::TcpStream::connect(&address).expect("connect");
