@@ -1,13 +1,14 @@
 //! Five nodes start; two users register; 100 messages go through and come back once.
 
 use crate::harness::{self, Cluster};
+
 use std::collections::BTreeSet;
 use std::time::Instant;
 
 #[test]
 fn hundred_messages_are_read_back_exactly_once() {
     harness::run(async {
-        let cluster = Cluster::start(5);
+        let mut cluster = Cluster::start(5);
         cluster.leader().await;
         let mut client = cluster.client();
         harness::register(&mut client, "alice")
@@ -72,6 +73,7 @@ fn hundred_messages_are_read_back_exactly_once() {
         let bodies: BTreeSet<&str> = read.iter().map(|m| m.body.as_str()).collect();
         assert_eq!(read.len(), total);
         assert_eq!(bodies.len(), total);
+        let leader = cluster.leader().await;
         cluster.converged().await;
 
         // Every node reports itself healthy through the standard gRPC health service.
@@ -93,5 +95,16 @@ fn hundred_messages_are_read_back_exactly_once() {
                 tonic_health::pb::health_check_response::ServingStatus::Serving as i32
             );
         }
+
+        // SIGTERM the leader: it exits cleanly and reports how many entries each fsync
+        // carried (group commit).
+        let status = cluster.terminate(leader);
+        assert!(status.success(), "{}", cluster.log(leader));
+        let log = cluster.log(leader);
+        let summary = log
+            .lines()
+            .find(|l| l.contains("core stopped"))
+            .expect("summary");
+        println!("leader n{leader}: {summary}");
     });
 }

@@ -163,6 +163,17 @@ impl Cluster {
         self.node(id).child.as_ref().map(Child::id)
     }
 
+    /// SIGTERM, then waits for the exit; its status.
+    pub fn terminate(&mut self, id: u64) -> std::process::ExitStatus {
+        let pid = self.pid(id).expect("node runs");
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        tokio::task::block_in_place(|| self.wait(id)).expect("exit status")
+    }
+
     /// Waits for node `id` to exit by itself; its exit status.
     pub fn wait(&mut self, id: u64) -> Option<std::process::ExitStatus> {
         let mut child = self.nodes[(id - 1) as usize].child.take()?;

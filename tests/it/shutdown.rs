@@ -32,13 +32,7 @@ fn sigterm_stops_a_node_cleanly() {
         let first = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
         assert_eq!(first.expect("in time").expect("listening").body, "one");
 
-        let pid = cluster.pid(1).expect("node 1 runs");
-        let killed = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(killed.success());
-        let status = tokio::task::block_in_place(|| cluster.wait(1)).expect("exit status");
+        let status = cluster.terminate(1);
         assert!(
             status.success(),
             "SIGTERM exit: {status:?}\n{}",
