@@ -12,7 +12,12 @@
 //! message the client saw. Ids and account generations are log indexes, so the stream
 //! first waits until this replica has applied both; otherwise a resumed stream could be
 //! refused (no such account yet) or, worse, look complete while it is behind.
+//!
+//! The token is checked again every few seconds: a stream ends UNAUTHENTICATED when its
+//! token expires, its user logs out, or the account is deleted.
 
+use crate::auth::{AuthError, TokenClaims};
+use crate::clock::unix_now_us;
 use crate::convert;
 use crate::service::Shared;
 use chat_core::app::{limits, Auth, MessageId, Query, QueryOutput};
@@ -28,11 +33,11 @@ pub type ListenStream = ReceiverStream<Result<ChatMessage, Status>>;
 
 const STREAM_BUFFER: usize = 256;
 
-pub fn start(shared: Arc<Shared>, auth: Auth, after: MessageId) -> ListenStream {
+pub fn start(shared: Arc<Shared>, claims: TokenClaims, after: MessageId) -> ListenStream {
     let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
     let subscription = shared.core.subscribe();
     tokio::spawn(async move {
-        if let Err(status) = forward(&shared, &auth, after, subscription, &sender).await {
+        if let Err(status) = forward(&shared, &claims, after, subscription, &sender).await {
             // The client may be gone already; then there is no one to tell.
             let _ = sender.send(Err(status)).await;
         }
@@ -44,12 +49,14 @@ type Sink = mpsc::Sender<Result<ChatMessage, Status>>;
 
 async fn forward(
     shared: &Shared,
-    auth: &Auth,
+    claims: &TokenClaims,
     mut last: MessageId,
     mut subscription: broadcast::Receiver<Arc<chat_core::app::Delivery>>,
     sink: &Sink,
 ) -> Result<(), Status> {
+    let auth = &claims.auth;
     let mut shutdown = shared.shutdown.clone();
+    let mut recheck = tokio::time::interval(TOKEN_RECHECK);
     wait_for_applied(shared, last.0.max(auth.generation)).await?;
     if !catch_up(shared, auth, &mut last, sink).await? {
         return Ok(());
@@ -58,6 +65,7 @@ async fn forward(
         tokio::select! {
             _ = shutdown.changed() => return Ok(()),
             _ = sink.closed() => return Ok(()),
+            _ = recheck.tick() => still_valid(shared, claims).await?,
             received = subscription.recv() => match received {
                 Ok(delivery) => {
                     let view = &delivery.message;
@@ -77,6 +85,19 @@ async fn forward(
             }
         }
     }
+}
+
+const TOKEN_RECHECK: Duration = Duration::from_secs(2);
+
+/// Expiry, then logout and account deletion as this replica has applied them.
+async fn still_valid(shared: &Shared, claims: &TokenClaims) -> Result<(), Status> {
+    if unix_now_us() >= claims.expires_at_us {
+        return Err(Status::unauthenticated(AuthError::Expired.to_string()));
+    }
+    let query = Query::UnreadCount {
+        auth: claims.auth.clone(),
+    };
+    shared.read(query, ReadConsistency::Stale).await.map(|_| ())
 }
 
 /// How long a lagging replica may take to apply what the client has already seen before

@@ -1,7 +1,7 @@
 //! The client API: each call becomes one core request (or, for login, a read plus work
 //! done here), and each answer or refusal a typed gRPC response or status.
 
-use crate::auth::{self, Secret};
+use crate::auth::{self, Secret, TokenClaims};
 use crate::clock::unix_now_us;
 use crate::convert;
 use crate::driver::{CoreHandle, Input, StatusSnapshot, SubmitError};
@@ -86,6 +86,10 @@ impl Shared {
     /// The identity a token proves, for the user the request names. A token for someone
     /// else is PERMISSION_DENIED: a user acts only on their own inbox.
     pub fn authenticate(&self, credentials: Option<Credentials>) -> Result<Auth, Status> {
+        self.verify(credentials).map(|claims| claims.auth)
+    }
+
+    pub fn verify(&self, credentials: Option<Credentials>) -> Result<TokenClaims, Status> {
         let credentials =
             credentials.ok_or_else(|| Status::unauthenticated("missing credentials"))?;
         let claims = self
@@ -98,7 +102,7 @@ impl Shared {
                 claims.auth.user, credentials.user
             )));
         }
-        Ok(claims.auth)
+        Ok(claims)
     }
 
     pub async fn status(&self) -> Result<StatusSnapshot, Status> {
@@ -325,10 +329,10 @@ impl Chat for ChatService {
         request: Request<ListenRequest>,
     ) -> Result<Response<Self::ListenStream>, Status> {
         let request = request.into_inner();
-        let auth = self.inner.authenticate(request.auth)?;
+        let claims = self.inner.verify(request.auth)?;
         Ok(Response::new(listen::start(
             Arc::clone(&self.inner),
-            auth,
+            claims,
             MessageId(request.after_id),
         )))
     }

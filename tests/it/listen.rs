@@ -26,6 +26,7 @@ fn listen_survives_the_death_of_its_node() {
         let mut listener = ClusterClient::new(vec![cluster.address(listened)], None);
         listener.discover().await.expect("discover");
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let bob_token = bob.clone();
         let listening = tokio::spawn(async move {
             listener
                 .listen(bob, 0, |message| tx.send(message).is_ok())
@@ -67,6 +68,26 @@ fn listen_survives_the_death_of_its_node() {
             .chain((0..10).map(|i| format!("after {i}")))
             .collect();
         assert_eq!(bodies, expected);
-        listening.abort();
+
+        // Logging out ends the stream: the token is dead on every node.
+        let request = chat_proto::chat::LogoutRequest {
+            session: Some(client.next_session()),
+            auth: Some(bob_token),
+        };
+        client
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.logout(request).await }
+            })
+            .await
+            .expect("logout");
+        let ended = tokio::time::timeout(Duration::from_secs(10), listening)
+            .await
+            .expect("stream ends within 10 s after logout")
+            .expect("listener task");
+        assert_eq!(
+            ended.expect_err("ended by the server").code(),
+            tonic::Code::Unauthenticated
+        );
     });
 }
