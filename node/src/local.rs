@@ -68,10 +68,11 @@ pub async fn run(nodes: u64, dir: PathBuf, base_port: u16) -> anyhow::Result<()>
     let mut tasks = tokio::task::JoinSet::new();
     for config in configs {
         let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            let id = config.id;
-            (id, crate::server::run(config, shutdown).await)
-        });
+        let id = config.id;
+        // Every log line of the node's server says which node it is.
+        let span = tracing::info_span!("node", id);
+        let node = tracing::Instrument::instrument(crate::server::run(config, shutdown), span);
+        tasks.spawn(async move { (id, node.await) });
     }
     for (i, address) in addresses.iter().enumerate() {
         println!("node {} at {address}", i + 1);
