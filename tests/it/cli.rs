@@ -19,6 +19,17 @@ fn chatctl(cluster: Option<&Cluster>, args: &[&str], password: Option<&str>) -> 
     command.output().expect("run chatctl")
 }
 
+/// A child process that dies with its handle, also when the test fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // Best effort: it may have exited already.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -76,6 +87,53 @@ fn commands_and_error_lines() {
         assert_eq!(stdout(&ok), "no unread messages\n", "{}", failure(&ok));
         let ok = chatctl(c, &["status"], None);
         assert_eq!(stdout(&ok).lines().count(), 3, "{}", stdout(&ok));
+
+        // `listen` prints only what arrives after it starts, one JSON line each.
+        let mut listen = KillOnDrop(
+            Command::new(harness::chatctl())
+                .arg("--cluster")
+                .arg(cluster.address(2))
+                .args(["--json", "listen", "--user", "bob"])
+                .env("CHAT_PASSWORD", harness::PASSWORD)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("run chatctl listen"),
+        );
+        let stdout_pipe = listen.0.stdout.take().expect("piped stdout");
+        let (line_tx, line_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout_pipe).lines() {
+                let Ok(line) = line else { break };
+                if line_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        for text in ["live one", "live two"] {
+            let ok = chatctl(c, &["send", "--user", "alice", "--to", "bob", text], pw);
+            assert!(ok.status.success(), "{}", failure(&ok));
+        }
+        // Bounded waits: a silent listener fails the test instead of hanging it.
+        let lines: Vec<String> = tokio::task::block_in_place(|| {
+            (0..2)
+                .map_while(|_| {
+                    line_rx
+                        .recv_timeout(std::time::Duration::from_secs(10))
+                        .ok()
+                })
+                .collect()
+        });
+        drop(listen);
+        let bodies: Vec<String> = lines
+            .iter()
+            .map(|line| {
+                let value: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+                value["body"].as_str().unwrap_or_default().to_owned()
+            })
+            .collect();
+        assert_eq!(bodies, ["live one", "live two"]);
 
         let big = "x".repeat(5_000);
         let errors = [
