@@ -1,5 +1,26 @@
-//! The node: the shell that runs chat-core against real files (and, later, a real
-//! network and clock). Everything that decides anything lives in core; this crate only
-//! performs effects.
+//! The node: the shell that runs chat-core against real files, a real clock and a real
+//! network (tokio, tonic), plus the client library behind `chatctl`. Everything that
+//! decides anything lives in core; this crate only performs effects and translates.
+//!
+//! - [`server`]: one member, wired together; [`driver`]: the thread that owns the replica;
+//! - [`peers`]: replica-to-replica transport; [`service`], [`listen`]: the client API;
+//! - [`auth`]: passwords, tokens, peer proofs; [`convert`]: core ⟷ wire;
+//! - [`client`]: leader-following, retrying client with an exactly-once session;
+//! - [`local`]: a whole cluster on loopback in one process;
+//! - [`cli`], [`ctl`]: the `main` of `chatnode` and of `chatctl`.
 
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod convert;
+pub mod ctl;
 pub mod disk;
+pub mod driver;
+pub mod listen;
+pub mod local;
+pub mod peers;
+pub mod server;
+pub mod service;
+pub mod stamp;

@@ -1,0 +1,101 @@
+//! `chatnode`: one member of the chat cluster, or (`chatnode local`) a whole cluster on
+//! loopback. Errors end the process with one line and a non-zero status. This is its
+//! `main`; the binary is a one-line wrapper.
+
+use crate::config::{NodeArgs, NodeConfig};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tokio::sync::watch;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chatnode",
+    bin_name = "chatnode",
+    version,
+    about = "A member of the replicated chat cluster",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    node: NodeArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs a whole cluster on loopback (node i on 127.0.0.1:BASE_PORT+i-1) until Ctrl-C.
+    Local {
+        #[arg(long, default_value_t = 5)]
+        nodes: u64,
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long, value_name = "P", default_value_t = 7001)]
+        base_port: u16,
+    },
+}
+
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in files and journals.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("chatnode: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("chatnode: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Local {
+            nodes,
+            dir,
+            base_port,
+        }) => crate::local::run(nodes, dir, base_port).await,
+        None => {
+            let config = NodeConfig::from_args(&cli.node)?;
+            let (stop, shutdown) = watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("signal received; shutting down");
+                // The node may have stopped on its own already.
+                let _ = stop.send(true);
+            });
+            crate::server::run(config, shutdown).await
+        }
+    }
+}
+
+/// SIGTERM (systemd, kill) or SIGINT (Ctrl-C).
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            // Without a SIGTERM handler Ctrl-C still works.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Conversions between core's values and the wire types: the only place that knows both.
+
+use crate::auth::AuthError;
+use chat_core::app::{AppError, MessageView};
+use chat_core::entry::SessionRef;
+use chat_core::{ClientError, ClientId, Role};
+use chat_proto::chat::{ChatMessage, Session};
+use chat_proto::metadata::{LEADER_ADDR, LEADER_ID};
+use std::collections::BTreeMap;
+use tonic::{Code, Status};
+
+pub fn message(view: &MessageView) -> ChatMessage {
+    ChatMessage {
+        id: view.id.0,
+        sender: view.sender.clone(),
+        sender_deleted: view.sender_deleted,
+        recipient: view.recipient.clone(),
+        body: view.body.clone(),
+        timestamp_us: view.timestamp.as_micros(),
+        read: view.read,
+    }
+}
+
+pub fn session(session: Option<Session>) -> Result<SessionRef, Status> {
+    let session = session.ok_or_else(|| Status::invalid_argument("missing session"))?;
+    let client = uuid::Uuid::from_slice(&session.client_id)
+        .map_err(|_| Status::invalid_argument("session client_id must be 16 bytes"))?;
+    if session.seq == 0 {
+        return Err(Status::invalid_argument("session seq starts at 1"));
+    }
+    Ok(SessionRef {
+        client: ClientId(client),
+        seq: session.seq,
+    })
+}
+
+pub fn role(role: Role) -> &'static str {
+    match role {
+        Role::Follower => "follower",
+        Role::PreCandidate => "pre-candidate",
+        Role::Candidate => "candidate",
+        Role::Leader => "leader",
+    }
+}
+
+pub fn app_error(error: &AppError) -> Status {
+    let code = match error {
+        AppError::InvalidUsername { .. }
+        | AppError::BodyTooLarge { .. }
+        | AppError::EmptyBody
+        | AppError::InvalidPasswordHash
+        | AppError::InvalidPattern(_)
+        | AppError::OutOfRange { .. } => Code::InvalidArgument,
+        AppError::UserExists(_) => Code::AlreadyExists,
+        AppError::UnknownUser(_) | AppError::MessageNotFound(_) => Code::NotFound,
+        AppError::Unauthenticated => Code::Unauthenticated,
+        AppError::InboxFull(_) | AppError::TooManyUsers => Code::ResourceExhausted,
+    };
+    Status::new(code, error.to_string())
+}
+
+pub fn auth_error(error: &AuthError) -> Status {
+    match error {
+        AuthError::BadPassword => Status::invalid_argument(error.to_string()),
+        AuthError::Hashing(_) => Status::internal(error.to_string()),
+        AuthError::WrongPassword | AuthError::InvalidToken | AuthError::Expired => {
+            Status::unauthenticated(error.to_string())
+        }
+    }
+}
+
+/// A refusal from consensus. "Not the leader" carries the leader's address, when known,
+/// in the metadata so that clients can go straight there.
+pub fn client_error(error: &ClientError, members: &BTreeMap<u64, String>) -> Status {
+    match error {
+        ClientError::App(app) => app_error(app),
+        ClientError::NotLeader { leader_hint } => {
+            let address = leader_hint.and_then(|id| members.get(&id.0).map(|a| (id, a)));
+            let mut status = Status::unavailable(match address {
+                Some((id, address)) => format!("not the leader; the leader is {id} at {address}"),
+                None => "not the leader; no leader is known yet, retry shortly".to_owned(),
+            });
+            if let Some((id, address)) = address {
+                if let (Ok(id), Ok(address)) = (id.0.to_string().parse(), address.parse()) {
+                    status.metadata_mut().insert(LEADER_ID, id);
+                    status.metadata_mut().insert(LEADER_ADDR, address);
+                }
+            }
+            status
+        }
+        ClientError::Busy { .. } => Status::unavailable(error.to_string()),
+        ClientError::SessionExpired | ClientError::StaleRequest { .. } => {
+            Status::failed_precondition(error.to_string())
+        }
+    }
+}

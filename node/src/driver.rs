@@ -1,0 +1,253 @@
+//! The one thread that owns the [`Replica`] and its [`LogStore`].
+//!
+//! Everything else talks to it through one bounded channel of [`Input`]s. The loop waits
+//! for an input or the replica's next deadline, then drains every queued input, then runs
+//! `chat_core::drive` once: all the writes those inputs caused go to disk in one
+//! `LogStore::persist` (one fsync per batch: group commit) before any message, reply or
+//! delivery leaves. The thread is dedicated (not a tokio task) because the fsync blocks.
+
+use crate::clock::Clock;
+use crate::disk::FsDisk;
+use crate::peers::PeerRouter;
+use chat_core::app::Delivery;
+use chat_core::entry::Persist;
+use chat_core::storage::{LogStore, StorageError};
+use chat_core::{
+    drive, ClientError, ClientRequest, Envelope, LogIndex, NodeId, Replica, Reply, RequestId,
+    Response, Role, Shell, Term,
+};
+use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, oneshot};
+
+/// Inputs queued for the core thread before senders are told it is busy.
+pub const INPUT_QUEUE_CAPACITY: usize = 8_192;
+/// Inputs handled between two drives, so that time and timers are not starved.
+const INPUTS_PER_BATCH_MAX: usize = 4_096;
+/// Live deliveries buffered per listener before it must catch up from the state.
+pub const DELIVERY_BUFFER: usize = 4_096;
+
+pub type ReplyTx = oneshot::Sender<Result<Response, ClientError>>;
+
+pub enum Input {
+    Peer(Envelope),
+    Client {
+        request: ClientRequest,
+        reply: ReplyTx,
+    },
+    Status(oneshot::Sender<StatusSnapshot>),
+    Shutdown,
+}
+
+/// This replica's view, for the Status call.
+#[derive(Clone, Debug)]
+pub struct StatusSnapshot {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: Term,
+    pub leader_id: Option<NodeId>,
+    pub commit_index: LogIndex,
+    pub last_applied: LogIndex,
+    pub last_log_index: LogIndex,
+    pub state_hash: u64,
+}
+
+/// The sending side: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct CoreHandle {
+    inputs: SyncSender<Input>,
+    deliveries: broadcast::Sender<Arc<Delivery>>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    #[error("node is busy; retry")]
+    Busy,
+    #[error("node is shutting down")]
+    Stopped,
+}
+
+impl CoreHandle {
+    pub fn submit(&self, input: Input) -> Result<(), SubmitError> {
+        self.inputs.try_send(input).map_err(|e| match e {
+            TrySendError::Full(_) => SubmitError::Busy,
+            TrySendError::Disconnected(_) => SubmitError::Stopped,
+        })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Delivery>> {
+        self.deliveries.subscribe()
+    }
+}
+
+/// Starts the core thread. It returns when it receives [`Input::Shutdown`] (after the
+/// batch in progress, fsync included, is done) or with the storage error that stopped it
+/// (fail-stop: the replica already counted on the write). Either way `stopped` fires, so
+/// the server stops too.
+pub fn spawn(
+    replica: Replica,
+    store: LogStore<FsDisk>,
+    clock: Clock,
+    router: PeerRouter,
+    stopped: oneshot::Sender<()>,
+) -> std::io::Result<(
+    CoreHandle,
+    std::thread::JoinHandle<Result<(), StorageError>>,
+)> {
+    let (inputs, receiver) = std::sync::mpsc::sync_channel(INPUT_QUEUE_CAPACITY);
+    let (deliveries, _) = broadcast::channel(DELIVERY_BUFFER);
+    let handle = CoreHandle {
+        inputs,
+        deliveries: deliveries.clone(),
+    };
+    let core = Core {
+        replica,
+        clock,
+        shell: NodeShell {
+            store,
+            router,
+            pending: BTreeMap::new(),
+            deliveries,
+            persists: 0,
+            entries_persisted: 0,
+        },
+        next_request_id: 0,
+        counters: Counters::default(),
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("core-{}", core.replica.id().0))
+        .spawn(move || {
+            let result = core.run(receiver);
+            if let Err(error) = &result {
+                tracing::error!("{error}");
+            }
+            // The server may be gone already.
+            let _ = stopped.send(());
+            result
+        })?;
+    Ok((handle, thread))
+}
+
+struct Core {
+    replica: Replica,
+    clock: Clock,
+    shell: NodeShell,
+    next_request_id: u64,
+    counters: Counters,
+}
+
+/// What the loop did, logged when it stops: the group-commit ratio in numbers.
+#[derive(Debug, Default)]
+struct Counters {
+    inputs: u64,
+    batches: u64,
+}
+
+impl Core {
+    fn run(mut self, receiver: Receiver<Input>) -> Result<(), StorageError> {
+        loop {
+            let now = self.clock.now();
+            let deadline = self.replica.poll_timeout();
+            let mut stop = false;
+            if now >= deadline {
+                self.replica.handle_timeout(now);
+            } else {
+                let wait = Duration::from_micros(deadline.saturating_since_us(now));
+                match receiver.recv_timeout(wait) {
+                    Ok(input) => {
+                        stop |= self.handle(input);
+                        for input in receiver.try_iter().take(INPUTS_PER_BATCH_MAX) {
+                            stop |= self.handle(input);
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.replica.handle_timeout(self.clock.now());
+                    }
+                    Err(RecvTimeoutError::Disconnected) => stop = true,
+                }
+            }
+            drive(&mut self.replica, &mut self.shell)?;
+            self.counters.batches += 1;
+            if stop {
+                tracing::info!(
+                    inputs = self.counters.inputs,
+                    batches = self.counters.batches,
+                    persists = self.shell.persists,
+                    entries = self.shell.entries_persisted,
+                    "core stopped; storage is synced"
+                );
+                return Ok(());
+            }
+        }
+    }
+
+    /// Feeds one input to the replica; true on shutdown.
+    fn handle(&mut self, input: Input) -> bool {
+        let now = self.clock.now();
+        self.counters.inputs += 1;
+        match input {
+            Input::Peer(envelope) => self.replica.handle_message(now, envelope),
+            Input::Client { request, reply } => {
+                self.next_request_id += 1;
+                let request_id = RequestId(self.next_request_id);
+                self.shell.pending.insert(request_id, reply);
+                self.replica.handle_client_request(now, request_id, request);
+            }
+            Input::Status(reply) => {
+                let r = &self.replica;
+                // The asker may have given up; nothing to do then.
+                let _ = reply.send(StatusSnapshot {
+                    id: r.id(),
+                    role: r.role(),
+                    term: r.term(),
+                    leader_id: r.leader_id(),
+                    commit_index: r.commit_index(),
+                    last_applied: r.last_applied(),
+                    last_log_index: r.last_log_index(),
+                    state_hash: r.state_hash(),
+                });
+            }
+            Input::Shutdown => return true,
+        }
+        false
+    }
+}
+
+/// Performs a replica's effects: files, peer queues, waiting callers, listeners.
+struct NodeShell {
+    store: LogStore<FsDisk>,
+    router: PeerRouter,
+    pending: BTreeMap<RequestId, ReplyTx>,
+    deliveries: broadcast::Sender<Arc<Delivery>>,
+    /// Durable writes (each one fsync of the log at most) and the entries they carried.
+    persists: u64,
+    entries_persisted: u64,
+}
+
+impl Shell for NodeShell {
+    type Error = StorageError;
+
+    fn persist(&mut self, persist: &Persist) -> Result<(), StorageError> {
+        self.persists += 1;
+        self.entries_persisted += persist.entries.len() as u64;
+        self.store.persist(persist)
+    }
+
+    fn send(&mut self, envelope: Envelope) {
+        self.router.send(envelope);
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        if let Some(waiting) = self.pending.remove(&reply.request_id) {
+            // The caller may have timed out and gone; its retry gets the session's answer.
+            let _ = waiting.send(reply.outcome);
+        }
+    }
+
+    fn deliver(&mut self, delivery: Delivery) {
+        // No listener at all is the common case, not an error.
+        let _ = self.deliveries.send(Arc::new(delivery));
+    }
+}

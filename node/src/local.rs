@@ -1,0 +1,105 @@
+//! `chatnode local`: a whole cluster on loopback in one process, for trying it out.
+//! Node i listens on 127.0.0.1:(base_port + i - 1) with its data in DIR/node-i; the
+//! cluster secret is generated once into DIR/secret.
+
+use crate::config::{NodeConfig, CLUSTER_ID_DEFAULT, TICK_MS_DEFAULT, TOKEN_TTL_SECS_DEFAULT};
+use anyhow::{bail, Context};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tokio::sync::watch;
+
+pub const NODES_MAX: u64 = 9;
+
+/// The configs of a local cluster (also used by tests to build the same layout).
+pub fn configs(nodes: u64, dir: &Path, base_port: u16) -> anyhow::Result<Vec<NodeConfig>> {
+    if !(1..=NODES_MAX).contains(&nodes) {
+        bail!("--nodes must be between 1 and {NODES_MAX}");
+    }
+    let address = |id: u64| -> anyhow::Result<String> {
+        let port = u64::from(base_port) + id - 1;
+        let port = u16::try_from(port).context("--base-port too high for that many nodes")?;
+        Ok(format!("127.0.0.1:{port}"))
+    };
+    let mut members = BTreeMap::new();
+    for id in 1..=nodes {
+        members.insert(id, address(id)?);
+    }
+    let secret_file = dir.join("secret");
+    members
+        .iter()
+        .map(|(&id, addr)| {
+            let mut peers = members.clone();
+            peers.remove(&id);
+            Ok(NodeConfig {
+                id,
+                listen: addr.parse()?,
+                advertise: addr.clone(),
+                peers,
+                data_dir: dir.join(format!("node-{id}")),
+                cluster_id: CLUSTER_ID_DEFAULT.to_owned(),
+                tick_ms: TICK_MS_DEFAULT,
+                secret_file: Some(secret_file.clone()),
+                tls: None,
+                token_ttl_secs: TOKEN_TTL_SECS_DEFAULT,
+            })
+        })
+        .collect()
+}
+
+/// Writes a random secret to `path` unless one is there.
+pub fn ensure_secret(path: &Path) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    std::fs::write(path, secret).with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub async fn run(nodes: u64, dir: PathBuf, base_port: u16) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    ensure_secret(&dir.join("secret"))?;
+    let configs = configs(nodes, &dir, base_port)?;
+    let addresses: Vec<String> = configs.iter().map(|c| c.advertise.clone()).collect();
+    let (stop, shutdown) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for config in configs {
+        let shutdown = shutdown.clone();
+        let id = config.id;
+        // Every log line of the node's server says which node it is.
+        let span = tracing::info_span!("node", id);
+        let node = tracing::Instrument::instrument(crate::server::run(config, shutdown), span);
+        tasks.spawn(async move { (id, node.await) });
+    }
+    for (i, address) in addresses.iter().enumerate() {
+        println!("node {} at {address}", i + 1);
+    }
+    println!(
+        "try: CHAT_PASSWORD=pw chatctl --cluster {} register --user alice",
+        addresses.join(",")
+    );
+    println!("stop with Ctrl-C");
+    let mut failure = None;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => { result.context("waiting for Ctrl-C")?; }
+        Some(joined) = tasks.join_next() => {
+            if let Ok((id, Err(error))) = joined {
+                failure = Some(anyhow::anyhow!("node {id}: {error}"));
+            }
+        }
+    }
+    // Ignored if every node already stopped.
+    let _ = stop.send(true);
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((id, Err(error))) = joined {
+            failure.get_or_insert(anyhow::anyhow!("node {id}: {error}"));
+        }
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}

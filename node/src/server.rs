@@ -1,0 +1,151 @@
+//! Runs one member: opens (and checks) its data dir, recovers, starts the core thread,
+//! the peer senders and the gRPC server, and stops them in order on shutdown.
+
+use crate::auth::Secret;
+use crate::clock::Clock;
+use crate::config::{NodeConfig, ELECTION_TICKS};
+use crate::disk::FsDisk;
+use crate::driver::{self, Input};
+use crate::peers::{self, PeerService, PEER_MESSAGE_BYTES_MAX};
+use crate::service::{ChatService, Shared, CLIENT_MESSAGE_BYTES_MAX};
+use crate::stamp;
+use anyhow::Context;
+use chat_core::storage::LogStore;
+use chat_core::{Config, NodeId, Replica};
+use chat_proto::chat::chat_server::ChatServer;
+use chat_proto::peer::peer_server::PeerServer;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
+
+/// Used when no secret file is configured, so that a quick local try needs no setup.
+/// Anyone can forge tokens with it: production configs must set `secret_file`.
+const INSECURE_DEV_SECRET: &[u8] = b"chat-insecure-development-secret";
+
+pub fn load_secret(config: &NodeConfig) -> anyhow::Result<Secret> {
+    let bytes = match &config.secret_file {
+        Some(path) => std::fs::read(path)
+            .with_context(|| format!("cannot read secret file {}", path.display()))?
+            .trim_ascii()
+            .to_vec(),
+        None => {
+            tracing::warn!("no --secret-file: using the insecure development secret");
+            INSECURE_DEV_SECRET.to_vec()
+        }
+    };
+    Secret::new(bytes).map_err(anyhow::Error::msg)
+}
+
+/// Runs the node until `shutdown` turns true. Errors are one line, fit for the operator.
+pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    stamp::check_or_write(&config.data_dir, config.id, &config.cluster_id)?;
+    let secret = load_secret(&config)?;
+    let disk = FsDisk::open(&config.data_dir)?;
+    // StorageError messages already say what to do (e.g. wipe a corrupt replica).
+    let (store, recovered) = LogStore::open(disk)?;
+    let clock = Clock::start();
+    let members = config.members();
+    let tick_us = config.tick_ms * 1_000;
+    let mut core_config = Config::new(
+        NodeId(config.id),
+        members.keys().map(|&id| NodeId(id)).collect(),
+    );
+    core_config.heartbeat_interval_us = tick_us;
+    core_config.election_timeout_us_min = tick_us * ELECTION_TICKS;
+    // Different on every start, so that restarted nodes do not time out in lockstep.
+    core_config.rng_seed = config.id ^ clock.now().as_micros();
+    let replica = Replica::new(core_config, recovered, clock.now())?;
+    tracing::info!(
+        id = config.id,
+        term = replica.term().0,
+        last_log_index = replica.last_log_index().0,
+        "recovered"
+    );
+
+    let (server_tls, client_tls) = tls(&config)?;
+    let router = peers::start(NodeId(config.id), &config.peers, &secret, client_tls)?;
+    let (core_stopped_tx, core_stopped) = tokio::sync::oneshot::channel();
+    let (core, core_thread) = driver::spawn(replica, store, clock, router, core_stopped_tx)?;
+
+    // Turned on when the server stops, whatever the reason, so that listen streams end
+    // and graceful shutdown does not wait for them forever.
+    let (stop_streams, streams_stopped) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        core: core.clone(),
+        secret: secret.clone(),
+        members: members.clone(),
+        token_ttl_us: config.token_ttl_secs.saturating_mul(1_000_000),
+        shutdown: streams_stopped,
+    });
+    let chat = ChatServer::new(ChatService { inner: shared })
+        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
+    let peer = PeerServer::new(PeerService {
+        id: NodeId(config.id),
+        members: members.keys().copied().collect(),
+        secret,
+        core: core.clone(),
+    })
+    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<ChatServer<ChatService>>()
+        .await;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(id = config.id, listen = %config.listen, "serving");
+    let mut builder = Server::builder().tcp_nodelay(true);
+    if let Some(tls) = server_tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let stop = async move {
+        tokio::select! {
+            // Either the flag turned true or every sender is gone: stop in both cases.
+            _ = shutdown.wait_for(|stop| *stop) => {}
+            // The core stopped on its own (a failed write): serve nothing more.
+            _ = core_stopped => {}
+        }
+        // Listen streams may all be gone already.
+        let _ = stop_streams.send(true);
+    };
+    let served = builder
+        .add_service(health)
+        .add_service(chat)
+        .add_service(peer)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+        .await;
+    // Stop the core after the server: the batch in flight (and its fsync) completes.
+    let _ = core.submit(Input::Shutdown);
+    drop(core);
+    let stopped = tokio::task::spawn_blocking(move || core_thread.join())
+        .await
+        .context("core thread")?;
+    match stopped {
+        Ok(result) => result?,
+        Err(_) => anyhow::bail!("core thread panicked"),
+    }
+    served.context("server")?;
+    tracing::info!(id = config.id, "stopped");
+    Ok(())
+}
+
+fn tls(config: &NodeConfig) -> anyhow::Result<(Option<ServerTlsConfig>, Option<ClientTlsConfig>)> {
+    let Some(files) = &config.tls else {
+        return Ok((None, None));
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let identity = Identity::from_pem(read(&files.cert)?, read(&files.key)?);
+    // Peers prove membership with the secret (see `peers`), so the server does not ask
+    // for client certificates: chatctl needs only the CA to verify the server.
+    let server = ServerTlsConfig::new().identity(identity);
+    let ca = files
+        .ca
+        .as_ref()
+        .context("--tls-ca is required with TLS: it verifies the peers' certificates")?;
+    let client = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+    Ok((Some(server), Some(client)))
+}

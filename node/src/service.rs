@@ -1,0 +1,372 @@
+//! The client API: each call becomes one core request (or, for login, a read plus work
+//! done here), and each answer or refusal a typed gRPC response or status.
+
+use crate::auth::{self, Secret, TokenClaims};
+use crate::clock::unix_now_us;
+use crate::convert;
+use crate::driver::{CoreHandle, Input, StatusSnapshot, SubmitError};
+use crate::listen;
+use chat_core::app::{
+    limits, Auth, ChatState, Command, CommandOutput, MessageId, Query, QueryOutput,
+};
+use chat_core::{ClientRequest, ReadConsistency, Response as CoreResponse};
+use chat_proto::chat::chat_server::Chat;
+use chat_proto::chat::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use tonic::{Request, Response, Status};
+
+/// How long a call waits for the cluster before answering UNAVAILABLE. The client then
+/// retries with the same session number, so an answer lost here is never applied twice.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
+/// A client request, password and all, fits in this.
+pub const CLIENT_MESSAGE_BYTES_MAX: usize = 16 * 1024;
+
+#[derive(Clone)]
+pub struct ChatService {
+    pub inner: Arc<Shared>,
+}
+
+pub struct Shared {
+    pub core: CoreHandle,
+    pub secret: Secret,
+    pub members: BTreeMap<u64, String>,
+    pub token_ttl_us: u64,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    async fn submit(&self, request: ClientRequest) -> Result<CoreResponse, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.core
+            .submit(Input::Client { request, reply })
+            .map_err(submit_error)?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+            Err(_) => Err(Status::unavailable(
+                "no answer from the cluster in time (no quorum?); retry",
+            )),
+            Ok(Err(_)) => Err(Status::unavailable(
+                "node is shutting down; retry elsewhere",
+            )),
+            Ok(Ok(outcome)) => outcome.map_err(|e| convert::client_error(&e, &self.members)),
+        }
+    }
+
+    async fn write(
+        &self,
+        session: Option<Session>,
+        command: Command,
+    ) -> Result<CommandOutput, Status> {
+        let session = convert::session(session)?;
+        match self
+            .submit(ClientRequest::Write { session, command })
+            .await?
+        {
+            CoreResponse::Command(output) => Ok(output),
+            CoreResponse::Query(_) => Err(Status::internal("a write was answered as a read")),
+        }
+    }
+
+    pub async fn read(
+        &self,
+        query: Query,
+        consistency: ReadConsistency,
+    ) -> Result<QueryOutput, Status> {
+        match self
+            .submit(ClientRequest::Read { query, consistency })
+            .await?
+        {
+            CoreResponse::Query(output) => Ok(output),
+            CoreResponse::Command(_) => Err(Status::internal("a read was answered as a write")),
+        }
+    }
+
+    /// The identity a token proves, for the user the request names. A token for someone
+    /// else is PERMISSION_DENIED: a user acts only on their own inbox.
+    pub fn authenticate(&self, credentials: Option<Credentials>) -> Result<Auth, Status> {
+        self.verify(credentials).map(|claims| claims.auth)
+    }
+
+    pub fn verify(&self, credentials: Option<Credentials>) -> Result<TokenClaims, Status> {
+        let credentials =
+            credentials.ok_or_else(|| Status::unauthenticated("missing credentials"))?;
+        let claims = self
+            .secret
+            .verify_token(&credentials.token, unix_now_us())
+            .map_err(|e| convert::auth_error(&e))?;
+        if claims.auth.user != credentials.user {
+            return Err(Status::permission_denied(format!(
+                "the token belongs to {:?}, not {:?}",
+                claims.auth.user, credentials.user
+            )));
+        }
+        Ok(claims)
+    }
+
+    pub async fn status(&self) -> Result<StatusSnapshot, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.core
+            .submit(Input::Status(reply))
+            .map_err(submit_error)?;
+        answer
+            .await
+            .map_err(|_| Status::unavailable("node is shutting down"))
+    }
+}
+
+fn submit_error(error: SubmitError) -> Status {
+    Status::unavailable(error.to_string())
+}
+
+fn unexpected(output: impl std::fmt::Debug) -> Status {
+    Status::internal(format!("unexpected answer from core: {output:?}"))
+}
+
+/// Runs CPU-heavy password work off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, auth::AuthError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Status::internal(format!("password worker failed: {e}")))?
+        .map_err(|e| convert::auth_error(&e))
+}
+
+#[tonic::async_trait]
+impl Chat for ChatService {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let RegisterRequest {
+            session,
+            user,
+            password,
+        } = request.into_inner();
+        // Refuse a bad name before paying for a hash (the leader checks again).
+        ChatState::validate(&Command::CreateAccount {
+            user: user.clone(),
+            password_hash: "-".to_owned(),
+        })
+        .map_err(|e| convert::app_error(&e))?;
+        let password_hash = blocking(move || auth::hash_password(&password)).await?;
+        let command = Command::CreateAccount {
+            user,
+            password_hash,
+        };
+        match self.inner.write(session, command).await? {
+            CommandOutput::AccountCreated { user, .. } => {
+                Ok(Response::new(RegisterResponse { user }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
+        let LoginRequest { user, password } = request.into_inner();
+        auth::check_password_size(&password).map_err(|e| convert::auth_error(&e))?;
+        let wrong = || Status::unauthenticated(auth::AuthError::WrongPassword.to_string());
+        let query = Query::Credentials { user: user.clone() };
+        let output = match self.inner.read(query, ReadConsistency::Linearizable).await {
+            // An unknown or impossible name gets the same answer as a wrong password,
+            // so login cannot be used to probe which accounts exist.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::NotFound | tonic::Code::InvalidArgument
+                ) =>
+            {
+                return Err(wrong())
+            }
+            other => other?,
+        };
+        let QueryOutput::Credentials {
+            user,
+            password_hash,
+            generation,
+            token_epoch,
+            unread_count,
+        } = output
+        else {
+            return Err(unexpected(output));
+        };
+        blocking(move || auth::verify_password(&password, &password_hash)).await?;
+        let expires_at_us = unix_now_us().saturating_add(self.inner.token_ttl_us);
+        let auth = Auth {
+            user,
+            generation,
+            token_epoch,
+        };
+        Ok(Response::new(LoginResponse {
+            token: self.inner.secret.mint_token(&auth, expires_at_us),
+            unread_count,
+            expires_at_us,
+        }))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutResponse>, Status> {
+        let request = request.into_inner();
+        let auth = self.inner.authenticate(request.auth)?;
+        match self
+            .inner
+            .write(request.session, Command::Logout { auth })
+            .await?
+        {
+            CommandOutput::LoggedOut => Ok(Response::new(LogoutResponse {})),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
+        let request = request.into_inner();
+        let auth = self.inner.authenticate(request.auth)?;
+        let command = Command::Send {
+            auth,
+            to: request.to,
+            body: request.body,
+        };
+        match self.inner.write(request.session, command).await? {
+            CommandOutput::Sent { id, timestamp } => Ok(Response::new(SendResponse {
+                id: id.0,
+                timestamp_us: timestamp.as_micros(),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
+        let request = request.into_inner();
+        let auth = self.inner.authenticate(request.auth)?;
+        let limit = if request.limit == 0 {
+            limits::READ_LIMIT_MAX
+        } else {
+            request.limit
+        };
+        let command = Command::ReadMessages { auth, limit };
+        match self.inner.write(request.session, command).await? {
+            CommandOutput::Messages(views) => Ok(Response::new(ReadResponse {
+                messages: views.iter().map(convert::message).collect(),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let ListRequest { pattern, page } = request.into_inner();
+        let pattern = if pattern.is_empty() {
+            "*".to_owned()
+        } else {
+            pattern
+        };
+        let query = Query::ListAccounts { pattern, page };
+        match self
+            .inner
+            .read(query, ReadConsistency::Linearizable)
+            .await?
+        {
+            QueryOutput::Accounts {
+                names,
+                page,
+                total,
+                has_more,
+            } => Ok(Response::new(ListResponse {
+                names,
+                page,
+                total,
+                has_more,
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_messages(
+        &self,
+        request: Request<DeleteMessagesRequest>,
+    ) -> Result<Response<DeleteMessagesResponse>, Status> {
+        let request = request.into_inner();
+        let auth = self.inner.authenticate(request.auth)?;
+        let ids = request.ids.into_iter().map(MessageId).collect();
+        match self
+            .inner
+            .write(request.session, Command::DeleteMessages { auth, ids })
+            .await?
+        {
+            CommandOutput::Deleted { count } => {
+                Ok(Response::new(DeleteMessagesResponse { deleted: count }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_account(
+        &self,
+        request: Request<DeleteAccountRequest>,
+    ) -> Result<Response<DeleteAccountResponse>, Status> {
+        let request = request.into_inner();
+        let auth = self.inner.authenticate(request.auth)?;
+        match self
+            .inner
+            .write(request.session, Command::DeleteAccount { auth })
+            .await?
+        {
+            CommandOutput::AccountDeleted => Ok(Response::new(DeleteAccountResponse {})),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    type ListenStream = listen::ListenStream;
+
+    async fn listen(
+        &self,
+        request: Request<ListenRequest>,
+    ) -> Result<Response<Self::ListenStream>, Status> {
+        let request = request.into_inner();
+        let claims = self.inner.verify(request.auth)?;
+        Ok(Response::new(listen::start(
+            Arc::clone(&self.inner),
+            claims,
+            MessageId(request.after_id),
+        )))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let s = self.inner.status().await?;
+        let leader_id = s.leader_id.map_or(0, |id| id.0);
+        Ok(Response::new(StatusResponse {
+            id: s.id.0,
+            role: convert::role(s.role).to_owned(),
+            term: s.term.0,
+            leader_id,
+            leader_address: self
+                .inner
+                .members
+                .get(&leader_id)
+                .cloned()
+                .unwrap_or_default(),
+            commit_index: s.commit_index.0,
+            last_applied: s.last_applied.0,
+            last_log_index: s.last_log_index.0,
+            state_hash: s.state_hash,
+            members: self
+                .inner
+                .members
+                .iter()
+                .map(|(&id, address)| Member {
+                    id,
+                    address: address.clone(),
+                })
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,391 @@
+//! The one place the cluster tests touch processes and the API.
+
+use chat_node::client::ClusterClient;
+use chat_proto::chat::*;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tonic::Status;
+
+pub const PASSWORD: &str = "correct horse";
+/// Every test finishes within this, or fails.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+const TICK_MS: &str = "50";
+
+/// One cluster at a time: elections need CPU on time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    // A test that panicked released the lock by unwinding; the next one may go on.
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The tests' own builds of the binaries (always current: Cargo builds them first).
+pub fn chatnode() -> &'static str {
+    env!("CARGO_BIN_EXE_it-chatnode")
+}
+
+pub fn chatctl() -> &'static str {
+    env!("CARGO_BIN_EXE_it-chatctl")
+}
+
+pub fn free_ports(count: usize) -> Vec<u16> {
+    // Held together so they differ; released just before the nodes bind them.
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("bound address").port())
+        .collect()
+}
+
+pub struct Node {
+    pub id: u64,
+    pub address: String,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+    /// Serve (and reach peers) over TLS with the test certificates.
+    pub tls: bool,
+}
+
+/// The test certificates: a CA and one certificate for 127.0.0.1 and localhost, shared
+/// by every node (test material only, valid for a century).
+pub fn tls_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/tls")
+        .join(name)
+}
+
+impl Cluster {
+    pub fn start(size: u64) -> Cluster {
+        Cluster::start_with(size, false)
+    }
+
+    pub fn start_with(size: u64, tls: bool) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("secret"),
+            "test-secret-of-the-cluster-tests",
+        )
+        .expect("write secret");
+        let ports = free_ports(size as usize);
+        let nodes = (1..=size)
+            .zip(ports)
+            .map(|(id, port)| Node {
+                id,
+                address: format!("127.0.0.1:{port}"),
+                child: None,
+            })
+            .collect();
+        let mut cluster = Cluster { dir, nodes, tls };
+        for id in 1..=size {
+            cluster.restart(id);
+        }
+        cluster
+    }
+
+    pub fn addresses(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.address.clone()).collect()
+    }
+
+    pub fn address(&self, id: u64) -> String {
+        self.node(id).address.clone()
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    pub fn secret_file(&self) -> PathBuf {
+        self.dir.path().join("secret")
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    /// The command line of node `id` (also used to start it by hand in a test).
+    pub fn command(&self, id: u64) -> Command {
+        self.command_in(id, &self.data_dir(id))
+    }
+
+    /// Node `id`'s command line with another data dir.
+    pub fn command_in(&self, id: u64, data_dir: &Path) -> Command {
+        let peers: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.id != id)
+            .map(|n| format!("{}={}", n.id, n.address))
+            .collect();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node-{id}.log")))
+            .expect("open node log");
+        let mut command = Command::new(chatnode());
+        command
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--listen")
+            .arg(self.address(id))
+            .arg("--peers")
+            .arg(peers.join(","))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--secret-file")
+            .arg(self.secret_file())
+            .arg("--tick-ms")
+            .arg(TICK_MS)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if self.tls {
+            command
+                .arg("--tls-cert")
+                .arg(tls_file("node.pem"))
+                .arg("--tls-key")
+                .arg(tls_file("node.key"))
+                .arg("--tls-ca")
+                .arg(tls_file("ca.pem"));
+        }
+        command
+    }
+
+    /// The process id of node `id`, if it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).child.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM, then waits for the exit; its status.
+    pub fn terminate(&mut self, id: u64) -> std::process::ExitStatus {
+        let pid = self.pid(id).expect("node runs");
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        tokio::task::block_in_place(|| self.wait(id)).expect("exit status")
+    }
+
+    /// Waits for node `id` to exit by itself; its exit status.
+    pub fn wait(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let mut child = self.nodes[(id - 1) as usize].child.take()?;
+        child.wait().ok()
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log"))).unwrap_or_default()
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        let child = self.command(id).spawn().expect("spawn chatnode");
+        self.nodes[(id - 1) as usize].child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown, no flush beyond what was already synced.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes[(id - 1) as usize].child.take() {
+            // Already exited is fine: it is dead either way.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// True if node `id` is still running (it did not crash).
+    pub fn is_running(&mut self, id: u64) -> bool {
+        match self.nodes[(id - 1) as usize].child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn client(&self) -> ClusterClient {
+        ClusterClient::new(self.addresses(), self.client_tls())
+    }
+
+    pub fn client_tls(&self) -> Option<tonic::transport::ClientTlsConfig> {
+        self.tls.then(|| {
+            let ca = std::fs::read(tls_file("ca.pem")).expect("test CA");
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        })
+    }
+
+    /// Waits until a leader is known and every running node in `ids` reports it.
+    pub async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut client = self.client();
+            if let Ok(status) = client.discover().await {
+                if status.leader_id != 0 {
+                    if let Ok(s) = client.status_of(&self.address(status.leader_id)).await {
+                        if s.role == "leader" {
+                            return s.id;
+                        }
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every node reports the same commit index, applied index and state
+    /// hash; returns them.
+    pub async fn converged(&self) -> (u64, u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut client = self.client();
+            let mut views = Vec::new();
+            for address in self.addresses() {
+                if let Ok(s) = client.status_of(&address).await {
+                    views.push((s.commit_index, s.last_applied, s.state_hash));
+                }
+            }
+            let all_same = views.windows(2).all(|w| w[0] == w[1]);
+            if views.len() == self.nodes.len() && all_same && views[0].0 == views[0].1 {
+                return (views[0].0, views[0].2);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas did not converge within 30 s: {views:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                // Best effort: the process may be gone already.
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+pub async fn register(client: &mut ClusterClient, user: &str) -> Result<(), Status> {
+    let request = RegisterRequest {
+        session: Some(client.next_session()),
+        user: user.to_owned(),
+        password: PASSWORD.to_owned(),
+    };
+    client
+        .call(|mut c| {
+            let request = request.clone();
+            async move { c.register(request).await }
+        })
+        .await
+        .map(|_| ())
+}
+
+pub async fn login_with(
+    client: &mut ClusterClient,
+    user: &str,
+    password: &str,
+) -> Result<Credentials, Status> {
+    let request = LoginRequest {
+        user: user.to_owned(),
+        password: password.to_owned(),
+    };
+    let response = client
+        .call(|mut c| {
+            let request = request.clone();
+            async move { c.login(request).await }
+        })
+        .await?;
+    Ok(Credentials {
+        user: user.to_owned(),
+        token: response.token,
+    })
+}
+
+pub async fn login(client: &mut ClusterClient, user: &str) -> Credentials {
+    login_with(client, user, PASSWORD).await.expect("login")
+}
+
+pub async fn send(
+    client: &mut ClusterClient,
+    auth: &Credentials,
+    to: &str,
+    body: &str,
+) -> Result<u64, Status> {
+    let request = SendRequest {
+        session: Some(client.next_session()),
+        auth: Some(auth.clone()),
+        to: to.to_owned(),
+        body: body.to_owned(),
+    };
+    client
+        .call(|mut c| {
+            let request = request.clone();
+            async move { c.send(request).await }
+        })
+        .await
+        .map(|r| r.id)
+}
+
+/// Reads (and marks read) every unread message, page by page.
+pub async fn read_all(client: &mut ClusterClient, auth: &Credentials) -> Vec<ChatMessage> {
+    let mut all = Vec::new();
+    loop {
+        let request = ReadRequest {
+            session: Some(client.next_session()),
+            auth: Some(auth.clone()),
+            limit: 1_000,
+        };
+        let page = client
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.read(request).await }
+            })
+            .await
+            .expect("read")
+            .messages;
+        if page.is_empty() {
+            return all;
+        }
+        all.extend(page);
+    }
+}
+
+/// Every message in the inbox, read or not (through a listen stream from id 0).
+pub async fn inbox(client: &mut ClusterClient, auth: &Credentials) -> Vec<ChatMessage> {
+    let mut all = Vec::new();
+    // The stream never ends by itself: stop when it has been quiet for a while.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        client
+            .listen(auth.clone(), 0, |m| {
+                all.push(m);
+                true
+            })
+            .await
+    })
+    .await;
+    all
+}
+
+/// Runs a test body on a fresh runtime, one at a time, within [`TEST_TIMEOUT`].
+pub fn run<F: std::future::Future<Output = ()>>(body: F) {
+    let _turn = serial();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        tokio::time::timeout(TEST_TIMEOUT, body)
+            .await
+            .expect("test exceeded its time bound");
+    });
+}

@@ -1,0 +1,1 @@
+//! Only the integration tests in `it/` live here.
