@@ -33,6 +33,8 @@ pub struct Client {
     pub retries: u32,
     /// Only the wake-up with the latest token counts.
     pub wake_token: u64,
+    /// The pending wake-up ends a backoff (resend to the chosen target), not a timeout.
+    pub backing_off: bool,
     /// Messages read and not yet deleted.
     pub read_ids: Vec<MessageId>,
     pub messages_sent: u64,
@@ -54,6 +56,7 @@ impl Client {
             target,
             retries: 0,
             wake_token: 0,
+            backing_off: false,
             read_ids: Vec::new(),
             messages_sent: 0,
             stopped: false,

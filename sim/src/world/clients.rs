@@ -9,9 +9,11 @@ impl World<'_> {
             return;
         }
         if self.clients[client].current.is_some() {
-            // The answer did not come in time: try another node.
-            let target = NodeId(self.client_rng.random_range(1..=self.scenario.nodes));
-            self.clients[client].target = target;
+            if !std::mem::take(&mut self.clients[client].backing_off) {
+                // The answer did not come in time: try another node.
+                let target = NodeId(self.client_rng.random_range(1..=self.scenario.nodes));
+                self.clients[client].target = target;
+            }
             self.resend(client);
             return;
         }
@@ -75,6 +77,7 @@ impl World<'_> {
         let (node, request_id, request) = (c.target, current.request_id, current.request.clone());
         self.history.ops[current.history_op].attempts += 1;
         c.wake_token += 1;
+        c.backing_off = false;
         let token = c.wake_token;
         self.tracer.line(self.now, || {
             format!("c{client} -> {node} request #{}", request_id.0)
@@ -140,6 +143,7 @@ impl World<'_> {
         let backoff = self.clients[client].backoff_us(jitter);
         let c = &mut self.clients[client];
         c.retries += 1;
+        c.backing_off = true;
         c.wake_token += 1;
         let token = c.wake_token;
         // The wake-up finds the request still current and resends it.
@@ -205,6 +209,7 @@ impl World<'_> {
             .map_or(0, |p| p.think_us);
         let c = &mut self.clients[client];
         c.wake_token += 1;
+        c.backing_off = false;
         let token = c.wake_token;
         self.push(
             self.now.saturating_add_us(think_us),
