@@ -87,10 +87,14 @@ theirs="$OUT/etcd.jsonl"
 : >"$ours"
 : >"$theirs"
 
+# The servers running now are the groups started since the last stop_all; each group's
+# leader is the server process itself, so chatbench can read its CPU and switches.
 run_bench() { # system endpoints clients output
+    local pids
+    pids=$(IFS=,; echo "${groups[*]}")
     "$bin/chatbench" run --system "$1" --endpoints "$2" --clients "$3" \
         --payload-bytes "$PAYLOAD" --duration-secs "$DURATION" --warmup-secs "$WARMUP" \
-        --ops write,read --json | tee -a "$4"
+        --ops write,read --server-pids "$pids" --json | tee -a "$4"
 }
 
 # -- etcd ----------------------------------------------------------------------------
@@ -163,6 +167,7 @@ fi
 # -- report --------------------------------------------------------------------------
 echo
 echo "machine: $(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM, kernel $(uname -r), disk $(df -h "$dir" | awk 'NR == 2 { print $1 " " $2 }')"
+echo "load average at the end (other work on the machine): $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "load: $PAYLOAD-byte payload, ${WARMUP}s warmup + ${DURATION}s per phase, etcd clients on: $ETCD_TARGET"
 echo
 "$bin/chatbench" compare --ours "$ours" --etcd "$theirs" "${sim_args[@]}"

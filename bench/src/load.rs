@@ -4,7 +4,8 @@
 
 use crate::chat::ChatBench;
 use crate::etcd::EtcdBench;
-use crate::stats::{micros, LatencySummary, PhaseResult};
+use crate::procstat;
+use crate::stats::{micros, LatencySummary, PhaseResult, ServerCost};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -102,12 +103,14 @@ async fn drive(
 }
 
 /// Runs one phase on every client at once and hands the clients back for the next one.
+/// With `server_pids`, also measures what the servers spent in the window.
 pub async fn run_phase(
     clients: Vec<Client>,
     op: Op,
     limit: Limit,
     system: &str,
     payload_bytes: usize,
+    server_pids: &[u32],
 ) -> anyhow::Result<(Vec<Client>, PhaseResult)> {
     let client_count = clients.len();
     let start = Instant::now();
@@ -115,6 +118,13 @@ pub async fn run_phase(
         Limit::Time { warmup, measure } => (start + warmup, Some(start + warmup + measure)),
         Limit::Count { .. } => (start, None),
     };
+    let pids = server_pids.to_vec();
+    let usage_before = tokio::spawn(async move {
+        tokio::time::sleep_until(record_from.into()).await;
+        (!pids.is_empty())
+            .then(|| procstat::sample(&pids))
+            .transpose()
+    });
     let mut tasks = tokio::task::JoinSet::new();
     for (index, mut client) in clients.into_iter().enumerate() {
         let quota = match limit {
@@ -151,6 +161,10 @@ pub async fn run_phase(
             );
         }
     }
+    let usage = match usage_before.await?? {
+        Some(before) => Some(procstat::sample(server_pids)?.since(before)),
+        None => None,
+    };
     returned.sort_by_key(|(index, _)| *index);
     let window_end = match stop {
         Some(stop) => stop.max(last_finish),
@@ -168,6 +182,7 @@ pub async fn run_phase(
         elapsed_secs,
         ops_per_sec: ops as f64 / elapsed_secs,
         latency_us: LatencySummary::of(&mut samples_us),
+        server: usage.map(|u| ServerCost::of(u, ops + errors, elapsed_secs)),
     };
     Ok((returned.into_iter().map(|(_, c)| c).collect(), result))
 }

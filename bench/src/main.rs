@@ -11,6 +11,7 @@
 mod chat;
 mod etcd;
 mod load;
+mod procstat;
 mod report;
 mod stats;
 
@@ -89,6 +90,10 @@ struct RunArgs {
     /// One JSON document per phase, one per line.
     #[arg(long)]
     json: bool,
+    /// Process ids of the servers (Linux): also report their CPU time and context
+    /// switches per operation over each measurement window.
+    #[arg(long, value_delimiter = ',')]
+    server_pids: Vec<u32>,
 }
 
 /// Accounts and keys a run creates carry this many hex digits of a fresh UUID, so runs
@@ -137,8 +142,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let clients = connect(&args).await?;
     let mut clients = clients;
     for &op in &args.ops {
-        let (back, result) =
-            load::run_phase(clients, op, limit, system, args.payload_bytes).await?;
+        let (back, result) = load::run_phase(
+            clients,
+            op,
+            limit,
+            system,
+            args.payload_bytes,
+            &args.server_pids,
+        )
+        .await?;
         clients = back;
         if args.json {
             println!("{}", serde_json::to_string(&result)?);

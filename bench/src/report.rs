@@ -7,8 +7,15 @@ use std::path::Path;
 
 pub fn line(r: &PhaseResult) -> String {
     let l = &r.latency_us;
+    let server = match &r.server {
+        Some(s) => format!(
+            "; servers {:.2} cores, {:.0} us CPU and {:.1} context switches per op",
+            s.cpus, s.cpu_us_per_op, s.context_switches_per_op
+        ),
+        None => String::new(),
+    };
     format!(
-        "{} {} clients={} payload={}B: {} ops in {:.2}s = {:.0} ops/s; latency ms p50 {} p95 {} p99 {} max {}; errors {}",
+        "{} {} clients={} payload={}B: {} ops in {:.2}s = {:.0} ops/s; latency ms p50 {} p95 {} p99 {} max {}; errors {}{}",
         r.system,
         r.op,
         r.clients,
@@ -20,12 +27,13 @@ pub fn line(r: &PhaseResult) -> String {
         ms(l.p95),
         ms(l.p99),
         ms(l.max),
-        r.errors
+        r.errors,
+        server
     )
 }
 
 /// Phases of one file by (op, clients); the last one wins if a phase repeats.
-fn load(path: &Path) -> anyhow::Result<BTreeMap<(String, usize), PhaseResult>> {
+fn load(path: &Path) -> anyhow::Result<Phases> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut phases = BTreeMap::new();
@@ -45,6 +53,41 @@ fn ratio(ours: f64, theirs: f64) -> String {
         format!("{:.2}", ours / theirs)
     } else {
         "n/a".to_owned()
+    }
+}
+
+type Phases = BTreeMap<(String, usize), PhaseResult>;
+
+/// What each operation cost the servers, where both runs measured it.
+fn server_costs(ours: &Phases, etcd: &Phases) {
+    let mut rows: Vec<(&PhaseResult, &PhaseResult)> = ours
+        .iter()
+        .filter_map(|(key, a)| Some((a, etcd.get(key)?)))
+        .filter(|(a, b)| a.server.is_some() && b.server.is_some())
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    rows.sort_by_key(|(a, _)| (a.op != "write", a.clients));
+    println!();
+    println!("| op | clients | ours server cores | etcd server cores | ours CPU us/op | etcd CPU us/op | ours ctx switches/op | etcd ctx switches/op |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (a, b) in rows {
+        // Filtered above: both have a server cost.
+        let (Some(x), Some(y)) = (&a.server, &b.server) else {
+            continue;
+        };
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} |",
+            a.op,
+            a.clients,
+            x.cpus,
+            y.cpus,
+            x.cpu_us_per_op,
+            y.cpu_us_per_op,
+            x.context_switches_per_op,
+            y.context_switches_per_op
+        );
     }
 }
 
@@ -79,6 +122,7 @@ pub fn compare(ours: &Path, etcd: &Path, sim: Option<&Path>) -> anyhow::Result<(
     }
     println!();
     println!("ratio ops/s = ours/etcd (higher is better); ratio p99 = ours/etcd (lower is better)");
+    server_costs(&ours, &etcd);
     if let Some(sim) = sim {
         let text = std::fs::read_to_string(sim)
             .with_context(|| format!("cannot read {}", sim.display()))?;

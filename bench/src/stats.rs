@@ -18,6 +18,29 @@ pub struct PhaseResult {
     pub elapsed_secs: f64,
     pub ops_per_sec: f64,
     pub latency_us: LatencySummary,
+    /// What the server processes spent in the window, when their pids were given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerCost>,
+}
+
+/// Server-side cost of the operations of one phase, summed over every server process.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServerCost {
+    /// Cores busy on average (CPU seconds per second of the window).
+    pub cpus: f64,
+    pub cpu_us_per_op: f64,
+    pub context_switches_per_op: f64,
+}
+
+impl ServerCost {
+    pub fn of(usage: crate::procstat::Usage, ops: u64, elapsed_secs: f64) -> ServerCost {
+        let ops = ops.max(1) as f64;
+        ServerCost {
+            cpus: usage.cpu.as_secs_f64() / elapsed_secs.max(1e-9),
+            cpu_us_per_op: usage.cpu.as_secs_f64() * 1e6 / ops,
+            context_switches_per_op: usage.context_switches as f64 / ops,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
