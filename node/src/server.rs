@@ -79,6 +79,7 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
     // Turned on when the server stops, whatever the reason, so that listen streams end
     // and graceful shutdown does not wait for them forever.
     let (stop_streams, streams_stopped) = watch::channel(false);
+    let peer_streams_stopped = streams_stopped.clone();
     let shared = Arc::new(Shared {
         core: core.clone(),
         secret: secret.clone(),
@@ -93,6 +94,7 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
         members: members.keys().copied().collect(),
         secret,
         core: core.clone(),
+        shutdown: peer_streams_stopped,
     })
     .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
     let (health_reporter, health) = tonic_health::server::health_reporter();
