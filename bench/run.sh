@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks our 5-node chat cluster side by side with a 5-member etcd cluster, on
 # loopback, data on the same disk, same load generator (chatbench), same clients and
-# payload; then the simulator's speed. Prints both results and the ratios ours/etcd.
+# payload, the two taking turns at each concurrency; then the simulator's speed. Prints both results and the ratios ours/etcd.
 #
 #   bench/run.sh                       # everything, defaults below
 #   DURATION=5 CLIENTS="1 16 64" PAYLOAD=256 bench/run.sh
@@ -87,14 +87,12 @@ theirs="$OUT/etcd.jsonl"
 : >"$ours"
 : >"$theirs"
 
-# The servers running now are the groups started since the last stop_all; each group's
-# leader is the server process itself, so chatbench can read its CPU and switches.
-run_bench() { # system endpoints clients output
-    local pids
-    pids=$(IFS=,; echo "${groups[*]}")
+# Each group's leader is the server process itself, so chatbench can read the servers'
+# CPU time and context switches from their pids.
+run_bench() { # system endpoints clients output server-pids
     "$bin/chatbench" run --system "$1" --endpoints "$2" --clients "$3" \
         --payload-bytes "$PAYLOAD" --duration-secs "$DURATION" --warmup-secs "$WARMUP" \
-        --ops write,read --server-pids "$pids" --json | tee -a "$4"
+        --ops write,read --server-pids "$5" --json | tee -a "$4"
 }
 
 # -- etcd ----------------------------------------------------------------------------
@@ -127,10 +125,7 @@ if [ "$ETCD_TARGET" = leader ]; then
     [ -n "$etcd_targets" ] || { log "no etcd leader found"; exit 1; }
 fi
 log "etcd clients call $etcd_targets"
-for c in $CLIENTS; do
-    run_bench etcd "$etcd_targets" "$c" "$theirs"
-done
-stop_all
+etcd_pids=$(IFS=,; echo "${groups[*]}")
 
 # -- chat ----------------------------------------------------------------------------
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/secret"
@@ -149,9 +144,15 @@ for i in $(seq $NODES); do
         --listen "127.0.0.1:$((CHAT_BASE_PORT + i - 1))" --peers "$peers" \
         --data-dir "$dir/chat-$i" --secret-file "$dir/secret"
 done
-# chatbench's setup waits for a leader (it retries registration for up to 20 s).
+chat_pids=$(IFS=,; echo "${groups[*]}" | cut -d, -f$((NODES + 1))-)
+
+# -- load ----------------------------------------------------------------------------
+# Both clusters stay up (an idle one costs a few hundredths of a core) and the two take
+# turns at each concurrency, so that other work on the machine falls on both alike.
+# chatbench's setup waits for our leader (it retries registration for up to 20 s).
 for c in $CLIENTS; do
-    run_bench chat "$chat_endpoints" "$c" "$ours"
+    run_bench etcd "$etcd_targets" "$c" "$theirs" "$etcd_pids"
+    run_bench chat "$chat_endpoints" "$c" "$ours" "$chat_pids"
 done
 stop_all
 
