@@ -1,13 +1,19 @@
 //! What a replica asks its shell to do, and the one rule on the order of doing it.
 //!
-//! The rule: **the `Persist` of a [`Ready`] is durable before any of its messages leave.**
-//! A vote, an acknowledgement of entries, or an answer to a client all speak for state
-//! that must survive a crash; sending one before its state is on disk is how a replica
-//! votes twice in a term or a leader counts an entry that a crash then loses. Replies and
-//! deliveries follow the messages; they only speak for committed state.
+//! The rule: **the `Persist` of a [`Ready`] is durable before any message that speaks for
+//! it leaves.** A vote, an acknowledgement of entries, or an answer to a client all speak
+//! for state that must survive a crash; sending one before its state is on disk is how a
+//! replica votes twice in a term or a leader counts an entry that a crash then loses.
+//! Replies and deliveries come last; they only speak for committed state.
 //!
-//! Both shells obey it through [`drive`]: the simulator and the node implement [`Shell`]
-//! and never take a `Ready` apart themselves.
+//! One exception, from the Raft thesis (§10.2.1): what a leader sends to replicate
+//! (AppendEntries, Heartbeat, InstallSnapshot) promises nothing about its own disk, so it
+//! leaves *before* the leader's own write, which then overlaps its followers' writes. The
+//! leader still counts itself toward a commit only for entries it has persisted, because
+//! a shell completes a `Ready` before it feeds the replica the next input.
+//!
+//! Both shells obey the rule through [`drive`]: the simulator and the node implement
+//! [`Shell`] and never take a `Ready` apart themselves.
 
 use crate::app::{AppError, CommandOutput, Delivery, QueryOutput};
 use crate::consensus::message::Envelope;
@@ -18,6 +24,8 @@ use serde::{Deserialize, Serialize};
 /// The outputs of one or more inputs, in the order they must be performed.
 #[derive(Debug, Default)]
 pub struct Ready {
+    /// A leader's replication traffic: may leave before `persist` is durable.
+    pub messages_before_persist: Vec<Envelope>,
     pub persist: Persist,
     /// Leave only once `persist` is durable.
     pub messages: Vec<Envelope>,
@@ -28,6 +36,7 @@ pub struct Ready {
 impl Ready {
     pub fn is_empty(&self) -> bool {
         self.persist.is_empty()
+            && self.messages_before_persist.is_empty()
             && self.messages.is_empty()
             && self.replies.is_empty()
             && self.deliveries.is_empty()
@@ -80,9 +89,12 @@ pub trait Shell {
     fn deliver(&mut self, delivery: Delivery);
 }
 
-/// Performs one `Ready` in the only allowed order: persist (durably), then messages, then
-/// replies and deliveries.
+/// Performs one `Ready` in the only allowed order: a leader's replication traffic, then
+/// the persist (durably), then the other messages, then replies and deliveries.
 pub fn perform<S: Shell>(ready: Ready, shell: &mut S) -> Result<(), S::Error> {
+    for envelope in ready.messages_before_persist {
+        shell.send(envelope);
+    }
     if !ready.persist.is_empty() {
         shell.persist(&ready.persist)?;
     }

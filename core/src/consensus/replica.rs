@@ -468,11 +468,23 @@ impl Replica {
 
     pub(super) fn send(&mut self, to: NodeId, message: Message) {
         debug_assert_ne!(to, self.config.id);
-        self.ready.messages.push(Envelope {
+        let replication = matches!(
+            message,
+            Message::AppendEntries { .. }
+                | Message::Heartbeat { .. }
+                | Message::InstallSnapshot { .. }
+        );
+        let envelope = Envelope {
             from: self.config.id,
             to,
             message,
-        });
+        };
+        if replication && self.role == Role::Leader {
+            // See `effects`: it promises nothing about this replica's disk.
+            self.ready.messages_before_persist.push(envelope);
+        } else {
+            self.ready.messages.push(envelope);
+        }
     }
 
     pub(super) fn persist_hard_state(&mut self) {

@@ -9,6 +9,7 @@ use rand_chacha::ChaCha8Rng;
 fn drain(replica: &mut Replica) -> Vec<Envelope> {
     let mut sent = Vec::new();
     while let Some(ready) = replica.poll_ready() {
+        sent.extend(ready.messages_before_persist);
         sent.extend(ready.messages);
     }
     sent
