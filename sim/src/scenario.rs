@@ -222,7 +222,7 @@ impl Scenario {
             0
         };
         let milestone_crash_percent = if on(FaultKind::Crash) {
-            rng.random_range(0..=20)
+            [0, 5, 20, 50][rng.random_range(0..4)]
         } else {
             0
         };
