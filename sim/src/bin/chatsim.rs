@@ -296,7 +296,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
 fn open_writer(path: &Option<PathBuf>) -> Result<Option<Box<dyn std::io::Write>>> {
     let Some(path) = path else { return Ok(None) };
     let file =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?; // determinism: ok (CLI file I/O, outside any simulation)
     Ok(Some(Box::new(BufWriter::new(file))))
 }
 
@@ -380,10 +380,10 @@ fn shrink(args: ShrinkArgs) -> Result<ExitCode> {
         detail: final_failure.violation.detail.clone(),
         scenario: shrunk,
     };
-    std::fs::create_dir_all(&args.out_dir)
+    std::fs::create_dir_all(&args.out_dir) // determinism: ok (CLI file I/O, outside any simulation)
         .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
     let path = args.out_dir.join(format!("{check}-seed{}.json", args.seed));
-    std::fs::write(&path, serde_json::to_string_pretty(&file)? + "\n")
+    std::fs::write(&path, serde_json::to_string_pretty(&file)? + "\n") // determinism: ok (CLI file I/O, outside any simulation)
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!(
         "{} runs: fault events {} -> {}, client operations {} -> {}",
@@ -405,7 +405,7 @@ fn shrink(args: ShrinkArgs) -> Result<ExitCode> {
 /// Reads a scenario file as written by `shrink` (or a bare scenario).
 fn read_scenario(path: &std::path::Path) -> Result<Scenario> {
     let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?; // determinism: ok (CLI file I/O, outside any simulation)
     if let Ok(file) = serde_json::from_str::<ScenarioFile>(&text) {
         return Ok(file.scenario);
     }
