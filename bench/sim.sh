@@ -4,8 +4,8 @@
 # time / wall time) are the figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p chat-sim --bin chatsim
+cargo build --profile sim --locked -p chat-sim --bin chatsim
 echo "== one core"
-target/release/chatsim run --jobs 1 --json
+target/sim/chatsim run --jobs 1 --json
 echo "== all cores"
-target/release/chatsim run --json
+target/sim/chatsim run --json

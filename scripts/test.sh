@@ -14,8 +14,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
 
-echo "== chaos sweep: 2,000 seeds, all faults (release build)"
-cargo run --release --locked -p chat-sim --bin chatsim -- run --seeds 0..2000 --faults all
+echo "== chaos sweep: 2,000 seeds, all faults (profile sim: release speed, assertions on)"
+cargo run --profile sim --locked -p chat-sim --bin chatsim -- run --seeds 0..2000 --faults all
 # chatsim exits non-zero on any failing seed (and `set -e` stops here), so reaching this
 # line means every seed passed.
 echo "sweep: 2000 passed, 0 failed"
