@@ -106,6 +106,54 @@ pub struct Persist {
 }
 
 impl Persist {
+    /// The shape every `Persist` must have, whoever made it: entries contiguous and
+    /// ascending with terms that never go back; no entry at or below the snapshot; a
+    /// truncation that the entries continue from. (A truncation below a new snapshot is
+    /// well-formed: the snapshot replaces the log.) Returns what is wrong, in words.
+    /// Checked where a `Persist` leaves the replica and where the store takes one.
+    pub fn check_well_formed(&self) -> Result<(), String> {
+        for pair in self.entries.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            if b.index != a.index.next() {
+                return Err(format!(
+                    "entries {} and {} are not contiguous",
+                    a.index, b.index
+                ));
+            }
+            if b.term < a.term {
+                return Err(format!(
+                    "entry {} has term {} after term {}",
+                    b.index, b.term, a.term
+                ));
+            }
+        }
+        if let Some(snapshot) = &self.snapshot {
+            let last = snapshot.meta.last_index;
+            if let Some(first) = self.entries.first().filter(|e| e.index <= last) {
+                return Err(format!(
+                    "entry {} is covered by the snapshot through {last}",
+                    first.index
+                ));
+            }
+        }
+        // A truncation below a new snapshot takes effect at the snapshot's end.
+        let truncate_from = self.truncate_from.map(|from| match &self.snapshot {
+            Some(snapshot) => from.max(snapshot.meta.last_index.next()),
+            None => from,
+        });
+        if let (Some(from), Some(first), Some(last)) =
+            (truncate_from, self.entries.first(), self.entries.last())
+        {
+            if from < first.index || from > last.index.next() {
+                return Err(format!(
+                    "truncation from {from} does not meet the entries {}..={}",
+                    first.index, last.index
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.snapshot.is_none()
             && self.truncate_from.is_none()

@@ -8,6 +8,7 @@
 //! Determinism: no wall clock, no threads within a run, no hash-map iteration; all
 //! randomness comes from the seed through [`rng::stream`].
 
+pub mod budget;
 pub mod checker;
 pub mod faults;
 pub mod history;
@@ -21,10 +22,18 @@ pub mod trace;
 pub mod workload;
 pub mod world;
 
+pub use budget::Budget;
 pub use scenario::{GenerateOptions, Scenario};
 pub use world::{Failure, RunOutcome, RunStats, Sabotage, World};
 
-/// Runs one scenario without traces.
+/// Runs one scenario without traces, under the default budget.
 pub fn run_scenario(scenario: &Scenario) -> RunOutcome {
-    World::new(scenario, trace::Tracer::silent()).run()
+    run_scenario_within(scenario, budget::Budget::default())
+}
+
+/// Runs one scenario without traces, under `budget`.
+pub fn run_scenario_within(scenario: &Scenario, budget: budget::Budget) -> RunOutcome {
+    World::new(scenario, trace::Tracer::silent())
+        .with_budget(budget)
+        .run()
 }

@@ -2,6 +2,7 @@
 //! threads and the results gathered in seed order, so the output is the same for any
 //! number of jobs.
 
+use crate::budget::Budget;
 use crate::scenario::{GenerateOptions, Scenario};
 use crate::world::RunOutcome;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +15,14 @@ pub struct Summary {
     pub failures: u64,
     pub events: u64,
     pub simulated_us: u64,
+    /// The most events one seed took.
+    pub events_per_seed_max: u64,
+    /// The most events one seed had queued at once.
+    pub queued_events_max: u64,
+    /// The most events one seed took within one virtual second.
+    pub events_per_virtual_sec_max: u64,
+    /// The most log entries one seed's messages carried.
+    pub entries_delivered_max: u64,
 }
 
 impl Summary {
@@ -22,14 +31,34 @@ impl Summary {
         self.failures += u64::from(outcome.failure.is_some());
         self.events += outcome.stats.events;
         self.simulated_us += outcome.stats.simulated_us;
+        self.events_per_seed_max = self.events_per_seed_max.max(outcome.stats.events);
+        self.queued_events_max = self.queued_events_max.max(outcome.stats.queued_events_max);
+        self.events_per_virtual_sec_max = self
+            .events_per_virtual_sec_max
+            .max(outcome.stats.events_per_virtual_sec_max);
+        self.entries_delivered_max = self
+            .entries_delivered_max
+            .max(outcome.stats.entries_delivered);
     }
 }
 
-/// Runs `seeds` on `jobs` threads; `on_done` is called (from any thread, serialized) as
-/// each finishes, for progress. Returns outcomes in seed order and the wall time.
+/// Runs `seeds` on `jobs` threads under the default budget (see [`run_seeds_within`]).
 pub fn run_seeds(
     seeds: &[u64],
     options: &GenerateOptions,
+    jobs: usize,
+    on_done: &(dyn Fn(&RunOutcome) + Sync),
+) -> (Vec<RunOutcome>, Duration) {
+    run_seeds_within(seeds, options, Budget::default(), jobs, on_done)
+}
+
+/// Runs `seeds` on `jobs` threads, each seed under `budget`; `on_done` is called (from
+/// any thread) as each seed finishes, so that failures can be reported at once. Returns
+/// outcomes in seed order and the wall time.
+pub fn run_seeds_within(
+    seeds: &[u64],
+    options: &GenerateOptions,
+    budget: Budget,
     jobs: usize,
     on_done: &(dyn Fn(&RunOutcome) + Sync),
 ) -> (Vec<RunOutcome>, Duration) {
@@ -42,7 +71,7 @@ pub fn run_seeds(
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&seed) = seeds.get(index) else { break };
                 let scenario = Scenario::generate(seed, options);
-                let outcome = crate::run_scenario(&scenario);
+                let outcome = crate::run_scenario_within(&scenario, budget);
                 on_done(&outcome);
                 // A poisoned lock means another worker panicked; that panic is re-raised
                 // by the scope, so this worker may simply stop.

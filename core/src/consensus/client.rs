@@ -72,7 +72,11 @@ impl Replica {
             timestamp,
             command,
         }));
-        self.pending_writes.insert(index, (self.term, request_id));
+        let replaced = self.pending_writes.insert(index, (self.term, request_id));
+        debug_assert!(
+            replaced.is_none(),
+            "index {index} was proposed twice by this leader"
+        );
         // A single-member cluster commits on its own.
         self.maybe_commit();
     }
@@ -109,8 +113,22 @@ impl Replica {
     }
 
     fn register_read(&mut self, request_id: RequestId, query: Query) {
+        // A read index is only as good as the commit index it copies: a leader knows the
+        // true commit index once an entry of its own term is committed (Raft §6.4).
+        debug_assert_eq!(self.role, Role::Leader, "only a leader takes a read index");
+        debug_assert_eq!(
+            self.log.term_at(self.commit_index),
+            Some(self.term),
+            "read index taken before this leader committed an entry of its term"
+        );
         // All reads registered before the next heartbeat round share it.
         let seq = self.heartbeat_seq + 1;
+        debug_assert!(
+            self.reads_awaiting_quorum
+                .back()
+                .is_none_or(|last| last.seq <= seq && last.read_index <= self.commit_index),
+            "reads wait in the order of their heartbeat rounds"
+        );
         let read = PendingRead {
             request_id,
             query,
@@ -154,12 +172,22 @@ impl Replica {
                 .reads_awaiting_quorum
                 .pop_front()
                 .expect("front exists: checked");
+            // The quorum confirmed a round sent after the read was registered, so this
+            // replica was leader at a moment after the read arrived.
+            debug_assert!(
+                read.seq <= self.heartbeat_seq,
+                "confirmed a round never sent"
+            );
             self.reads_awaiting_apply.push_back(read);
         }
         self.serve_applied_reads();
     }
 
     fn serve_applied_reads(&mut self) {
+        debug_assert!(
+            self.role == Role::Leader || self.reads_awaiting_apply.is_empty(),
+            "a replica that lost leadership still holds confirmed reads"
+        );
         while self
             .reads_awaiting_apply
             .front()
@@ -193,6 +221,7 @@ impl Replica {
                 .entry(index)
                 .cloned()
                 .expect("committed entries above the snapshot are in the log");
+            debug_assert_eq!(entry.index, index, "the log returned another entry");
             self.apply_entry(&entry);
             self.last_applied = index;
             self.metrics.entries_applied += 1;
@@ -261,6 +290,11 @@ impl Replica {
         let Some((proposed_term, request_id)) = self.pending_writes.remove(&index) else {
             return;
         };
+        // Only a later leader can have replaced our entry at this index.
+        debug_assert!(
+            term >= proposed_term,
+            "entry {index} of term {term} replaced one proposed in later term {proposed_term}"
+        );
         if proposed_term == term {
             self.ready.replies.push(Reply {
                 request_id,

@@ -333,7 +333,49 @@ impl Replica {
         if self.ready.is_empty() {
             return None;
         }
+        self.check_outgoing_persist();
         Some(std::mem::take(&mut self.ready))
+    }
+
+    /// The `Persist` about to leave is well-formed and says what this replica holds: its
+    /// entries are the tail of the log, its hard state the current one, its snapshot the
+    /// latest. Run in debug and simulator builds.
+    fn check_outgoing_persist(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let persist = &self.ready.persist;
+        if let Err(problem) = persist.check_well_formed() {
+            panic!("{} emits a malformed Persist: {problem}", self.config.id);
+        }
+        if let Some(last) = persist.entries.last() {
+            assert_eq!(
+                last.index,
+                self.log.last_index(),
+                "persisted entries end at the log's end"
+            );
+            assert_eq!(Some(last.term), self.log.term_at(last.index));
+        }
+        if let Some(hard_state) = persist.hard_state {
+            assert_eq!(
+                (hard_state.term, hard_state.voted_for),
+                (self.term, self.voted_for),
+                "the hard state persisted is the current one"
+            );
+        }
+        if let Some(snapshot) = &persist.snapshot {
+            assert_eq!(
+                &snapshot.meta,
+                self.log.snapshot_meta(),
+                "the snapshot persisted is the log's base"
+            );
+        }
+        if let Some(from) = persist.truncate_from {
+            assert!(
+                from > self.log.snapshot_meta().last_index,
+                "truncation from {from} reaches into the snapshot"
+            );
+        }
     }
 
     /// The next time at which [`Replica::handle_timeout`] has work to do.

@@ -82,7 +82,7 @@ impl Replica {
         self.append_from_leader(entries);
         let commit = leader_commit.min(match_index);
         if commit > self.commit_index {
-            self.commit_index = commit;
+            self.advance_commit_index(commit);
             self.apply_committed();
         }
         self.send(
@@ -300,7 +300,7 @@ impl Replica {
         // our log still has it.
         let commit = commit.min(self.log.last_index());
         if commit > self.commit_index {
-            self.commit_index = commit;
+            self.advance_commit_index(commit);
             self.apply_committed();
         }
         let message = Message::HeartbeatResponse {
@@ -350,9 +350,25 @@ impl Replica {
         match_indexes.sort_unstable_by(|a, b| b.cmp(a));
         let quorum_index = match_indexes[self.quorum() - 1];
         if quorum_index > self.commit_index && self.log.term_at(quorum_index) == Some(self.term) {
-            self.commit_index = quorum_index;
+            self.advance_commit_index(quorum_index);
             self.apply_committed();
             self.on_commit_advanced();
         }
+    }
+
+    /// The one place the commit index moves (a snapshot install aside, which moves it to
+    /// the snapshot's last index): it only grows, and never past the last entry held.
+    pub(super) fn advance_commit_index(&mut self, to: LogIndex) {
+        assert!(
+            to >= self.commit_index,
+            "commit index went back from {} to {to}",
+            self.commit_index
+        );
+        assert!(
+            to <= self.log.last_index(),
+            "commit index {to} beyond the last entry {}",
+            self.log.last_index()
+        );
+        self.commit_index = to;
     }
 }

@@ -213,7 +213,7 @@ impl Replica {
         }
         self.machine = machine;
         self.log_time_max = self.log_time_max.max(self.machine.log_time);
-        self.commit_index = meta.last_index;
+        self.advance_commit_index(meta.last_index);
         self.last_applied = meta.last_index;
         self.metrics.snapshots_installed += 1;
     }

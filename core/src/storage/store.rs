@@ -121,6 +121,11 @@ impl<D: Disk> LogStore<D> {
         if self.poisoned {
             return Err(StorageError::Poisoned);
         }
+        // A malformed Persist is refused before anything is written, so it cannot damage
+        // the log; the replica asserts the same shape before it emits one.
+        if let Err(problem) = p.check_well_formed() {
+            return Err(StorageError::InvalidRequest(problem));
+        }
         self.check_and_encode(p)?;
         let result = self.apply(p);
         if result.is_err() {

@@ -1,8 +1,11 @@
 //! `chatsim`: seeded chaos runs of a simulated chat cluster, exact replay, and shrinking.
 
 use anyhow::{bail, Context, Result};
+use chat_sim::budget::{
+    Budget, ENTRIES_DELIVERED_MAX_DEFAULT, EVENTS_MAX_DEFAULT, EVENTS_PER_VIRTUAL_SEC_MAX_DEFAULT,
+};
 use chat_sim::faults::FaultSet;
-use chat_sim::runner::{run_seeds, Summary};
+use chat_sim::runner::{run_seeds_within, Summary};
 use chat_sim::scenario::{
     GenerateOptions, Scenario, CHAOS_DURATION_US_DEFAULT, CLIENTS_DEFAULT, NODES_MAX,
 };
@@ -14,6 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{BufWriter, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Deterministic simulation of a replicated chat cluster.
 ///
@@ -61,6 +65,23 @@ struct SimArgs {
     /// Virtual seconds of chaos before faults stop and recovery is checked.
     #[arg(long, default_value_t = CHAOS_DURATION_US_DEFAULT as f64 / 1e6)]
     chaos_secs: f64,
+    /// Event budget per seed: a seed that takes more events fails with check `budget`
+    /// (a livelock or message storm), so that no seed can hold up a sweep.
+    #[arg(long, default_value_t = EVENTS_MAX_DEFAULT)]
+    max_events: u64,
+    /// Event budget per second of virtual time: a storm of messages that answer each
+    /// other makes virtual time crawl; it fails with check `budget` after bounded work.
+    #[arg(long, default_value_t = EVENTS_PER_VIRTUAL_SEC_MAX_DEFAULT)]
+    max_events_per_virtual_sec: u64,
+    /// Budget of log entries carried by all delivered messages of a seed: bounds the work
+    /// of a leader that resends its log in a loop (fails with check `budget`).
+    #[arg(long, default_value_t = ENTRIES_DELIVERED_MAX_DEFAULT)]
+    max_entries_delivered: u64,
+    /// Virtual-time budget per seed, in seconds from the start; a seed still running then
+    /// fails with check `budget`. Default: the chaos phase plus 70 s (30 s each for the
+    /// recovery and power-loss phases, and slack).
+    #[arg(long)]
+    max_virtual_secs: Option<f64>,
 }
 
 impl SimArgs {
@@ -79,6 +100,26 @@ impl SimArgs {
         })
     }
 
+    fn budget(&self) -> Result<Budget> {
+        if self.max_events == 0
+            || self.max_events_per_virtual_sec == 0
+            || self.max_entries_delivered == 0
+        {
+            bail!("--max-events, --max-events-per-virtual-sec and --max-entries-delivered must be at least 1");
+        }
+        let virtual_us_max = match self.max_virtual_secs {
+            None => None,
+            Some(secs) if secs > 0.0 && secs <= 1e6 => Some((secs * 1e6) as u64),
+            Some(secs) => bail!("--max-virtual-secs must be in (0, 1000000], got {secs}"),
+        };
+        Ok(Budget {
+            events_max: self.max_events,
+            events_per_virtual_sec_max: self.max_events_per_virtual_sec,
+            entries_delivered_max: self.max_entries_delivered,
+            virtual_us_max,
+        })
+    }
+
     /// The flags that differ from the defaults, for a replay command line.
     fn flags(&self) -> String {
         let mut flags = String::new();
@@ -93,6 +134,24 @@ impl SimArgs {
         }
         if (self.chaos_secs * 1e6) as u64 != CHAOS_DURATION_US_DEFAULT {
             flags.push_str(&format!(" --chaos-secs {}", self.chaos_secs));
+        }
+        if self.max_events != EVENTS_MAX_DEFAULT {
+            flags.push_str(&format!(" --max-events {}", self.max_events));
+        }
+        if self.max_events_per_virtual_sec != EVENTS_PER_VIRTUAL_SEC_MAX_DEFAULT {
+            flags.push_str(&format!(
+                " --max-events-per-virtual-sec {}",
+                self.max_events_per_virtual_sec
+            ));
+        }
+        if self.max_entries_delivered != ENTRIES_DELIVERED_MAX_DEFAULT {
+            flags.push_str(&format!(
+                " --max-entries-delivered {}",
+                self.max_entries_delivered
+            ));
+        }
+        if let Some(secs) = self.max_virtual_secs {
+            flags.push_str(&format!(" --max-virtual-secs {secs}"));
         }
         flags
     }
@@ -195,6 +254,7 @@ fn describe_failure(outcome: &RunOutcome, flags: &str) -> Option<String> {
 
 fn run(args: RunArgs) -> Result<ExitCode> {
     let options = args.sim.generate_options()?;
+    let budget = args.sim.budget()?;
     let seeds: Vec<u64> = match (args.seed, args.seeds) {
         (Some(seed), _) => vec![seed],
         (None, Some((a, b))) => (a..b).collect(),
@@ -218,20 +278,29 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let failures_so_far = std::sync::atomic::AtomicU64::new(0);
+    let flags = args.sim.flags();
+    let failures_so_far = AtomicU64::new(0);
+    // Each failure is printed the moment its seed ends (stdout, or stderr under --json so
+    // that stdout stays one JSON document): a sweep that is stopped early has still said
+    // everything it found.
     let on_done = |outcome: &RunOutcome| {
-        if let Some(bar) = &progress {
-            if outcome.failure.is_some() {
-                failures_so_far.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(text) = describe_failure(outcome, &flags) {
+            failures_so_far.fetch_add(1, Ordering::Relaxed);
+            match (&progress, args.json) {
+                (Some(bar), _) => bar.println(text),
+                (None, true) => eprintln!("{text}"),
+                (None, false) => println!("{text}"),
             }
+        }
+        if let Some(bar) = &progress {
             bar.set_message(format!(
                 "{} failed",
-                failures_so_far.load(std::sync::atomic::Ordering::Relaxed)
+                failures_so_far.load(Ordering::Relaxed)
             ));
             bar.inc(1);
         }
     };
-    let (outcomes, wall) = run_seeds(&seeds, &options, jobs, &on_done);
+    let (outcomes, wall) = run_seeds_within(&seeds, &options, budget, jobs, &on_done);
     if let Some(bar) = &progress {
         bar.finish_and_clear();
     }
@@ -241,7 +310,6 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     }
     let wall_secs = wall.as_secs_f64().max(1e-9);
     let simulated_secs = summary.simulated_us as f64 / 1e6;
-    let flags = args.sim.flags();
     if args.json {
         let failures: Vec<serde_json::Value> = outcomes
             .iter()
@@ -265,25 +333,40 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             "wall_secs": wall_secs,
             "events_per_sec": summary.events as f64 / wall_secs,
             "acceleration": simulated_secs / wall_secs,
+            "acceleration_per_job": simulated_secs / wall_secs / jobs as f64,
             "jobs": jobs,
+            "budget": {
+                "events_max": budget.events_max,
+                "virtual_secs_max": budget.virtual_us_max.map(|us| us as f64 / 1e6),
+                "events_per_seed_max_seen": summary.events_per_seed_max,
+                "queued_events_max_seen": summary.queued_events_max,
+                "events_per_virtual_sec_max": budget.events_per_virtual_sec_max,
+                "events_per_virtual_sec_max_seen": summary.events_per_virtual_sec_max,
+                "entries_delivered_max": budget.entries_delivered_max,
+                "entries_delivered_max_seen": summary.entries_delivered_max,
+            },
             "failed": failures,
         });
         println!("{}", serde_json::to_string_pretty(&document)?);
     } else {
-        for outcome in &outcomes {
-            if let Some(text) = describe_failure(outcome, &flags) {
-                println!("{text}");
-            }
-        }
         println!(
-            "seeds: {}  failures: {}  events: {}  simulated: {:.1}s  wall: {:.2}s  events/s: {:.0}  acceleration: {:.0}x",
+            "budget: {}; most used by one seed: {} events, {} in a virtual second, {} entries, {} queued",
+            budget.describe(),
+            summary.events_per_seed_max,
+            summary.events_per_virtual_sec_max,
+            summary.entries_delivered_max,
+            summary.queued_events_max
+        );
+        println!(
+            "seeds: {}  failures: {}  events: {}  simulated: {:.1}s  wall: {:.2}s  events/s: {:.0}  acceleration: {:.0}x ({:.0}x per job, {jobs} jobs)",
             summary.seeds,
             summary.failures,
             summary.events,
             simulated_secs,
             wall_secs,
             summary.events as f64 / wall_secs,
-            simulated_secs / wall_secs
+            simulated_secs / wall_secs,
+            simulated_secs / wall_secs / jobs as f64
         );
     }
     Ok(if summary.failures == 0 {
@@ -319,7 +402,9 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
         (None, None) => bail!("give --seed or --scenario"),
     };
     let tracer = Tracer::new(open_writer(&args.trace)?, open_writer(&args.chrome_trace)?);
-    let outcome = World::new(&scenario, tracer).run();
+    let outcome = World::new(&scenario, tracer)
+        .with_budget(args.sim.budget()?)
+        .run();
     let stats = &outcome.stats;
     println!(
         "seed {}: {} events, {:.3}s simulated, {} crashes, {} elections, {} of {} operations acknowledged",
@@ -350,8 +435,9 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
 
 fn shrink(args: ShrinkArgs) -> Result<ExitCode> {
     let options = args.sim.generate_options()?;
+    let budget = args.sim.budget()?;
     let scenario = Scenario::generate(args.seed, &options);
-    let outcome = chat_sim::run_scenario(&scenario);
+    let outcome = chat_sim::run_scenario_within(&scenario, budget);
     let Some(failure) = outcome.failure else {
         bail!(
             "seed {} passes every check; there is nothing to shrink",
@@ -364,9 +450,10 @@ fn shrink(args: ShrinkArgs) -> Result<ExitCode> {
         args.seed, failure.violation.detail
     );
     println!("shrinking (each step re-runs the scenario)...");
-    let (shrunk, stats) =
-        chat_sim::shrink::shrink(&scenario, check, &mut |s| chat_sim::run_scenario(s));
-    let final_outcome = chat_sim::run_scenario(&shrunk);
+    let (shrunk, stats) = chat_sim::shrink::shrink(&scenario, check, &mut |s| {
+        chat_sim::run_scenario_within(s, budget)
+    });
+    let final_outcome = chat_sim::run_scenario_within(&shrunk, budget);
     let Some(final_failure) = final_outcome.failure else {
         bail!("internal error: the shrunk scenario no longer fails");
     };

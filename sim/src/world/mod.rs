@@ -3,6 +3,7 @@
 //! clients, the fault schedule, and the checkers. One run is single-threaded and a pure
 //! function of the scenario.
 
+use crate::budget::{Budget, QUEUED_EVENTS_MAX};
 use crate::checker::{check_history, FinalState, SafetyChecker, Violation};
 use crate::history::{History, OpKind};
 use crate::network::Network;
@@ -30,8 +31,6 @@ mod phases;
 /// After the faults stop, the cluster must recover and finish every request within this.
 pub const LIVENESS_BOUND_US: u64 = 30_000_000;
 const PROBE_INTERVAL_US: u64 = 100_000;
-/// A run that takes more events than this is stuck in a loop.
-const EVENTS_MAX: u64 = 20_000_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
@@ -50,6 +49,13 @@ pub struct RunStats {
     pub ops_completed: u64,
     pub ops_acknowledged: u64,
     pub snapshots_installed: u64,
+    /// The most events that waited in the queue at once.
+    pub queued_events_max: u64,
+    /// The most events in one second of virtual time (a whole second, from a whole
+    /// second): how dense the busiest second was.
+    pub events_per_virtual_sec_max: u64,
+    /// Log entries carried by the messages delivered: the work an event stands for.
+    pub entries_delivered: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,6 +127,7 @@ pub enum Sabotage {
 
 pub struct World<'a> {
     sabotage: Option<Sabotage>,
+    budget: Budget,
     scenario: &'a Scenario,
     now: Time,
     queue: BTreeMap<(Time, u64), Event>,
@@ -142,6 +149,8 @@ pub struct World<'a> {
     deadline: Time,
     chat_hash_before_power_loss: Option<u64>,
     stats: RunStats,
+    /// The virtual second being counted for the event-density budget, and its events.
+    density_window: (u64, u64),
     failure: Option<Failure>,
 }
 
@@ -197,6 +206,7 @@ impl<'a> World<'a> {
         let users = clients.iter().map(|c| c.user.clone()).collect();
         World {
             sabotage: None,
+            budget: Budget::default(),
             scenario,
             now: Time(0),
             queue: BTreeMap::new(),
@@ -221,6 +231,7 @@ impl<'a> World<'a> {
             deadline: Time(scenario.chaos_duration_us),
             chat_hash_before_power_loss: None,
             stats: RunStats::default(),
+            density_window: (0, 0),
             failure: None,
         }
     }
@@ -228,6 +239,12 @@ impl<'a> World<'a> {
     /// Breaks the world on purpose (see [`Sabotage`]).
     pub fn sabotage(mut self, sabotage: Sabotage) -> World<'a> {
         self.sabotage = Some(sabotage);
+        self
+    }
+
+    /// Runs under `budget` instead of the default one.
+    pub fn with_budget(mut self, budget: Budget) -> World<'a> {
+        self.budget = budget;
         self
     }
 
@@ -264,7 +281,12 @@ impl<'a> World<'a> {
             self.push(Time(fault.at_us), Event::Fault { index });
         }
         self.push(Time(self.scenario.chaos_duration_us), Event::EndChaos);
+        let virtual_us_max = self.budget.virtual_us_max_for(self.scenario);
         while self.failure.is_none() && self.phase != Phase::Done {
+            if let Some(violation) = self.over_budget(virtual_us_max) {
+                self.fail(violation);
+                break;
+            }
             let Some(((at, _), event)) = self.queue.pop_first() else {
                 self.fail(Violation {
                     check: "liveness",
@@ -274,13 +296,7 @@ impl<'a> World<'a> {
             };
             self.now = at;
             self.stats.events += 1;
-            if self.stats.events > EVENTS_MAX {
-                self.fail(Violation {
-                    check: "liveness",
-                    detail: format!("more than {EVENTS_MAX} events"),
-                });
-                break;
-            }
+            self.count_density();
             self.handle(event);
         }
         for node in &self.nodes {
@@ -321,6 +337,63 @@ impl<'a> World<'a> {
             failure: self.failure,
             stats: self.stats,
         }
+    }
+
+    /// Whether this seed has used up its budget: too many events, too much virtual time,
+    /// or too many events queued at once. Checked before each event, so that a failing
+    /// seed stops at the same event on every replay.
+    fn count_density(&mut self) {
+        let second = self.now.0 / 1_000_000;
+        if self.density_window.0 != second {
+            self.density_window = (second, 0);
+        }
+        self.density_window.1 += 1;
+        self.stats.events_per_virtual_sec_max = self
+            .stats
+            .events_per_virtual_sec_max
+            .max(self.density_window.1);
+    }
+
+    fn over_budget(&mut self, virtual_us_max: u64) -> Option<Violation> {
+        let queued = self.queue.len();
+        self.stats.queued_events_max = self.stats.queued_events_max.max(queued as u64);
+        let detail = if self.stats.events >= self.budget.events_max {
+            format!(
+                "event budget of {} events used up in phase {:?} (flag --max-events)",
+                self.budget.events_max, self.phase
+            )
+        } else if self
+            .queue
+            .first_key_value()
+            .is_some_and(|((at, _), _)| at.0 > virtual_us_max)
+        {
+            format!(
+                "virtual-time budget of {:.1}s used up in phase {:?} (flag --max-virtual-secs)",
+                virtual_us_max as f64 / 1e6,
+                self.phase
+            )
+        } else if self.stats.entries_delivered >= self.budget.entries_delivered_max {
+            format!(
+                "{} log entries delivered in messages (budget {}, flag --max-entries-delivered): a livelock resending the log in phase {:?}",
+                self.stats.entries_delivered, self.budget.entries_delivered_max, self.phase
+            )
+        } else if self.density_window.1 >= self.budget.events_per_virtual_sec_max {
+            format!(
+                "{} events within virtual second {} (budget {} per virtual second, flag --max-events-per-virtual-sec): a livelock or message storm in phase {:?}",
+                self.density_window.1, self.density_window.0, self.budget.events_per_virtual_sec_max, self.phase
+            )
+        } else if queued > QUEUED_EVENTS_MAX {
+            format!(
+                "{queued} events queued at once (bound {QUEUED_EVENTS_MAX}): a message storm in phase {:?}",
+                self.phase
+            )
+        } else {
+            return None;
+        };
+        Some(Violation {
+            check: "budget",
+            detail,
+        })
     }
 
     fn handle(&mut self, event: Event) {
@@ -391,6 +464,9 @@ impl<'a> World<'a> {
             return;
         }
         self.stats.messages_delivered += 1;
+        if let chat_core::Message::AppendEntries { entries, .. } = &envelope.message {
+            self.stats.entries_delivered += entries.len() as u64;
+        }
         let kind = envelope.message.kind();
         self.tracer.digest(&[
             self.now.0,

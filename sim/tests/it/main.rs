@@ -1,6 +1,7 @@
 //! The simulator's own tests: determinism, checkers that can fail, traces, and every
 //! regression scenario under `seeds/`.
 
+mod budget;
 mod checkers;
 mod determinism;
 mod seeds;
