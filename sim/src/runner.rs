@@ -2,6 +2,7 @@
 //! threads and the results gathered in seed order, so the output is the same for any
 //! number of jobs.
 
+use crate::coverage::Coverage;
 use crate::scenario::{GenerateOptions, Scenario};
 use crate::world::RunOutcome;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +15,8 @@ pub struct Summary {
     pub failures: u64,
     pub events: u64,
     pub simulated_us: u64,
+    /// The union of every seed's coverage.
+    pub coverage: Coverage,
 }
 
 impl Summary {
@@ -22,6 +25,7 @@ impl Summary {
         self.failures += u64::from(outcome.failure.is_some());
         self.events += outcome.stats.events;
         self.simulated_us += outcome.stats.simulated_us;
+        self.coverage.merge(&outcome.coverage);
     }
 }
 

@@ -1,6 +1,7 @@
 //! `chatsim`: seeded chaos runs of a simulated chat cluster, exact replay, and shrinking.
 
 use anyhow::{bail, Context, Result};
+use chat_sim::coverage::Coverage;
 use chat_sim::faults::FaultSet;
 use chat_sim::runner::{run_seeds, Summary};
 use chat_sim::scenario::{
@@ -266,6 +267,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             "events_per_sec": summary.events as f64 / wall_secs,
             "acceleration": simulated_secs / wall_secs,
             "jobs": jobs,
+            "coverage": coverage_json(&summary.coverage),
             "failed": failures,
         });
         println!("{}", serde_json::to_string_pretty(&document)?);
@@ -276,20 +278,38 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             }
         }
         println!(
-            "seeds: {}  failures: {}  events: {}  simulated: {:.1}s  wall: {:.2}s  events/s: {:.0}  acceleration: {:.0}x",
+            "seeds: {}  failures: {}  events: {}  simulated: {:.1}s  wall: {:.2}s  events/s: {:.0}  acceleration: {:.0}x  {}",
             summary.seeds,
             summary.failures,
             summary.events,
             simulated_secs,
             wall_secs,
             summary.events as f64 / wall_secs,
-            simulated_secs / wall_secs
+            simulated_secs / wall_secs,
+            coverage_text(&summary.coverage)
         );
     }
     Ok(if summary.failures == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+/// Coverage for the summary line: distinct abstract states and transitions.
+fn coverage_text(coverage: &Coverage) -> String {
+    format!(
+        "coverage: {} states, {} transitions",
+        coverage.states.len(),
+        coverage.transitions.len()
+    )
+}
+
+fn coverage_json(coverage: &Coverage) -> serde_json::Value {
+    serde_json::json!({
+        "states": coverage.states.len(),
+        "transitions": coverage.transitions.len(),
+        "node_values": coverage.node_values.len(),
     })
 }
 

@@ -4,6 +4,7 @@
 //! function of the scenario.
 
 use crate::checker::{check_history, FinalState, SafetyChecker, Violation};
+use crate::coverage::{Coverage, Observer};
 use crate::history::{History, OpKind};
 use crate::network::Network;
 use crate::node::SimNode;
@@ -58,6 +59,8 @@ pub struct RunOutcome {
     pub fingerprint: u64,
     pub failure: Option<Failure>,
     pub stats: RunStats,
+    /// The abstract states and transitions this run reached.
+    pub coverage: Coverage,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,6 +146,7 @@ pub struct World<'a> {
     chat_hash_before_power_loss: Option<u64>,
     stats: RunStats,
     failure: Option<Failure>,
+    observer: Observer,
 }
 
 /// Performs a replica's outputs: persistence into its store, the rest collected.
@@ -222,12 +226,19 @@ impl<'a> World<'a> {
             chat_hash_before_power_loss: None,
             stats: RunStats::default(),
             failure: None,
+            observer: Observer::new(),
         }
     }
 
     /// Breaks the world on purpose (see [`Sabotage`]).
     pub fn sabotage(mut self, sabotage: Sabotage) -> World<'a> {
         self.sabotage = Some(sabotage);
+        self
+    }
+
+    /// Keeps a readable form of every abstract state reached (for coverage reports).
+    pub fn keep_coverage_examples(mut self) -> World<'a> {
+        self.observer.keep_examples();
         self
     }
 
@@ -281,7 +292,12 @@ impl<'a> World<'a> {
                 });
                 break;
             }
+            // Client-side events change no replica, disk or link: nothing to observe.
+            let observe = !matches!(event, Event::ClientWake { .. } | Event::Reply { .. });
             self.handle(event);
+            if observe {
+                self.observer.observe(&self.nodes, &self.network, self.now);
+            }
         }
         for node in &self.nodes {
             if let Some(replica) = &node.replica {
@@ -320,6 +336,7 @@ impl<'a> World<'a> {
             fingerprint,
             failure: self.failure,
             stats: self.stats,
+            coverage: self.observer.finish(),
         }
     }
 
