@@ -196,6 +196,39 @@ impl Coverage {
     }
 }
 
+/// A sweep's coverage: the union, and the states few seeds reached.
+#[derive(Clone, Debug, Default)]
+pub struct CoverageReport {
+    pub total: Coverage,
+    /// States reached by at most `rare_seeds_max` seeds, rarest first: (a seed that
+    /// reached it, its readable form if the runs kept examples).
+    pub rare: Vec<(u64, AbstractState)>,
+}
+
+impl CoverageReport {
+    pub fn new(outcomes: &[crate::world::RunOutcome], rare_seeds_max: usize) -> CoverageReport {
+        let mut total = Coverage::default();
+        let mut seeds_per_state: BTreeMap<u64, (usize, u64)> = BTreeMap::new();
+        for outcome in outcomes {
+            total.merge(&outcome.coverage);
+            for &state in &outcome.coverage.states {
+                seeds_per_state.entry(state).or_insert((0, outcome.seed)).0 += 1;
+            }
+        }
+        let mut rare: Vec<(usize, u64, u64)> = seeds_per_state
+            .iter()
+            .filter(|(_, (count, _))| *count <= rare_seeds_max)
+            .map(|(&state, &(count, seed))| (count, seed, state))
+            .collect();
+        rare.sort_unstable();
+        let rare = rare
+            .into_iter()
+            .filter_map(|(_, seed, state)| Some((seed, total.examples.get(&state)?.clone())))
+            .collect();
+        CoverageReport { total, rare }
+    }
+}
+
 /// Watches a run: computes the abstract state after every event and records what is new.
 #[derive(Debug, Default)]
 pub struct Observer {

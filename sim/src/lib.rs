@@ -10,6 +10,7 @@
 
 pub mod checker;
 pub mod coverage;
+pub mod explore;
 pub mod faults;
 pub mod history;
 pub mod network;
