@@ -281,6 +281,15 @@ impl Observer {
     }
 }
 
+/// The hash of the abstract state of `nodes` and `network` at `now`: what a run's
+/// [`Coverage::states`] holds.
+pub fn state_hash(nodes: &[SimNode], network: &Network, now: Time) -> u64 {
+    let (mut codes, count, partition) = abstract_state(nodes, network, now);
+    let codes = &mut codes[..count];
+    codes.sort_unstable();
+    hash_state(codes, partition)
+}
+
 /// The abstract state: node codes (unsorted, `count` of them) and the partition shape.
 pub fn abstract_state(
     nodes: &[SimNode],

@@ -2,5 +2,6 @@
 //! regression scenario under `seeds/`.
 
 mod checkers;
+mod coverage;
 mod determinism;
 mod seeds;
