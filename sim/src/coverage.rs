@@ -57,6 +57,7 @@ pub const COMPONENTS: [(&str, &[&str]); 10] = [
     ),
 ];
 const STATUS: usize = 0;
+const DISK: usize = 8;
 const PARTITION: usize = 9;
 /// Bits per component in a packed node code.
 const FIELD_BITS: u32 = 4;
@@ -170,24 +171,18 @@ impl Coverage {
             }
         }
         let mut missing = Vec::new();
-        for a in 0..COMPONENTS.len() {
-            for b in a + 1..COMPONENTS.len() {
-                for va in 0..COMPONENTS[a].1.len() {
-                    for vb in 0..COMPONENTS[b].1.len() {
+        for (a, (name_a, values_a)) in COMPONENTS.iter().enumerate() {
+            for (b, (name_b, values_b)) in COMPONENTS.iter().enumerate().skip(a + 1) {
+                for (va, value_a) in values_a.iter().enumerate() {
+                    for (vb, value_b) in values_b.iter().enumerate() {
                         if is_none(a, va) || is_none(b, vb) || seen.contains(&(a, va, b, vb)) {
                             continue;
                         }
                         // A down or refused node has only a disk and a partition.
-                        if a == STATUS && va >= 2 && b < 8 {
+                        if a == STATUS && va >= 2 && b < DISK {
                             continue;
                         }
-                        missing.push(format!(
-                            "{}={} with {}={}",
-                            COMPONENTS[a].0,
-                            COMPONENTS[a].1[va],
-                            COMPONENTS[b].0,
-                            COMPONENTS[b].1[vb]
-                        ));
+                        missing.push(format!("{name_a}={value_a} with {name_b}={value_b}"));
                     }
                 }
             }
