@@ -10,6 +10,8 @@
 
 pub mod budget;
 pub mod checker;
+pub mod coverage;
+pub mod explore;
 pub mod faults;
 pub mod history;
 pub mod network;

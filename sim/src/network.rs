@@ -13,6 +13,18 @@ pub struct Network {
     /// Active partitions by id; a link is down while any partition blocks it.
     partitions: BTreeMap<u64, Vec<(NodeId, NodeId)>>,
     blocked: BTreeSet<(NodeId, NodeId)>,
+    /// A summary of `blocked` for the coverage abstraction, kept up to date with it so
+    /// that observing the network after every event costs nothing.
+    shape: LinkSummary,
+}
+
+/// What the blocked links look like, independent of node names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkSummary {
+    /// Some link is blocked one way only.
+    pub one_way: bool,
+    /// Per node (index = node id), the peers it cannot reach nor hear from.
+    pub cut_both_ways: [u8; 16],
 }
 
 impl Network {
@@ -22,6 +34,7 @@ impl Network {
             rng,
             partitions: BTreeMap::new(),
             blocked: BTreeSet::new(),
+            shape: LinkSummary::default(),
         }
     }
 
@@ -71,10 +84,31 @@ impl Network {
     pub fn heal_all(&mut self) {
         self.partitions.clear();
         self.blocked.clear();
+        self.shape = LinkSummary::default();
+    }
+
+    /// Whether any link is down.
+    pub fn is_partitioned(&self) -> bool {
+        !self.blocked.is_empty()
+    }
+
+    pub fn link_summary(&self) -> &LinkSummary {
+        &self.shape
     }
 
     fn recompute(&mut self) {
         self.blocked = self.partitions.values().flatten().copied().collect();
+        let mut shape = LinkSummary::default();
+        for &(a, b) in &self.blocked {
+            if self.blocked.contains(&(b, a)) {
+                if let Some(count) = shape.cut_both_ways.get_mut(a.0 as usize) {
+                    *count += 1;
+                }
+            } else {
+                shape.one_way = true;
+            }
+        }
+        self.shape = shape;
     }
 
     /// Stops injecting network faults: no more loss, duplication or long delays.

@@ -3,6 +3,7 @@
 //! number of jobs.
 
 use crate::budget::Budget;
+use crate::coverage::Coverage;
 use crate::scenario::{GenerateOptions, Scenario};
 use crate::world::RunOutcome;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +24,8 @@ pub struct Summary {
     pub events_per_virtual_sec_max: u64,
     /// The most log entries one seed's messages carried.
     pub entries_delivered_max: u64,
+    /// The union of every seed's coverage.
+    pub coverage: Coverage,
 }
 
 impl Summary {
@@ -39,6 +42,7 @@ impl Summary {
         self.entries_delivered_max = self
             .entries_delivered_max
             .max(outcome.stats.entries_delivered);
+        self.coverage.merge(&outcome.coverage);
     }
 }
 

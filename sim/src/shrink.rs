@@ -4,7 +4,9 @@
 
 use crate::scenario::Scenario;
 use crate::world::RunOutcome;
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 /// A scenario file: the scenario and why it is kept.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,6 +17,29 @@ pub struct ScenarioFile {
     pub check: String,
     pub detail: String,
     pub scenario: Scenario,
+}
+
+impl ScenarioFile {
+    /// Reads a scenario file (or a bare scenario in JSON).
+    pub fn read(path: &Path) -> anyhow::Result<Scenario> {
+        let text = std::fs::read_to_string(path) // determinism: ok (CLI file I/O, outside any simulation)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if let Ok(file) = serde_json::from_str::<ScenarioFile>(&text) {
+            return Ok(file.scenario);
+        }
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a scenario file", path.display()))
+    }
+
+    /// Writes the file (creating its directory).
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir) // determinism: ok (CLI file I/O, outside any simulation)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        std::fs::write(path, serde_json::to_string_pretty(self)? + "\n") // determinism: ok (CLI file I/O, outside any simulation)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

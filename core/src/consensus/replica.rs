@@ -260,6 +260,17 @@ impl Replica {
             + self.reads_awaiting_quorum.len()
             + self.reads_awaiting_apply.len()
     }
+    /// Linearizable reads this leader holds (waiting for a term commit, a quorum or the
+    /// apply index): a part of the state the simulator's coverage abstracts.
+    pub fn pending_read_count(&self) -> usize {
+        self.reads_awaiting_term_commit.len()
+            + self.reads_awaiting_quorum.len()
+            + self.reads_awaiting_apply.len()
+    }
+    /// Client sessions in the replicated session table (at most `config().sessions_max`).
+    pub fn session_count(&self) -> usize {
+        self.machine.sessions.len()
+    }
 
     // Inputs.
 

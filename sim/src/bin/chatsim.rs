@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use chat_sim::budget::{
     Budget, ENTRIES_DELIVERED_MAX_DEFAULT, EVENTS_MAX_DEFAULT, EVENTS_PER_VIRTUAL_SEC_MAX_DEFAULT,
 };
+use chat_sim::coverage::Coverage;
 use chat_sim::faults::FaultSet;
 use chat_sim::runner::{run_seeds_within, Summary};
 use chat_sim::scenario::{
@@ -32,6 +33,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 ///   chatsim run --seeds 1000..3000 --faults crash,partition --jobs 2
 ///   chatsim replay --seed 42 --trace run.log --chrome-trace run.json
 ///   chatsim shrink --seed 42            # writes seeds/<name>.json
+///   chatsim coverage --seeds 0..64      # rare and never-seen abstract states
+///   chatsim explore --budget-secs 60    # coverage-guided search for failures
 #[derive(Parser)]
 #[command(name = "chatsim", version, verbatim_doc_comment)]
 struct Cli {
@@ -45,8 +48,38 @@ enum Command {
     Run(RunArgs),
     /// Re-run one seed (or a scenario file) exactly, optionally writing traces.
     Replay(ReplayArgs),
-    /// Minimize a failing seed's faults and workload; write the scenario under seeds/.
+    /// Minimize a failing seed's (or scenario file's) faults and workload; write the
+    /// scenario under seeds/.
     Shrink(ShrinkArgs),
+    /// Run seeds and report state-space coverage: the rare abstract states (seen in few
+    /// seeds) and the per-node value pairs never seen.
+    ///
+    /// The abstraction, per node: status (up, paused, down, refused), role, term relative
+    /// to the highest, log relative to the leader's (equal, behind, ahead, divergent),
+    /// commit and apply lag, pending reads, session table fullness, disk (clean, torn
+    /// write armed, recovery crash armed, corrupt); and the partition shape (none,
+    /// one-way, leader isolated, minority or majority isolated, split). Node tuples are
+    /// sorted, so renaming nodes makes no new state.
+    #[command(verbatim_doc_comment)]
+    Coverage(CoverageArgs),
+    /// Coverage-guided search: mutate scenarios that reached new abstract states.
+    ///
+    /// Starts from generated seeds, keeps every scenario that reached an abstract state
+    /// or transition no earlier run reached (see `chatsim coverage --help`), and mutates
+    /// the kept ones: fault events added, moved, dropped, retargeted, rescaled and
+    /// duplicated; network parameters, replica tuning, background crash rates and clock
+    /// drift changed; two schedules spliced; new randomness. Every choice comes from
+    /// `--seed`, so a run-for-run repeat is exact with the same seed (the wall-clock
+    /// budget only decides where it stops).
+    ///
+    /// A failing scenario is written to --out-dir as a scenario file with its replay and
+    /// shrink commands. Exit 0 when the budget ends with no failure, 1 with failures,
+    /// 2 on bad usage.
+    ///
+    /// Example:
+    ///   chatsim explore --budget-secs 60 --jobs 2 --faults crash,partition
+    #[command(verbatim_doc_comment)]
+    Explore(ExploreArgs),
 }
 
 #[derive(Args, Clone)]
@@ -196,13 +229,69 @@ struct ReplayArgs {
 #[derive(Args)]
 struct ShrinkArgs {
     /// The failing seed to minimize.
-    #[arg(long)]
-    seed: u64,
+    #[arg(long, required_unless_present = "scenario")]
+    seed: Option<u64>,
+    /// Minimize a failing scenario file instead (as written by `explore`).
+    #[arg(long, conflicts_with = "seed")]
+    scenario: Option<PathBuf>,
     /// Where to write the scenario file.
     #[arg(long, default_value = "seeds")]
     out_dir: PathBuf,
     #[command(flatten)]
     sim: SimArgs,
+}
+
+#[derive(Args)]
+struct CoverageArgs {
+    /// A half-open range of seeds, `A..B`.
+    #[arg(long, value_parser = parse_range, default_value = "0..64")]
+    seeds: (u64, u64),
+    /// Worker threads. Default: all cores.
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// A state is rare if at most this many seeds reached it.
+    #[arg(long, default_value_t = 1)]
+    rare_seeds_max: usize,
+    /// How many rare states and never-seen pairs to list.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Print the report as one JSON document.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    sim: SimArgs,
+}
+
+#[derive(Args)]
+struct ExploreArgs {
+    /// Wall-clock seconds to search for.
+    #[arg(long)]
+    budget_secs: f64,
+    /// Worker threads (each simulation is single-threaded). Default: all cores.
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Seeds every choice of the search.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where failing scenarios are written.
+    #[arg(long, default_value = "explore-out")]
+    out_dir: PathBuf,
+    /// Stop after the round in which this many failures were found.
+    #[arg(long, default_value_t = 1)]
+    failures_max: usize,
+    /// Print the summary (and failures) as one JSON document.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    sim: SimArgs,
+}
+
+fn jobs_or_all_cores(jobs: Option<usize>) -> Result<usize> {
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    Ok(jobs)
 }
 
 fn parse_range(text: &str) -> Result<(u64, u64), String> {
@@ -229,6 +318,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Replay(args) => replay(args),
         Command::Shrink(args) => shrink(args),
+        Command::Coverage(args) => coverage(args),
+        Command::Explore(args) => explore(args),
     };
     match result {
         Ok(code) => code,
@@ -345,6 +436,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                 "entries_delivered_max": budget.entries_delivered_max,
                 "entries_delivered_max_seen": summary.entries_delivered_max,
             },
+            "coverage": coverage_json(&summary.coverage),
             "failed": failures,
         });
         println!("{}", serde_json::to_string_pretty(&document)?);
@@ -358,7 +450,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             summary.queued_events_max
         );
         println!(
-            "seeds: {}  failures: {}  events: {}  simulated: {:.1}s  wall: {:.2}s  events/s: {:.0}  acceleration: {:.0}x ({:.0}x per job, {jobs} jobs)",
+            "seeds: {}  failures: {}  events: {}  simulated: {:.1}s  wall: {:.2}s  events/s: {:.0}  acceleration: {:.0}x ({:.0}x per job, {jobs} jobs)  {}",
             summary.seeds,
             summary.failures,
             summary.events,
@@ -366,13 +458,31 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             wall_secs,
             summary.events as f64 / wall_secs,
             simulated_secs / wall_secs,
-            simulated_secs / wall_secs / jobs as f64
+            simulated_secs / wall_secs / jobs as f64,
+            coverage_text(&summary.coverage)
         );
     }
     Ok(if summary.failures == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+/// Coverage for the summary line: distinct abstract states and transitions.
+fn coverage_text(coverage: &Coverage) -> String {
+    format!(
+        "coverage: {} states, {} transitions",
+        coverage.states.len(),
+        coverage.transitions.len()
+    )
+}
+
+fn coverage_json(coverage: &Coverage) -> serde_json::Value {
+    serde_json::json!({
+        "states": coverage.states.len(),
+        "transitions": coverage.transitions.len(),
+        "node_values": coverage.node_values.len(),
     })
 }
 
@@ -434,21 +544,31 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
 }
 
 fn shrink(args: ShrinkArgs) -> Result<ExitCode> {
-    let options = args.sim.generate_options()?;
     let budget = args.sim.budget()?;
-    let scenario = Scenario::generate(args.seed, &options);
+    let (scenario, source, name) = match (&args.scenario, args.seed) {
+        (Some(path), _) => {
+            let stem = path
+                .file_stem()
+                .map_or("scenario".into(), |s| s.to_string_lossy());
+            (
+                ScenarioFile::read(path)?,
+                format!("--scenario {}", path.display()),
+                stem.into_owned(),
+            )
+        }
+        (None, Some(seed)) => (
+            Scenario::generate(seed, &args.sim.generate_options()?),
+            format!("--seed {seed}{}", args.sim.flags()),
+            format!("seed{seed}"),
+        ),
+        (None, None) => bail!("give --seed or --scenario"),
+    };
     let outcome = chat_sim::run_scenario_within(&scenario, budget);
     let Some(failure) = outcome.failure else {
-        bail!(
-            "seed {} passes every check; there is nothing to shrink",
-            args.seed
-        );
+        bail!("{source} passes every check; there is nothing to shrink");
     };
     let check = failure.violation.check;
-    println!(
-        "seed {} fails {check}: {}",
-        args.seed, failure.violation.detail
-    );
+    println!("{source} fails {check}: {}", failure.violation.detail);
     println!("shrinking (each step re-runs the scenario)...");
     let (shrunk, stats) = chat_sim::shrink::shrink(&scenario, check, &mut |s| {
         chat_sim::run_scenario_within(s, budget)
@@ -459,19 +579,15 @@ fn shrink(args: ShrinkArgs) -> Result<ExitCode> {
     };
     let file = ScenarioFile {
         description: format!(
-            "Found by `chatsim shrink --seed {}{}`: {check}. Say here which bug it caught.",
-            args.seed,
-            args.sim.flags()
+            "Found by `chatsim shrink {source}`: {check}. Say here which bug it caught."
         ),
         check: check.to_string(),
         detail: final_failure.violation.detail.clone(),
         scenario: shrunk,
     };
-    std::fs::create_dir_all(&args.out_dir) // determinism: ok (CLI file I/O, outside any simulation)
-        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
-    let path = args.out_dir.join(format!("{check}-seed{}.json", args.seed));
-    std::fs::write(&path, serde_json::to_string_pretty(&file)? + "\n") // determinism: ok (CLI file I/O, outside any simulation)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let name = name.strip_prefix(&format!("{check}-")).unwrap_or(&name);
+    let path = args.out_dir.join(format!("{check}-{name}.json"));
+    file.write(&path)?;
     println!(
         "{} runs: fault events {} -> {}, client operations {} -> {}",
         stats.runs,
@@ -489,13 +605,163 @@ fn shrink(args: ShrinkArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads a scenario file as written by `shrink` (or a bare scenario).
+/// Reads a scenario file as written by `shrink` or `explore` (or a bare scenario).
 fn read_scenario(path: &std::path::Path) -> Result<Scenario> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?; // determinism: ok (CLI file I/O, outside any simulation)
-    if let Ok(file) = serde_json::from_str::<ScenarioFile>(&text) {
-        return Ok(file.scenario);
+    ScenarioFile::read(path)
+}
+
+fn coverage(args: CoverageArgs) -> Result<ExitCode> {
+    let options = args.sim.generate_options()?;
+    let jobs = jobs_or_all_cores(args.jobs)?;
+    let (a, b) = args.seeds;
+    let scenarios: Vec<Scenario> = (a..b).map(|s| Scenario::generate(s, &options)).collect();
+    let refs: Vec<&Scenario> = scenarios.iter().collect();
+    let outcomes = chat_sim::explore::run_all(&refs, jobs, true);
+    let report = chat_sim::coverage::CoverageReport::new(&outcomes, args.rare_seeds_max);
+    let never_seen = report.total.never_seen_pairs();
+    if args.json {
+        let rare: Vec<serde_json::Value> = report
+            .rare
+            .iter()
+            .take(args.limit)
+            .map(|(seed, state)| serde_json::json!({"seed": seed, "state": state.to_string()}))
+            .collect();
+        let document = serde_json::json!({
+            "seeds": outcomes.len(),
+            "coverage": coverage_json(&report.total),
+            "rare_seeds_max": args.rare_seeds_max,
+            "rare_count": report.rare.len(),
+            "rare": rare,
+            "never_seen_count": never_seen.len(),
+            "never_seen": never_seen.iter().take(args.limit).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&document)?);
+        return Ok(ExitCode::SUCCESS);
     }
-    serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a scenario file", path.display()))
+    println!(
+        "seeds {a}..{b}: {} ({} per-node values)",
+        coverage_text(&report.total),
+        report.total.node_values.len()
+    );
+    println!(
+        "{} states reached by at most {} seed(s); the first {}:",
+        report.rare.len(),
+        args.rare_seeds_max,
+        args.limit.min(report.rare.len())
+    );
+    for (seed, state) in report.rare.iter().take(args.limit) {
+        println!("  seed {seed}: {state}");
+    }
+    println!(
+        "{} pairs of per-node values never seen together; the first {}:",
+        never_seen.len(),
+        args.limit.min(never_seen.len())
+    );
+    for pair in never_seen.iter().take(args.limit) {
+        println!("  {pair}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explore(args: ExploreArgs) -> Result<ExitCode> {
+    use chat_sim::explore::{Budget, ExploreOptions};
+    if !(args.budget_secs > 0.0 && args.budget_secs.is_finite()) {
+        bail!("--budget-secs must be positive, got {}", args.budget_secs);
+    }
+    if args.failures_max == 0 {
+        bail!("--failures-max must be at least 1");
+    }
+    let mut options = ExploreOptions::new(
+        args.sim.generate_options()?,
+        Budget::WallSecs(args.budget_secs),
+    );
+    options.jobs = jobs_or_all_cores(args.jobs)?;
+    options.seed = args.seed;
+    options.failures_max = args.failures_max;
+    let report = chat_sim::explore::explore(&options, &|_| {});
+    let mut failed = Vec::new();
+    for (index, found) in report.failures.iter().enumerate() {
+        let Some(failure) = &found.outcome.failure else {
+            continue;
+        };
+        let check = failure.violation.check;
+        let path = args
+            .out_dir
+            .join(format!("{check}-explore{}-{index}.json", args.seed));
+        let file = ScenarioFile {
+            description: format!(
+                "Found by `chatsim explore --seed {}{}` ({}): {check}. Say here which bug it caught.",
+                args.seed,
+                args.sim.flags(),
+                found.candidate.origin
+            ),
+            check: check.to_string(),
+            detail: failure.violation.detail.clone(),
+            scenario: found.candidate.scenario.clone(),
+        };
+        file.write(&path)?;
+        failed.push((found, failure, path));
+    }
+    let wall_secs = report.wall.as_secs_f64().max(1e-9);
+    let simulated_secs = report.simulated_us as f64 / 1e6;
+    if args.json {
+        let failures: Vec<serde_json::Value> = failed
+            .iter()
+            .map(|(found, failure, path)| {
+                serde_json::json!({
+                    "check": failure.violation.check,
+                    "detail": failure.violation.detail,
+                    "time_us": failure.at.0,
+                    "event": failure.event,
+                    "origin": found.candidate.origin,
+                    "scenario_file": path.display().to_string(),
+                    "replay": format!("chatsim replay --scenario {}", path.display()),
+                    "shrink": format!("chatsim shrink --scenario {}", path.display()),
+                })
+            })
+            .collect();
+        let document = serde_json::json!({
+            "runs": report.runs,
+            "rounds": report.rounds,
+            "corpus": report.corpus.len(),
+            "failures": failed.len(),
+            "events": report.events,
+            "simulated_secs": simulated_secs,
+            "wall_secs": wall_secs,
+            "acceleration": simulated_secs / wall_secs,
+            "jobs": options.jobs,
+            "seed": args.seed,
+            "coverage": coverage_json(&report.coverage),
+            "failed": failures,
+        });
+        println!("{}", serde_json::to_string_pretty(&document)?);
+    } else {
+        for (found, failure, path) in &failed {
+            println!(
+                "FAILED {} at t={} (event {}): {}\n  found as: {}\n  replay: chatsim replay --scenario {}\n  shrink: chatsim shrink --scenario {}",
+                failure.violation.check,
+                failure.at,
+                failure.event,
+                failure.violation.detail,
+                found.candidate.origin,
+                path.display(),
+                path.display()
+            );
+        }
+        println!(
+            "runs: {}  corpus: {}  failures: {}  simulated: {:.1}s  wall: {:.2}s  acceleration: {:.0}x  {}",
+            report.runs,
+            report.corpus.len(),
+            failed.len(),
+            simulated_secs,
+            wall_secs,
+            simulated_secs / wall_secs,
+            coverage_text(&report.coverage)
+        );
+    }
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

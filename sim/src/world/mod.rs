@@ -5,6 +5,7 @@
 
 use crate::budget::{Budget, QUEUED_EVENTS_MAX};
 use crate::checker::{check_history, FinalState, SafetyChecker, Violation};
+use crate::coverage::{Coverage, Observer};
 use crate::history::{History, OpKind};
 use crate::network::Network;
 use crate::node::SimNode;
@@ -64,6 +65,8 @@ pub struct RunOutcome {
     pub fingerprint: u64,
     pub failure: Option<Failure>,
     pub stats: RunStats,
+    /// The abstract states and transitions this run reached.
+    pub coverage: Coverage,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,6 +155,7 @@ pub struct World<'a> {
     /// The virtual second being counted for the event-density budget, and its events.
     density_window: (u64, u64),
     failure: Option<Failure>,
+    observer: Observer,
 }
 
 /// Performs a replica's outputs: persistence into its store, the rest collected.
@@ -233,6 +237,7 @@ impl<'a> World<'a> {
             stats: RunStats::default(),
             density_window: (0, 0),
             failure: None,
+            observer: Observer::new(),
         }
     }
 
@@ -245,6 +250,12 @@ impl<'a> World<'a> {
     /// Runs under `budget` instead of the default one.
     pub fn with_budget(mut self, budget: Budget) -> World<'a> {
         self.budget = budget;
+        self
+    }
+
+    /// Keeps a readable form of every abstract state reached (for coverage reports).
+    pub fn keep_coverage_examples(mut self) -> World<'a> {
+        self.observer.keep_examples();
         self
     }
 
@@ -297,7 +308,12 @@ impl<'a> World<'a> {
             self.now = at;
             self.stats.events += 1;
             self.count_density();
+            // Client-side events change no replica, disk or link: nothing to observe.
+            let observe = !matches!(event, Event::ClientWake { .. } | Event::Reply { .. });
             self.handle(event);
+            if observe {
+                self.observer.observe(&self.nodes, &self.network, self.now);
+            }
         }
         for node in &self.nodes {
             if let Some(replica) = &node.replica {
@@ -336,6 +352,7 @@ impl<'a> World<'a> {
             fingerprint,
             failure: self.failure,
             stats: self.stats,
+            coverage: self.observer.finish(),
         }
     }
 

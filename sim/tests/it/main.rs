@@ -3,5 +3,6 @@
 
 mod budget;
 mod checkers;
+mod coverage;
 mod determinism;
 mod seeds;
