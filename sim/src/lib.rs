@@ -11,6 +11,7 @@
 pub mod checker;
 pub mod faults;
 pub mod history;
+pub mod linearizability;
 pub mod network;
 pub mod node;
 pub mod rng;

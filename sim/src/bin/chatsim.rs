@@ -130,6 +130,10 @@ struct ReplayArgs {
     /// Write a Chrome trace event file here (open it in Perfetto or chrome://tracing).
     #[arg(long)]
     chrome_trace: Option<PathBuf>,
+    /// Write the client history as an HTML timeline here, the shortest non-linearizable
+    /// window highlighted.
+    #[arg(long)]
+    history_html: Option<PathBuf>,
     #[command(flatten)]
     sim: SimArgs,
 }
@@ -319,7 +323,15 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
         (None, None) => bail!("give --seed or --scenario"),
     };
     let tracer = Tracer::new(open_writer(&args.trace)?, open_writer(&args.chrome_trace)?);
-    let outcome = World::new(&scenario, tracer).run();
+    let (outcome, history) = World::new(&scenario, tracer).run_with_history();
+    if let Some(path) = &args.history_html {
+        let page = chat_sim::linearizability::history_html(
+            &history,
+            &chat_sim::linearizability::check(&history),
+        );
+        std::fs::write(path, page).with_context(|| format!("cannot write {}", path.display()))?;
+        // determinism: ok (CLI file I/O, outside any simulation)
+    }
     let stats = &outcome.stats;
     println!(
         "seed {}: {} events, {:.3}s simulated, {} crashes, {} elections, {} of {} operations acknowledged",
@@ -330,6 +342,10 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
         stats.elections,
         stats.ops_acknowledged,
         stats.ops_completed
+    );
+    println!(
+        "linearizability: {} search steps, {} partitions undecided (budget)",
+        stats.linearizability_steps, stats.linearizability_unknown
     );
     let code = match &outcome.failure {
         Some(failure) => {

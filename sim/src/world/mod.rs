@@ -50,6 +50,10 @@ pub struct RunStats {
     pub ops_completed: u64,
     pub ops_acknowledged: u64,
     pub snapshots_installed: u64,
+    /// Steps the linearizability search took over every partition of the history.
+    pub linearizability_steps: u64,
+    /// History partitions whose linearizability search ran out of budget (undecided).
+    pub linearizability_unknown: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -250,7 +254,12 @@ impl<'a> World<'a> {
     }
 
     /// Runs the scenario to the end or to the first violation.
-    pub fn run(mut self) -> RunOutcome {
+    pub fn run(self) -> RunOutcome {
+        self.run_with_history().0
+    }
+
+    /// [`World::run`], also returning the client history (for `chatsim replay`).
+    pub fn run_with_history(mut self) -> (RunOutcome, History) {
         self.tracer
             .name_tracks(self.scenario.nodes, self.clients.len());
         for id in 1..=self.scenario.nodes {
@@ -315,12 +324,13 @@ impl<'a> World<'a> {
                 0
             }
         };
-        RunOutcome {
+        let outcome = RunOutcome {
             seed: self.scenario.seed,
             fingerprint,
             failure: self.failure,
             stats: self.stats,
-        }
+        };
+        (outcome, self.history)
     }
 
     fn handle(&mut self, event: Event) {

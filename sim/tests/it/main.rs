@@ -3,4 +3,5 @@
 
 mod checkers;
 mod determinism;
+mod linearizability;
 mod seeds;
