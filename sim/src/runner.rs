@@ -14,6 +14,8 @@ pub struct Summary {
     pub failures: u64,
     pub events: u64,
     pub simulated_us: u64,
+    /// History partitions whose linearizability search ran out of budget (not failures).
+    pub linearizability_unknown: u64,
 }
 
 impl Summary {
@@ -22,6 +24,7 @@ impl Summary {
         self.failures += u64::from(outcome.failure.is_some());
         self.events += outcome.stats.events;
         self.simulated_us += outcome.stats.simulated_us;
+        self.linearizability_unknown += outcome.stats.linearizability_unknown;
     }
 }
 

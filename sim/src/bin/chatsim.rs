@@ -270,6 +270,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             "events_per_sec": summary.events as f64 / wall_secs,
             "acceleration": simulated_secs / wall_secs,
             "jobs": jobs,
+            "linearizability_undecided": summary.linearizability_unknown,
             "failed": failures,
         });
         println!("{}", serde_json::to_string_pretty(&document)?);
@@ -278,6 +279,12 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             if let Some(text) = describe_failure(outcome, &flags) {
                 println!("{text}");
             }
+        }
+        if summary.linearizability_unknown > 0 {
+            println!(
+                "linearizability: {} history partitions undecided (search budget), not failures",
+                summary.linearizability_unknown
+            );
         }
         println!(
             "seeds: {}  failures: {}  events: {}  simulated: {:.1}s  wall: {:.2}s  events/s: {:.0}  acceleration: {:.0}x",

@@ -17,6 +17,11 @@ enum AccountsOp {
     Create {
         user: usize,
         created: Option<bool>,
+        /// The complete lists (every account on one page) that do not name this user:
+        /// if it is created at all, it is after each of them. Knowing this up front
+        /// keeps the search from trying every subset of concurrent creations against
+        /// a list (exponential in the clients starting together).
+        after_lists: Vec<usize>,
     },
     /// Users are numbered in name order, so a page is a run of numbers.
     List {
@@ -33,6 +38,9 @@ pub(super) struct AccountsModel {
     /// The users created so far, in the order they were.
     creation_log: Vec<usize>,
     created_hash: u64,
+    /// Per operation, whether it is a list already linearized; and their order.
+    listed: Vec<bool>,
+    list_log: Vec<usize>,
 }
 
 impl AccountsModel {
@@ -46,26 +54,42 @@ impl AccountsModel {
 }
 
 impl Model for AccountsModel {
-    /// The length of the creation log and the hash, before the operation.
-    type Mark = (usize, u64);
+    /// The lengths of the creation and list logs, and the hash, before the operation.
+    type Mark = (usize, usize, u64);
 
     fn mark(&self) -> Self::Mark {
-        (self.creation_log.len(), self.created_hash)
+        (
+            self.creation_log.len(),
+            self.list_log.len(),
+            self.created_hash,
+        )
     }
 
     fn undo(&mut self, mark: Self::Mark) {
+        while self.list_log.len() > mark.1 {
+            if let Some(op) = self.list_log.pop() {
+                self.listed[op] = false;
+            }
+        }
         while self.creation_log.len() > mark.0 {
             if let Some(user) = self.creation_log.pop() {
                 self.created[user] = false;
             }
         }
-        self.created_hash = mark.1;
+        self.created_hash = mark.2;
     }
 
     fn apply(&mut self, op: usize) -> bool {
         match &self.ops[op] {
-            AccountsOp::Create { user, created } => {
+            AccountsOp::Create {
+                user,
+                created,
+                after_lists,
+            } => {
                 let user = *user;
+                if !after_lists.iter().all(|&list| self.listed[list]) {
+                    return false;
+                }
                 match (created, self.created[user]) {
                     (Some(true), true) => false,
                     (Some(false), exists) => exists,
@@ -79,8 +103,13 @@ impl Model for AccountsModel {
                 }
             }
             AccountsOp::List { page, names, total } => {
-                *total == self.creation_log.len() as u64
-                    && self.page(*page).eq(names.iter().copied())
+                let matches = *total == self.creation_log.len() as u64
+                    && self.page(*page).eq(names.iter().copied());
+                if matches {
+                    self.listed[op] = true;
+                    self.list_log.push(op);
+                }
+                matches
             }
             AccountsOp::Impossible => false,
         }
@@ -112,7 +141,7 @@ pub(super) fn build(all: &[OpRecord], ops: &[usize]) -> AccountsModel {
     for (number, slot) in users.values_mut().enumerate() {
         *slot = number;
     }
-    let model_ops = ops
+    let mut model_ops: Vec<AccountsOp> = ops
         .iter()
         .map(|&index| {
             let record = &all[index];
@@ -130,6 +159,7 @@ pub(super) fn build(all: &[OpRecord], ops: &[usize]) -> AccountsModel {
                     AccountsOp::Create {
                         user: users[user.as_str()],
                         created,
+                        after_lists: Vec::new(),
                     }
                 }
                 (
@@ -156,8 +186,35 @@ pub(super) fn build(all: &[OpRecord], ops: &[usize]) -> AccountsModel {
             }
         })
         .collect();
+    let complete_lists: Vec<(usize, Vec<usize>)> = model_ops
+        .iter()
+        .enumerate()
+        .filter_map(|(op, model_op)| match model_op {
+            AccountsOp::List {
+                page: 0,
+                names,
+                total,
+            } if names.len() as u64 == *total => Some((op, names.clone())),
+            _ => None,
+        })
+        .collect();
+    for model_op in &mut model_ops {
+        if let AccountsOp::Create {
+            user, after_lists, ..
+        } = model_op
+        {
+            *after_lists = complete_lists
+                .iter()
+                .filter(|(_, names)| !names.contains(user))
+                .map(|(op, _)| *op)
+                .collect();
+        }
+    }
+    let op_count = model_ops.len();
     AccountsModel {
         ops: model_ops,
+        listed: vec![false; op_count],
+        list_log: Vec::new(),
         created: vec![false; users.len()],
         creation_log: Vec::new(),
         created_hash: 0,

@@ -51,6 +51,9 @@ pub(super) enum InboxOp {
     Send {
         message: u32,
         id: Option<MessageId>,
+        /// How many acknowledged sends have a smaller id: all must be stored before
+        /// this one (known once every id is; 0 when the id is unknown).
+        acknowledged_before: u32,
         expect: Expect<SendResult>,
     },
     Read {
@@ -82,6 +85,8 @@ pub(super) struct InboxModel {
     read_upto: usize,
     present_count: usize,
     id_max: MessageId,
+    /// Acknowledged sends stored so far.
+    acknowledged_count: u32,
     seq_hash: (u64, u64),
     deleted_hash: u64,
 }
@@ -94,6 +99,7 @@ pub(super) struct InboxMark {
     read_upto: usize,
     present_count: usize,
     id_max: MessageId,
+    acknowledged_count: u32,
     seq_hash: (u64, u64),
     deleted_hash: u64,
 }
@@ -112,6 +118,7 @@ impl InboxModel {
             read_upto: 0,
             present_count: 0,
             id_max: MessageId(0),
+            acknowledged_count: 0,
             seq_hash: (0, 0),
             deleted_hash: 0,
         }
@@ -156,6 +163,7 @@ impl InboxModel {
         &mut self,
         message: u32,
         id: Option<MessageId>,
+        acknowledged_before: u32,
         expect: &Expect<SendResult>,
     ) -> bool {
         let natural = if !self.exists {
@@ -174,6 +182,14 @@ impl InboxModel {
             if id.is_some_and(|id| id <= self.id_max) {
                 // It would be stored out of log order.
                 return false;
+            }
+            if id.is_some() && self.acknowledged_count != acknowledged_before {
+                // An acknowledged send with a smaller id is not stored yet, and could
+                // never be after this one: cut this branch now rather than at its return.
+                return false;
+            }
+            if *expect == Expect::Known(SendResult::Sent) {
+                self.acknowledged_count += 1;
             }
             self.append(message, id);
         }
@@ -262,6 +278,7 @@ impl Model for InboxModel {
             read_upto: self.read_upto,
             present_count: self.present_count,
             id_max: self.id_max,
+            acknowledged_count: self.acknowledged_count,
             seq_hash: self.seq_hash,
             deleted_hash: self.deleted_hash,
         }
@@ -282,6 +299,7 @@ impl Model for InboxModel {
         self.read_upto = mark.read_upto;
         self.present_count = mark.present_count;
         self.id_max = mark.id_max;
+        self.acknowledged_count = mark.acknowledged_count;
         self.seq_hash = mark.seq_hash;
         self.deleted_hash = mark.deleted_hash;
     }
@@ -295,8 +313,9 @@ impl Model for InboxModel {
             InboxOp::Send {
                 message,
                 id,
+                acknowledged_before,
                 expect,
-            } => self.apply_send(*message, *id, expect),
+            } => self.apply_send(*message, *id, *acknowledged_before, expect),
             InboxOp::Read { limit, expect } => self.apply_read(*limit, expect),
             InboxOp::Delete {
                 ids,
@@ -387,6 +406,7 @@ pub(super) fn build(user: &str, all: &[OpRecord], ops: &[usize]) -> InboxModel {
                     Some(expect) => InboxOp::Send {
                         message,
                         id: None,
+                        acknowledged_before: 0,
                         expect,
                     },
                     None => InboxOp::Impossible,
@@ -413,6 +433,28 @@ pub(super) fn build(user: &str, all: &[OpRecord], ops: &[usize]) -> InboxModel {
     for op in &mut model_ops {
         if let InboxOp::Send { message, id, .. } = op {
             *id = ids[*message as usize];
+        }
+    }
+    let mut acknowledged_ids: Vec<MessageId> = model_ops
+        .iter()
+        .filter_map(|op| match op {
+            InboxOp::Send {
+                id: Some(id),
+                expect: Expect::Known(SendResult::Sent),
+                ..
+            } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    acknowledged_ids.sort_unstable();
+    for op in &mut model_ops {
+        if let InboxOp::Send {
+            id: Some(id),
+            acknowledged_before,
+            ..
+        } = op
+        {
+            *acknowledged_before = acknowledged_ids.partition_point(|other| other < id) as u32;
         }
     }
     for position in deletes {

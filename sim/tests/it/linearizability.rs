@@ -597,3 +597,37 @@ fn the_model_agrees_with_chat_state_on_random_sequential_histories() {
     }
     assert!(wrong_answers_tried > 1_000, "{wrong_answers_tried}");
 }
+
+#[test]
+fn many_concurrent_creations_against_lists_are_decided_quickly() {
+    // Thirty creations at once and lists seeing half of them, then all: without knowing
+    // which creation must follow which list, the search tries subsets (2^30).
+    let mut script = Script::default();
+    for client in 0..30 {
+        script = script.create(client, 0, 1_000);
+    }
+    let mut even: Vec<String> = (0..30).step_by(2).map(|c| format!("c{c}")).collect();
+    even.sort();
+    let mut all: Vec<String> = (0..30).map(|c| format!("c{c}")).collect();
+    all.sort();
+    let even: Vec<&str> = even.iter().map(String::as_str).collect();
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    script = script
+        .list(31, &even, 100, 200)
+        .list(31, &all, 2_000, 2_100)
+        .passes();
+    let report = script.report();
+    let accounts = report
+        .partitions
+        .iter()
+        .find(|p| p.partition == Partition::Accounts)
+        .expect("a history with lists has an accounts partition");
+    assert!(accounts.steps < 10_000, "{}", accounts.steps);
+    // A list after every creation that misses c0: the window is c0's creation, the
+    // creations the list names (without them it would fail for another reason) and it.
+    let mut window: Vec<usize> = (0..30).step_by(2).collect();
+    window.push(32);
+    script
+        .list(31, &even[1..], 3_000, 3_100)
+        .fails(Partition::Accounts, &window);
+}
