@@ -631,3 +631,30 @@ fn many_concurrent_creations_against_lists_are_decided_quickly() {
         .list(31, &even[1..], 3_000, 3_100)
         .fails(Partition::Accounts, &window);
 }
+
+#[test]
+fn a_simulated_history_passes_and_fails_once_a_read_is_made_to_miss_a_message() {
+    let scenario = chat_sim::Scenario::generate(0, &chat_sim::GenerateOptions::default());
+    let world = chat_sim::World::new(&scenario, chat_sim::trace::Tracer::silent());
+    let (outcome, history) = world.run_with_history();
+    assert_eq!(outcome.failure, None);
+    let report = check(&history);
+    assert!(report.failure().is_none());
+    assert!(report.partitions.len() > 2, "{report:#?}");
+    assert!(report.steps() >= history.ops.len() as u64);
+    // The first read that returned something now returns nothing: the messages it saw
+    // were acknowledged or seen, so some later read or this one cannot be explained.
+    let mut broken = history.clone();
+    let read = broken
+        .ops
+        .iter_mut()
+        .find(|op| {
+            matches!(&op.outcome, Some(Ok(Response::Command(CommandOutput::Messages(m)))) if !m.is_empty())
+        })
+        .expect("seed 0 has a read that returned messages");
+    read.outcome = Some(messages("x", &[]));
+    let report = check(&broken);
+    let (partition, window) = report.failure().expect("the broken history fails");
+    assert!(matches!(partition, Partition::Inbox(_)));
+    assert!(window.ops.len() < 10, "{}", window.text);
+}
