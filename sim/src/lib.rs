@@ -14,6 +14,7 @@ pub mod coverage;
 pub mod explore;
 pub mod faults;
 pub mod history;
+pub mod linearizability;
 pub mod network;
 pub mod node;
 pub mod rng;

@@ -26,6 +26,8 @@ pub struct Summary {
     pub entries_delivered_max: u64,
     /// The union of every seed's coverage.
     pub coverage: Coverage,
+    /// History partitions whose linearizability search ran out of budget (not failures).
+    pub linearizability_unknown: u64,
 }
 
 impl Summary {
@@ -43,6 +45,7 @@ impl Summary {
             .entries_delivered_max
             .max(outcome.stats.entries_delivered);
         self.coverage.merge(&outcome.coverage);
+        self.linearizability_unknown += outcome.stats.linearizability_unknown;
     }
 }
 

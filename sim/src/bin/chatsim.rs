@@ -222,6 +222,10 @@ struct ReplayArgs {
     /// Write a Chrome trace event file here (open it in Perfetto or chrome://tracing).
     #[arg(long)]
     chrome_trace: Option<PathBuf>,
+    /// Write the client history as an HTML timeline here, the shortest non-linearizable
+    /// window highlighted.
+    #[arg(long)]
+    history_html: Option<PathBuf>,
     #[command(flatten)]
     sim: SimArgs,
 }
@@ -437,10 +441,17 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                 "entries_delivered_max_seen": summary.entries_delivered_max,
             },
             "coverage": coverage_json(&summary.coverage),
+            "linearizability_undecided": summary.linearizability_unknown,
             "failed": failures,
         });
         println!("{}", serde_json::to_string_pretty(&document)?);
     } else {
+        if summary.linearizability_unknown > 0 {
+            println!(
+                "linearizability: {} history partitions undecided (search budget), not failures",
+                summary.linearizability_unknown
+            );
+        }
         println!(
             "budget: {}; most used by one seed: {} events, {} in a virtual second, {} entries, {} queued",
             budget.describe(),
@@ -512,9 +523,17 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
         (None, None) => bail!("give --seed or --scenario"),
     };
     let tracer = Tracer::new(open_writer(&args.trace)?, open_writer(&args.chrome_trace)?);
-    let outcome = World::new(&scenario, tracer)
+    let (outcome, history) = World::new(&scenario, tracer)
         .with_budget(args.sim.budget()?)
-        .run();
+        .run_with_history();
+    if let Some(path) = &args.history_html {
+        let page = chat_sim::linearizability::history_html(
+            &history,
+            &chat_sim::linearizability::check(&history),
+        );
+        std::fs::write(path, page).with_context(|| format!("cannot write {}", path.display()))?;
+        // determinism: ok (CLI file I/O, outside any simulation)
+    }
     let stats = &outcome.stats;
     println!(
         "seed {}: {} events, {:.3}s simulated, {} crashes, {} elections, {} of {} operations acknowledged",
@@ -525,6 +544,10 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
         stats.elections,
         stats.ops_acknowledged,
         stats.ops_completed
+    );
+    println!(
+        "linearizability: {} search steps, {} partitions undecided (budget)",
+        stats.linearizability_steps, stats.linearizability_unknown
     );
     let code = match &outcome.failure {
         Some(failure) => {

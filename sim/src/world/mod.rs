@@ -57,6 +57,10 @@ pub struct RunStats {
     pub events_per_virtual_sec_max: u64,
     /// Log entries carried by the messages delivered: the work an event stands for.
     pub entries_delivered: u64,
+    /// Steps the linearizability search took over every partition of the history.
+    pub linearizability_steps: u64,
+    /// History partitions whose linearizability search ran out of budget (undecided).
+    pub linearizability_unknown: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -278,7 +282,12 @@ impl<'a> World<'a> {
     }
 
     /// Runs the scenario to the end or to the first violation.
-    pub fn run(mut self) -> RunOutcome {
+    pub fn run(self) -> RunOutcome {
+        self.run_with_history().0
+    }
+
+    /// [`World::run`], also returning the client history (for `chatsim replay`).
+    pub fn run_with_history(mut self) -> (RunOutcome, History) {
         self.tracer
             .name_tracks(self.scenario.nodes, self.clients.len());
         for id in 1..=self.scenario.nodes {
@@ -347,13 +356,14 @@ impl<'a> World<'a> {
                 0
             }
         };
-        RunOutcome {
+        let outcome = RunOutcome {
             seed: self.scenario.seed,
             fingerprint,
             failure: self.failure,
             stats: self.stats,
             coverage: self.observer.finish(),
-        }
+        };
+        (outcome, self.history)
     }
 
     /// Whether this seed has used up its budget: too many events, too much virtual time,

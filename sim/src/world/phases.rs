@@ -2,6 +2,7 @@
 //! whole-cluster power loss, then the history check against the final state.
 
 use super::*;
+use crate::linearizability;
 
 impl World<'_> {
     pub(super) fn end_chaos(&mut self) {
@@ -161,7 +162,20 @@ impl World<'_> {
         }
         let state = final_state(leader, &self.clients);
         if let Err(violation) = check_history(&self.history, &state) {
-            self.fail(violation);
+            return self.fail(violation);
+        }
+        let report = linearizability::check(&self.history);
+        self.stats.linearizability_steps = report.steps();
+        self.stats.linearizability_unknown = report.unknown_count();
+        if let Some((partition, window)) = report.failure() {
+            self.fail(Violation {
+                check: "linearizability",
+                detail: format!(
+                    "{partition} is not linearizable; shortest window ({} operations):\n{}",
+                    window.ops.len(),
+                    window.text
+                ),
+            });
         }
     }
 }

@@ -5,4 +5,5 @@ mod budget;
 mod checkers;
 mod coverage;
 mod determinism;
+mod linearizability;
 mod seeds;
