@@ -9,6 +9,7 @@
 //! randomness comes from the seed through [`rng::stream`].
 
 pub mod checker;
+pub mod elections;
 pub mod faults;
 pub mod history;
 pub mod network;

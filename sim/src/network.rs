@@ -13,6 +13,8 @@ pub struct Network {
     /// Active partitions by id; a link is down while any partition blocks it.
     partitions: BTreeMap<u64, Vec<(NodeId, NodeId)>>,
     blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Bumped whenever the blocked links may have changed.
+    generation: u64,
 }
 
 impl Network {
@@ -22,6 +24,7 @@ impl Network {
             rng,
             partitions: BTreeMap::new(),
             blocked: BTreeSet::new(),
+            generation: 0,
         }
     }
 
@@ -71,10 +74,17 @@ impl Network {
     pub fn heal_all(&mut self) {
         self.partitions.clear();
         self.blocked.clear();
+        self.generation += 1;
+    }
+
+    /// Changes whenever the set of blocked links may have changed.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     fn recompute(&mut self) {
         self.blocked = self.partitions.values().flatten().copied().collect();
+        self.generation += 1;
     }
 
     /// Stops injecting network faults: no more loss, duplication or long delays.

@@ -14,6 +14,8 @@ pub enum Stream {
     Clients = 6,
     /// Faults decided while running (quick restarts).
     Chaos = 7,
+    /// The `chatsim elections` experiment (not part of a scenario run).
+    Elections = 8,
 }
 
 /// A portable generator (ChaCha8: the same numbers on every machine and build) for one

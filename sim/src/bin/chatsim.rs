@@ -43,6 +43,22 @@ enum Command {
     Replay(ReplayArgs),
     /// Minimize a failing seed's faults and workload; write the scenario under seeds/.
     Shrink(ShrinkArgs),
+    /// The Raft paper's Figure 16: time to elect a new leader after the leader crashes,
+    /// per election-timeout range, as a table.
+    Elections(ElectionsArgs),
+}
+
+#[derive(Args)]
+struct ElectionsArgs {
+    /// Leader crashes per election-timeout range.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    trials: u64,
+    /// Seed of the experiment.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print the results as one JSON document.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -170,6 +186,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Replay(args) => replay(args),
         Command::Shrink(args) => shrink(args),
+        Command::Elections(args) => elections(args),
     };
     match result {
         Ok(code) => code,
@@ -266,6 +283,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             "events_per_sec": summary.events as f64 / wall_secs,
             "acceleration": simulated_secs / wall_secs,
             "jobs": jobs,
+            "liveness": summary.liveness_json(),
             "failed": failures,
         });
         println!("{}", serde_json::to_string_pretty(&document)?);
@@ -285,6 +303,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             summary.events as f64 / wall_secs,
             simulated_secs / wall_secs
         );
+        println!("{}", summary.liveness_line());
     }
     Ok(if summary.failures == 0 {
         ExitCode::SUCCESS
@@ -331,6 +350,14 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
         stats.ops_acknowledged,
         stats.ops_completed
     );
+    println!(
+        "liveness: longest leaderless with a healthy quorum {:.3}s (bound {:.3}s), end of chaos to first new commit {}",
+        stats.leaderless_us_max as f64 / 1e6,
+        chat_sim::world::leaderless_bound_us(&scenario) as f64 / 1e6,
+        stats
+            .first_commit_after_chaos_us
+            .map_or("none".to_string(), |us| format!("{:.3}s", us as f64 / 1e6))
+    );
     let code = match &outcome.failure {
         Some(failure) => {
             println!(
@@ -346,6 +373,21 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
     };
     println!("fingerprint: {:016x}", outcome.fingerprint);
     Ok(code)
+}
+
+fn elections(args: ElectionsArgs) -> Result<ExitCode> {
+    use chat_sim::elections::{json, run_elections, table, ElectionsOptions};
+    let options = ElectionsOptions::paper(args.seed, args.trials as usize);
+    let results = run_elections(&options)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json(&options, &results))?
+        );
+    } else {
+        print!("{}", table(&results));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn shrink(args: ShrinkArgs) -> Result<ExitCode> {

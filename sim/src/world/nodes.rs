@@ -110,6 +110,9 @@ impl World<'_> {
         let tuning = &self.scenario.tuning;
         config.election_timeout_us_min = tuning.election_timeout_us_min;
         config.election_timeout_us_max = tuning.election_timeout_us_max();
+        if self.sabotage == Some(Sabotage::NoElectionJitter) {
+            config.election_timeout_us_max = config.election_timeout_us_min;
+        }
         config.heartbeat_interval_us = tuning.heartbeat_interval_us;
         config.append_entries_count_max = tuning.append_entries_count_max;
         config.in_flight_messages_max = tuning.in_flight_messages_max;

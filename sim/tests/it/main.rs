@@ -3,4 +3,5 @@
 
 mod checkers;
 mod determinism;
+mod liveness;
 mod seeds;
