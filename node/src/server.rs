@@ -60,6 +60,8 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
     );
     core_config.heartbeat_interval_us = tick_us;
     core_config.election_timeout_us_min = tick_us * ELECTION_TICKS;
+    // Twice the minimum, as before the range was explicit: half the range is jitter.
+    core_config.election_timeout_us_max = 2 * core_config.election_timeout_us_min;
     core_config.snapshot_threshold_entries = SNAPSHOT_THRESHOLD_ENTRIES;
     // Different on every start, so that restarted nodes do not time out in lockstep.
     core_config.rng_seed = config.id ^ clock.now().as_micros();

@@ -11,6 +11,7 @@
 pub mod budget;
 pub mod checker;
 pub mod coverage;
+pub mod elections;
 pub mod explore;
 pub mod faults;
 pub mod history;

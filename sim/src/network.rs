@@ -16,6 +16,8 @@ pub struct Network {
     /// A summary of `blocked` for the coverage abstraction, kept up to date with it so
     /// that observing the network after every event costs nothing.
     shape: LinkSummary,
+    /// Bumped whenever the blocked links may have changed.
+    generation: u64,
 }
 
 /// What the blocked links look like, independent of node names.
@@ -35,6 +37,7 @@ impl Network {
             partitions: BTreeMap::new(),
             blocked: BTreeSet::new(),
             shape: LinkSummary::default(),
+            generation: 0,
         }
     }
 
@@ -85,6 +88,7 @@ impl Network {
         self.partitions.clear();
         self.blocked.clear();
         self.shape = LinkSummary::default();
+        self.generation += 1;
     }
 
     /// Whether any link is down.
@@ -94,6 +98,11 @@ impl Network {
 
     pub fn link_summary(&self) -> &LinkSummary {
         &self.shape
+    }
+
+    /// Changes whenever the set of blocked links may have changed.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     fn recompute(&mut self) {
@@ -109,6 +118,7 @@ impl Network {
             }
         }
         self.shape = shape;
+        self.generation += 1;
     }
 
     /// Stops injecting network faults: no more loss, duplication or long delays.

@@ -16,6 +16,8 @@ pub enum Stream {
     Chaos = 7,
     /// The coverage-guided search's choices (which entry to mutate, and how).
     Explore = 8,
+    /// The `chatsim elections` experiment (not part of a scenario run).
+    Elections = 9,
 }
 
 /// A portable generator (ChaCha8: the same numbers on every machine and build) for one

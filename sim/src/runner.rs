@@ -28,6 +28,10 @@ pub struct Summary {
     pub coverage: Coverage,
     /// History partitions whose linearizability search ran out of budget (not failures).
     pub linearizability_unknown: u64,
+    /// The longest leaderless interval with a healthy quorum over the seeds, and its seed.
+    pub leaderless_us_max: Option<(u64, u64)>,
+    /// The longest time from the end of chaos to the first new commit, and its seed.
+    pub first_commit_after_chaos_us_max: Option<(u64, u64)>,
 }
 
 impl Summary {
@@ -46,6 +50,47 @@ impl Summary {
             .max(outcome.stats.entries_delivered);
         self.coverage.merge(&outcome.coverage);
         self.linearizability_unknown += outcome.stats.linearizability_unknown;
+        let seed = outcome.seed;
+        let leaderless_us = outcome.stats.leaderless_us_max;
+        if self
+            .leaderless_us_max
+            .is_none_or(|(us, _)| leaderless_us > us)
+        {
+            self.leaderless_us_max = Some((leaderless_us, seed));
+        }
+        if let Some(commit_us) = outcome.stats.first_commit_after_chaos_us {
+            if self
+                .first_commit_after_chaos_us_max
+                .is_none_or(|(us, _)| commit_us > us)
+            {
+                self.first_commit_after_chaos_us_max = Some((commit_us, seed));
+            }
+        }
+    }
+
+    /// One line on measured liveness, for the end of `chatsim run`.
+    pub fn liveness_line(&self) -> String {
+        let show = |value: Option<(u64, u64)>| match value {
+            Some((us, seed)) => format!("{:.3}s (seed {seed})", us as f64 / 1e6),
+            None => "none".to_string(),
+        };
+        format!(
+            "liveness: longest leaderless with a healthy quorum {}, longest from end of chaos to first new commit {}",
+            show(self.leaderless_us_max),
+            show(self.first_commit_after_chaos_us_max)
+        )
+    }
+
+    /// The same as JSON, for `chatsim run --json`.
+    pub fn liveness_json(&self) -> serde_json::Value {
+        let show = |value: Option<(u64, u64)>| match value {
+            Some((us, seed)) => serde_json::json!({ "us": us, "seed": seed }),
+            None => serde_json::Value::Null,
+        };
+        serde_json::json!({
+            "leaderless_us_max": show(self.leaderless_us_max),
+            "first_commit_after_chaos_us_max": show(self.first_commit_after_chaos_us_max),
+        })
     }
 }
 

@@ -47,6 +47,10 @@ impl NetworkParams {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaTuning {
     pub election_timeout_us_min: u64,
+    /// Election timeouts are drawn from `[min, max]`. Absent in scenario files written
+    /// before the maximum was explicit, which meant `2 * min`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub election_timeout_us_max: Option<u64>,
     pub heartbeat_interval_us: u64,
     pub append_entries_count_max: usize,
     pub in_flight_messages_max: usize,
@@ -55,10 +59,17 @@ pub struct ReplicaTuning {
 }
 
 impl ReplicaTuning {
+    /// The upper end of the election timeout range, in microseconds.
+    pub fn election_timeout_us_max(&self) -> u64 {
+        self.election_timeout_us_max
+            .unwrap_or(2 * self.election_timeout_us_min)
+    }
+
     pub fn generate(rng: &mut impl Rng) -> ReplicaTuning {
         let election_timeout_us_min = [150_000, 300_000, 1_000_000][rng.random_range(0..3)];
         ReplicaTuning {
             election_timeout_us_min,
+            election_timeout_us_max: Some(2 * election_timeout_us_min),
             heartbeat_interval_us: election_timeout_us_min / rng.random_range(3..=10),
             append_entries_count_max: [1, 2, 4, 64, 1024][rng.random_range(0..5)],
             in_flight_messages_max: rng.random_range(1..=8),

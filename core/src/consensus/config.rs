@@ -7,8 +7,17 @@ pub struct Config {
     pub id: NodeId,
     /// Every member of the cluster, this replica included.
     pub members: Vec<NodeId>,
-    /// Elections time out uniformly in `[min, 2 * min)`.
+    /// A follower or candidate that hears from no leader times out after a duration drawn
+    /// uniformly from `[election_timeout_us_min, election_timeout_us_max]` (both ends
+    /// included), afresh every time its timer is reset. `max == min` means no jitter: fine
+    /// for a single node, an invitation to endless split votes for a cluster.
+    ///
+    /// The minimum alone is also the leader lease (a replica that heard from a leader this
+    /// recently refuses to pre-vote) and the leader's check-quorum period: both must be no
+    /// longer than the shortest timeout any follower may draw, so that a follower that
+    /// times out finds its peers' leases expired too.
     pub election_timeout_us_min: u64,
+    pub election_timeout_us_max: u64,
     pub heartbeat_interval_us: u64,
     /// Bounds one AppendEntries by the estimated size of its entries.
     pub append_entries_bytes_max: usize,
@@ -40,8 +49,10 @@ pub enum ConfigError {
 }
 
 pub const ELECTION_TIMEOUT_US_MIN_DEFAULT: u64 = 300_000;
+pub const ELECTION_TIMEOUT_US_MAX_DEFAULT: u64 = 2 * ELECTION_TIMEOUT_US_MIN_DEFAULT;
 pub const HEARTBEAT_INTERVAL_US_DEFAULT: u64 = 50_000;
 const _: () = assert!(HEARTBEAT_INTERVAL_US_DEFAULT * 3 <= ELECTION_TIMEOUT_US_MIN_DEFAULT);
+const _: () = assert!(ELECTION_TIMEOUT_US_MIN_DEFAULT <= ELECTION_TIMEOUT_US_MAX_DEFAULT);
 
 impl Config {
     pub fn new(id: NodeId, members: Vec<NodeId>) -> Config {
@@ -49,6 +60,7 @@ impl Config {
             id,
             members,
             election_timeout_us_min: ELECTION_TIMEOUT_US_MIN_DEFAULT,
+            election_timeout_us_max: ELECTION_TIMEOUT_US_MAX_DEFAULT,
             heartbeat_interval_us: HEARTBEAT_INTERVAL_US_DEFAULT,
             append_entries_bytes_max: 256 * 1024,
             append_entries_count_max: 1024,
@@ -81,6 +93,11 @@ impl Config {
                 "heartbeat interval must be positive and below the election timeout",
             ));
         }
+        if self.election_timeout_us_max < self.election_timeout_us_min {
+            return Err(ConfigError::Invalid(
+                "election timeout maximum must not be below its minimum",
+            ));
+        }
         if self.append_entries_bytes_max == 0 || self.append_entries_count_max == 0 {
             return Err(ConfigError::Invalid(
                 "append entries bounds must be positive",
@@ -102,7 +119,39 @@ impl Config {
         Ok(())
     }
 
+    /// Sets the election timeout range `[min, max]` in microseconds.
+    pub fn with_election_timeout_us(mut self, min: u64, max: u64) -> Config {
+        self.election_timeout_us_min = min;
+        self.election_timeout_us_max = max;
+        self
+    }
+
     pub fn quorum(&self) -> usize {
         self.members.len() / 2 + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn election_timeout_range_is_validated() {
+        let members = vec![NodeId(1), NodeId(2), NodeId(3)];
+        let config = Config::new(NodeId(1), members);
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(
+            config.election_timeout_us_max,
+            2 * config.election_timeout_us_min
+        );
+        let no_jitter = config.clone().with_election_timeout_us(150_000, 150_000);
+        assert_eq!(no_jitter.validate(), Ok(()));
+        let inverted = config.clone().with_election_timeout_us(150_000, 149_999);
+        assert!(matches!(inverted.validate(), Err(ConfigError::Invalid(_))));
+        let below_heartbeat = config.with_election_timeout_us(50_000, 300_000);
+        assert!(matches!(
+            below_heartbeat.validate(),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 }

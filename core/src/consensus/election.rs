@@ -12,8 +12,12 @@ use std::collections::BTreeSet;
 
 impl Replica {
     pub(super) fn reset_election_deadline(&mut self) {
-        let min = self.config.election_timeout_us_min;
-        let timeout_us = self.rng.random_range(min..2 * min);
+        let (min, max) = (
+            self.config.election_timeout_us_min,
+            self.config.election_timeout_us_max,
+        );
+        debug_assert!(min <= max);
+        let timeout_us = self.rng.random_range(min..=max);
         self.election_deadline = self.now.saturating_add_us(timeout_us);
     }
 

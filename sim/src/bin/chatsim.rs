@@ -80,6 +80,22 @@ enum Command {
     ///   chatsim explore --budget-secs 60 --jobs 2 --faults crash,partition
     #[command(verbatim_doc_comment)]
     Explore(ExploreArgs),
+    /// The Raft paper's Figure 16: time to elect a new leader after the leader crashes,
+    /// per election-timeout range, as a table.
+    Elections(ElectionsArgs),
+}
+
+#[derive(Args)]
+struct ElectionsArgs {
+    /// Leader crashes per election-timeout range.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    trials: u64,
+    /// Seed of the experiment.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print the results as one JSON document.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -324,6 +340,7 @@ fn main() -> ExitCode {
         Command::Shrink(args) => shrink(args),
         Command::Coverage(args) => coverage(args),
         Command::Explore(args) => explore(args),
+        Command::Elections(args) => elections(args),
     };
     match result {
         Ok(code) => code,
@@ -442,6 +459,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             },
             "coverage": coverage_json(&summary.coverage),
             "linearizability_undecided": summary.linearizability_unknown,
+            "liveness": summary.liveness_json(),
             "failed": failures,
         });
         println!("{}", serde_json::to_string_pretty(&document)?);
@@ -472,6 +490,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             simulated_secs / wall_secs / jobs as f64,
             coverage_text(&summary.coverage)
         );
+        println!("{}", summary.liveness_line());
     }
     Ok(if summary.failures == 0 {
         ExitCode::SUCCESS
@@ -549,6 +568,14 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
         "linearizability: {} search steps, {} partitions undecided (budget)",
         stats.linearizability_steps, stats.linearizability_unknown
     );
+    println!(
+        "liveness: longest leaderless with a healthy quorum {:.3}s (bound {:.3}s), end of chaos to first new commit {}",
+        stats.leaderless_us_max as f64 / 1e6,
+        chat_sim::world::leaderless_bound_us(&scenario) as f64 / 1e6,
+        stats
+            .first_commit_after_chaos_us
+            .map_or("none".to_string(), |us| format!("{:.3}s", us as f64 / 1e6))
+    );
     let code = match &outcome.failure {
         Some(failure) => {
             println!(
@@ -564,6 +591,21 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
     };
     println!("fingerprint: {:016x}", outcome.fingerprint);
     Ok(code)
+}
+
+fn elections(args: ElectionsArgs) -> Result<ExitCode> {
+    use chat_sim::elections::{json, run_elections, table, ElectionsOptions};
+    let options = ElectionsOptions::paper(args.seed, args.trials as usize);
+    let results = run_elections(&options)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json(&options, &results))?
+        );
+    } else {
+        print!("{}", table(&results));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn shrink(args: ShrinkArgs) -> Result<ExitCode> {

@@ -26,8 +26,11 @@ use std::collections::BTreeMap;
 
 mod clients;
 mod faults;
+mod liveness;
 mod nodes;
 mod phases;
+
+pub use liveness::{leaderless_bound_us, LEADERLESS_ELECTION_TIMEOUTS, LEADERLESS_ROUND_TRIPS};
 
 /// After the faults stop, the cluster must recover and finish every request within this.
 pub const LIVENESS_BOUND_US: u64 = 30_000_000;
@@ -61,6 +64,11 @@ pub struct RunStats {
     pub linearizability_steps: u64,
     /// History partitions whose linearizability search ran out of budget (undecided).
     pub linearizability_unknown: u64,
+    /// The longest a healthy quorum went without a leader (see `world/liveness.rs`).
+    pub leaderless_us_max: u64,
+    /// From the end of chaos to the first commit of an entry appended after it; `None`
+    /// if the cluster settled without committing anything new.
+    pub first_commit_after_chaos_us: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,6 +138,12 @@ pub enum Sabotage {
     SilenceAfterChaos,
     /// The power loss also wipes every disk: the state after it must differ.
     WipeDisksOnPowerLoss,
+    /// Client requests are lost on arrival, while the cluster is healthy and led:
+    /// liveness must fail (and `leaderless` must not).
+    IgnoreClients,
+    /// Every replica draws the minimum election timeout (no jitter), while the scenario
+    /// (and so the `leaderless` bound) still says `[min, max]`.
+    NoElectionJitter,
 }
 
 pub struct World<'a> {
@@ -158,6 +172,7 @@ pub struct World<'a> {
     stats: RunStats,
     /// The virtual second being counted for the event-density budget, and its events.
     density_window: (u64, u64),
+    liveness: liveness::Liveness,
     failure: Option<Failure>,
     observer: Observer,
 }
@@ -240,6 +255,7 @@ impl<'a> World<'a> {
             chat_hash_before_power_loss: None,
             stats: RunStats::default(),
             density_window: (0, 0),
+            liveness: liveness::Liveness::new(scenario),
             failure: None,
             observer: Observer::new(),
         }
@@ -323,7 +339,13 @@ impl<'a> World<'a> {
             if observe {
                 self.observer.observe(&self.nodes, &self.network, self.now);
             }
+            if self.phase != Phase::Done {
+                self.observe_liveness();
+            }
         }
+        self.liveness.finish(self.now);
+        self.stats.leaderless_us_max = self.liveness.leaderless_us_max;
+        self.stats.first_commit_after_chaos_us = self.liveness.first_commit_after_chaos_us;
         for node in &self.nodes {
             if let Some(replica) = &node.replica {
                 self.stats.snapshots_installed += replica.metrics().snapshots_installed;
@@ -516,7 +538,7 @@ impl<'a> World<'a> {
     }
 
     fn deliver_request(&mut self, node: NodeId, request_id: RequestId, request: ClientRequest) {
-        if !self.node(node).is_up() {
+        if self.sabotage == Some(Sabotage::IgnoreClients) || !self.node(node).is_up() {
             return;
         }
         if self.defer_if_paused(node, || Event::Request {
@@ -563,6 +585,9 @@ impl<'a> World<'a> {
         // find bugs: the moments just before the news has spread.
         let after = (replica.role(), replica.voted_for(), replica.commit_index());
         node.at_milestone = before != after;
+        if after.0 == Role::Leader && before.0 != Role::Leader {
+            self.liveness.leader_elected(self.now);
+        }
         let mut shell = SimShell {
             store,
             outbox: Vec::new(),
@@ -619,6 +644,7 @@ impl<'a> World<'a> {
         let Some(replica) = self.nodes[index].replica.as_ref() else {
             return;
         };
+        self.liveness.observe_replica(replica, self.now);
         if let Err(violation) = self.safety.observe_replica(replica) {
             return self.fail(violation);
         }

@@ -109,6 +109,10 @@ impl World<'_> {
         let mut config = Config::new(id, members);
         let tuning = &self.scenario.tuning;
         config.election_timeout_us_min = tuning.election_timeout_us_min;
+        config.election_timeout_us_max = tuning.election_timeout_us_max();
+        if self.sabotage == Some(Sabotage::NoElectionJitter) {
+            config.election_timeout_us_max = config.election_timeout_us_min;
+        }
         config.heartbeat_interval_us = tuning.heartbeat_interval_us;
         config.append_entries_count_max = tuning.append_entries_count_max;
         config.in_flight_messages_max = tuning.in_flight_messages_max;

@@ -11,6 +11,7 @@ impl World<'_> {
         });
         self.tracer.fault(self.now, "end of chaos");
         self.phase = Phase::Liveness;
+        self.liveness.chaos_ended(self.now);
         self.network.calm();
         for index in 0..self.nodes.len() {
             let id = NodeId(index as u64 + 1);

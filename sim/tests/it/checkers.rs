@@ -238,10 +238,11 @@ fn calm_scenario() -> chat_sim::Scenario {
 
 #[test]
 fn a_cluster_that_never_recovers_fails_liveness() {
+    // Led but deaf to clients: `leaderless` stays quiet, so liveness must speak.
     let scenario = calm_scenario();
     assert_eq!(chat_sim::run_scenario(&scenario).failure, None);
     let world = chat_sim::World::new(&scenario, chat_sim::trace::Tracer::silent());
-    let outcome = world.sabotage(chat_sim::Sabotage::SilenceAfterChaos).run();
+    let outcome = world.sabotage(chat_sim::Sabotage::IgnoreClients).run();
     assert_eq!(
         outcome.failure.expect("must fail").violation.check,
         "liveness"

@@ -6,4 +6,5 @@ mod checkers;
 mod coverage;
 mod determinism;
 mod linearizability;
+mod liveness;
 mod seeds;

@@ -1,0 +1,234 @@
+//! Measured liveness: how long the cluster went without a leader although it could have
+//! had one, and how long after the faults stopped it first committed something new.
+//!
+//! **Healthy quorum.** A set of nodes is healthy while every member is up (its replica
+//! runs), not paused, and every directed link between two members is open (no partition
+//! blocks it; the network's random loss, duplication and delay do not count, they are
+//! noise a correct cluster must ride out). A healthy quorum is a healthy set of at least
+//! a quorum of nodes.
+//!
+//! **Leader present.** Some node is leader and belongs to a healthy quorum. A leader cut
+//! off from a quorum (partitioned, paused) does not count: the others must replace it.
+//!
+//! **Leaderless interval.** For each healthy quorum `Q`, the time since the later of
+//! (`Q` became healthy, a leader was last present or won an election). A leader that wins
+//! and is crashed by the very same input (a milestone crash) still ends the interval: the
+//! election worked. The run's measure is the longest such interval; a seed fails check
+//! `leaderless` when it exceeds [`leaderless_bound_us`].
+//!
+//! Health is re-evaluated only when its inputs change (who is up, paused or leading, or
+//! the partitions), which costs a few comparisons per event.
+
+use super::*;
+use chat_core::LogIndex;
+
+/// Election timeouts allowed a healthy quorum before `leaderless` fails, counted in
+/// maximum election timeouts, on top of [`LEADERLESS_ROUND_TRIPS`]. A perfect election
+/// already costs up to 1.5 of them (the followers' lease of one minimum timeout since
+/// they last heard the leader, then a draw of at most the maximum); each failed attempt
+/// (a split vote, a lost vote, a voter crashed or cut off by the fault injector) costs
+/// at most one more. Measured over seeds 0..12000 of `chatsim run` (2026-11), a correct
+/// cluster's worst seed used 3.2 of them, 6 seeds more than 2.5 and 37 more than 2 (the
+/// tail thins about sixfold per half timeout), while a cluster whose timeouts are not
+/// randomized reached 5.3 to 7.1 in 3 of seeds 0..3000: split votes repeat round after
+/// round when every follower restarts the same timeout on the same heartbeat. Five sits
+/// well above the correct tail and below the broken one.
+pub const LEADERLESS_ELECTION_TIMEOUTS: u64 = 5;
+/// Round trips allowed on top, each at the slowest a message may travel (latency plus the
+/// long detour of a delayed message): a pre-vote round, a vote round and the stale
+/// leader's last heartbeats (which extend the followers' lease) may each take that long.
+pub const LEADERLESS_ROUND_TRIPS: u64 = 4;
+
+/// The longest a healthy quorum may go without a leader in this scenario, in µs.
+pub fn leaderless_bound_us(scenario: &Scenario) -> u64 {
+    let one_way_us_max = scenario.network.latency_us_max + scenario.network.delay_us_max;
+    LEADERLESS_ELECTION_TIMEOUTS * scenario.tuning.election_timeout_us_max()
+        + LEADERLESS_ROUND_TRIPS * 2 * one_way_us_max
+}
+
+/// What health depends on: up, paused and leader nodes as bit masks, and the network's
+/// partition generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HealthKey {
+    up: u32,
+    paused: u32,
+    leaders: u32,
+    network: u64,
+}
+
+pub(super) struct Liveness {
+    bound_us: u64,
+    key: Option<HealthKey>,
+    /// Per set of nodes (a bit mask) of quorum size or more: healthy since when.
+    healthy_since: Vec<Option<Time>>,
+    leader_present: bool,
+    last_leader_at: Time,
+    /// The healthy quorum that has been healthy longest, and since when.
+    longest_healthy: Option<(u32, Time)>,
+    /// Start of the current leaderless interval with a healthy quorum, if in one.
+    leaderless_since: Option<Time>,
+    pub(super) leaderless_us_max: u64,
+    /// The highest log index any replica held so far.
+    index_high_water: LogIndex,
+    /// When the faults stopped and the highest index then: a commit above it is new.
+    chaos_end: Option<(Time, LogIndex)>,
+    pub(super) first_commit_after_chaos_us: Option<u64>,
+}
+
+impl Liveness {
+    pub(super) fn new(scenario: &Scenario) -> Liveness {
+        Liveness {
+            bound_us: leaderless_bound_us(scenario),
+            key: None,
+            healthy_since: vec![None; 1 << scenario.nodes],
+            leader_present: false,
+            last_leader_at: Time(0),
+            longest_healthy: None,
+            leaderless_since: None,
+            leaderless_us_max: 0,
+            index_high_water: LogIndex(0),
+            chaos_end: None,
+            first_commit_after_chaos_us: None,
+        }
+    }
+
+    /// Ends the current interval at `now` (recording its length) and starts the next.
+    fn restart_interval(&mut self, now: Time) {
+        if let Some(since) = self.leaderless_since {
+            self.leaderless_us_max = self.leaderless_us_max.max(now.saturating_since_us(since));
+        }
+        self.leaderless_since = match (self.leader_present, self.longest_healthy) {
+            (false, Some((_, since))) => Some(since.max(self.last_leader_at)),
+            _ => None,
+        };
+    }
+
+    /// A replica has just become leader: the election worked, whatever happens next.
+    pub(super) fn leader_elected(&mut self, now: Time) {
+        self.last_leader_at = now;
+        self.restart_interval(now);
+    }
+
+    pub(super) fn observe_replica(&mut self, replica: &Replica, now: Time) {
+        self.index_high_water = self.index_high_water.max(replica.last_log_index());
+        if let (Some((end, index)), None) = (self.chaos_end, self.first_commit_after_chaos_us) {
+            if replica.commit_index() > index {
+                self.first_commit_after_chaos_us = Some(now.saturating_since_us(end));
+            }
+        }
+    }
+
+    pub(super) fn chaos_ended(&mut self, now: Time) {
+        self.chaos_end = Some((now, self.index_high_water));
+    }
+
+    /// Closes the measurement at the end of the run.
+    pub(super) fn finish(&mut self, now: Time) {
+        self.restart_interval(now);
+    }
+}
+
+impl World<'_> {
+    /// After every event: re-evaluates health if its inputs changed, then checks the
+    /// current leaderless interval against the bound.
+    pub(super) fn observe_liveness(&mut self) {
+        let mut key = HealthKey {
+            up: 0,
+            paused: 0,
+            leaders: 0,
+            network: self.network.generation(),
+        };
+        for (index, node) in self.nodes.iter().enumerate() {
+            let Some(replica) = node.replica.as_ref() else {
+                continue;
+            };
+            key.up |= 1 << index;
+            if self.now < node.paused_until {
+                key.paused |= 1 << index;
+            }
+            if replica.role() == Role::Leader {
+                key.leaders |= 1 << index;
+            }
+        }
+        if self.liveness.key != Some(key) {
+            self.liveness.key = Some(key);
+            self.evaluate_health(key);
+        }
+        let Some(since) = self.liveness.leaderless_since else {
+            return;
+        };
+        let leaderless_us = self.now.saturating_since_us(since);
+        if leaderless_us > self.liveness.bound_us {
+            let nodes = self
+                .liveness
+                .longest_healthy
+                .map(|(mask, _)| describe_mask(mask))
+                .unwrap_or_default();
+            let bound_us = self.liveness.bound_us;
+            self.fail(Violation {
+                check: "leaderless",
+                detail: format!(
+                    "no leader for {:.3}s while {nodes} were up, unpaused and connected \
+                     (bound {:.3}s: {LEADERLESS_ELECTION_TIMEOUTS} election timeouts of at most \
+                     {}us plus {LEADERLESS_ROUND_TRIPS} slowest round trips)",
+                    leaderless_us as f64 / 1e6,
+                    bound_us as f64 / 1e6,
+                    self.scenario.tuning.election_timeout_us_max(),
+                ),
+            });
+        }
+    }
+
+    fn evaluate_health(&mut self, key: HealthKey) {
+        let n = self.nodes.len();
+        let healthy = key.up & !key.paused;
+        let mut connected = vec![0u32; n];
+        for (a, links) in connected.iter_mut().enumerate() {
+            for b in 0..n {
+                let (na, nb) = (NodeId(a as u64 + 1), NodeId(b as u64 + 1));
+                if a == b || !(self.network.is_blocked(na, nb) || self.network.is_blocked(nb, na)) {
+                    *links |= 1 << b;
+                }
+            }
+        }
+        let quorum = n / 2 + 1;
+        let now = self.now;
+        let mut covered = 0u32;
+        let mut longest: Option<(u32, Time)> = None;
+        for mask in 1u32..(1 << n) {
+            if (mask.count_ones() as usize) < quorum {
+                continue;
+            }
+            let is_healthy = mask & !healthy == 0
+                && (0..n)
+                    .filter(|i| mask & (1 << i) != 0)
+                    .all(|i| mask & !connected[i] == 0);
+            let slot = &mut self.liveness.healthy_since[mask as usize];
+            if !is_healthy {
+                *slot = None;
+                continue;
+            }
+            let since = *slot.get_or_insert(now);
+            covered |= mask;
+            if longest.is_none_or(|(_, t)| since < t) {
+                longest = Some((mask, since));
+            }
+        }
+        let leader_present = key.leaders & healthy & covered != 0;
+        let liveness = &mut self.liveness;
+        if liveness.leader_present && !leader_present {
+            liveness.last_leader_at = now;
+        }
+        liveness.leader_present = leader_present;
+        liveness.longest_healthy = longest;
+        liveness.restart_interval(now);
+    }
+}
+
+fn describe_mask(mask: u32) -> String {
+    let names: Vec<String> = (0..32)
+        .filter(|i| mask & (1 << i) != 0)
+        .map(|i| NodeId(i + 1).to_string())
+        .collect();
+    names.join(",")
+}
