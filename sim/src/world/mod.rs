@@ -22,10 +22,11 @@ use chat_core::{
 };
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 mod clients;
 mod faults;
+mod listeners;
 mod liveness;
 mod nodes;
 mod phases;
@@ -52,6 +53,8 @@ pub struct RunStats {
     pub elections: u64,
     pub ops_completed: u64,
     pub ops_acknowledged: u64,
+    /// Messages the listeners received, live or by catching up.
+    pub messages_listened: u64,
     pub snapshots_installed: u64,
     /// The most events that waited in the queue at once.
     pub queued_events_max: u64,
@@ -144,6 +147,11 @@ pub enum Sabotage {
     /// Every replica draws the minimum election timeout (no jitter), while the scenario
     /// (and so the `leaderless` bound) still says `[min, max]`.
     NoElectionJitter,
+    /// Live deliveries of messages with an odd id are lost, as a node that drops some
+    /// of its subscribers' messages would: the `delivery` check must fail.
+    LoseSomeDeliveries,
+    /// Every live delivery reaches the listeners twice: the `delivery` check must fail.
+    RepeatDeliveries,
 }
 
 pub struct World<'a> {
@@ -159,6 +167,7 @@ pub struct World<'a> {
     chaos_rng: ChaCha8Rng,
     client_rng: ChaCha8Rng,
     clients: Vec<Client>,
+    listeners: Vec<listeners::Listener>,
     users: Vec<String>,
     requests: BTreeMap<RequestId, usize>,
     next_request: u64,
@@ -182,7 +191,7 @@ struct SimShell<'a> {
     store: &'a mut LogStore<MemDisk>,
     outbox: Vec<Envelope>,
     replies: Vec<Reply>,
-    deliveries: u64,
+    deliveries: Vec<Delivery>,
 }
 
 impl Shell for SimShell<'_> {
@@ -196,8 +205,8 @@ impl Shell for SimShell<'_> {
     fn reply(&mut self, reply: Reply) {
         self.replies.push(reply);
     }
-    fn deliver(&mut self, _delivery: Delivery) {
-        self.deliveries += 1;
+    fn deliver(&mut self, delivery: Delivery) {
+        self.deliveries.push(delivery);
     }
 }
 
@@ -242,6 +251,10 @@ impl<'a> World<'a> {
             disk_rng: stream(scenario.seed, Stream::Disk),
             chaos_rng: stream(scenario.seed, Stream::Chaos),
             client_rng,
+            listeners: listeners::listening_clients(clients.len())
+                .into_iter()
+                .map(listeners::Listener::new)
+                .collect(),
             clients,
             users,
             requests: BTreeMap::new(),
@@ -592,12 +605,28 @@ impl<'a> World<'a> {
             store,
             outbox: Vec::new(),
             replies: Vec::new(),
-            deliveries: 0,
+            deliveries: Vec::new(),
         };
         let result = drive(replica, &mut shell);
         let SimShell {
-            outbox, replies, ..
+            outbox,
+            replies,
+            deliveries,
+            ..
         } = shell;
+        if !deliveries.is_empty() {
+            let mut deliveries = deliveries;
+            match self.sabotage {
+                Some(Sabotage::LoseSomeDeliveries) => {
+                    deliveries.retain(|d| d.message.id.0 % 2 == 0)
+                }
+                Some(Sabotage::RepeatDeliveries) => {
+                    deliveries.extend(deliveries.clone());
+                }
+                _ => {}
+            }
+            self.deliver_to_listeners(id, &deliveries);
+        }
         for envelope in outbox {
             for delay_us in self.network.transit_delays_us() {
                 let sent = self.now;
@@ -648,6 +677,7 @@ impl<'a> World<'a> {
         if let Err(violation) = self.safety.observe_replica(replica) {
             return self.fail(violation);
         }
+        self.poll_listeners(id);
         if self.maybe_quick_restart(id) {
             return;
         }

@@ -161,9 +161,14 @@ impl World<'_> {
                 });
             }
         }
+        let leader_id = leader.id();
         let state = final_state(leader, &self.clients);
         if let Err(violation) = check_history(&self.history, &state) {
             return self.fail(violation);
+        }
+        self.check_listeners(leader_id, &state);
+        if self.failure.is_some() {
+            return;
         }
         let report = linearizability::check(&self.history);
         self.stats.linearizability_steps = report.steps();

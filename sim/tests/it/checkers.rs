@@ -261,3 +261,23 @@ fn a_power_loss_that_loses_state_fails_the_power_loss_check() {
         "power-loss"
     );
 }
+
+#[test]
+fn listeners_receive_every_message_once_and_sabotaged_deliveries_fail() {
+    let scenario = calm_scenario();
+    let clean = chat_sim::run_scenario(&scenario);
+    assert_eq!(clean.failure, None);
+    assert!(
+        clean.stats.messages_listened > 0,
+        "the listeners must have received something for the check to mean anything"
+    );
+    for sabotage in [
+        chat_sim::Sabotage::LoseSomeDeliveries,
+        chat_sim::Sabotage::RepeatDeliveries,
+    ] {
+        let world = chat_sim::World::new(&scenario, chat_sim::trace::Tracer::silent());
+        let outcome = world.sabotage(sabotage).run();
+        let failure = outcome.failure.expect("a broken delivery path must fail");
+        assert_eq!(failure.violation.check, "delivery", "{sabotage:?}");
+    }
+}
