@@ -146,6 +146,9 @@ pub fn partitions(history: &History) -> BTreeMap<Partition, Vec<usize>> {
     let mut partitions: BTreeMap<Partition, Vec<usize>> = BTreeMap::new();
     let mut has_list = false;
     for (index, op) in history.ops.iter().enumerate() {
+        if !takes_part(op) {
+            continue;
+        }
         let inbox_user = match &op.kind {
             OpKind::CreateAccount { user } => Some(user),
             OpKind::Send { to, .. } => Some(to),
@@ -174,6 +177,22 @@ pub fn partitions(history: &History) -> BTreeMap<Partition, Vec<usize>> {
         ops.sort_by_key(|&index| (history.ops[index].invoke_us, index));
     }
     partitions
+}
+
+/// Whether an operation is searched: a late replay of another operation's request is
+/// not a new operation (the checker's `check_abuse` judges its answer), and a request
+/// refused on its only attempt (an expired session, a stale sequence number) certainly
+/// did not take effect.
+fn takes_part(op: &OpRecord) -> bool {
+    use chat_core::ClientError;
+    let refused = matches!(
+        op.outcome,
+        Some(Err(
+            ClientError::SessionExpired | ClientError::StaleRequest { .. }
+        ))
+    );
+    !matches!(op.abuse, Some(crate::history::Abuse::Replay { .. }))
+        && !(refused && op.attempts == 1)
 }
 
 /// Searches one partition restricted to `ops` (indices into `all`, by call time).
