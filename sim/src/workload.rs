@@ -240,7 +240,9 @@ pub fn plan_abuse(rng: &mut impl Rng, clients: &mut [ClientPlan], tuning: &Repli
                         burst.push(PlannedOp {
                             think_us: rng.random_range(0..=200_000),
                             op: OpPlan::ForeignSession {
-                                victim: rng.random_range(0..count),
+                                // Another client (its own session at its own last number
+                                // would be a retry of its own request, answered as one).
+                                victim: (abuser + rng.random_range(1..count.max(2))) % count,
                                 ahead: rng.random_bool(0.5),
                                 op: Box::new(own_op(rng)),
                             },

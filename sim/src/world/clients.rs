@@ -51,8 +51,10 @@ impl World<'_> {
         };
         let op = self.history.invoke(client, kind, self.now.0);
         self.history.ops[op].abuse = abuse;
-        if matches!(request, ClientRequest::Write { .. })
-            && abuse.is_none_or(|a| !matches!(a, Abuse::Replay { .. }))
+        // Only misbehaving clients replay old requests: polite runs keep none.
+        if self.scenario.faults.contains(FaultKind::ClientAbuse)
+            && matches!(request, ClientRequest::Write { .. })
+            && !matches!(abuse, Some(Abuse::Replay { .. }))
         {
             self.clients[client].sent.push((request.clone(), op));
         }
@@ -98,7 +100,7 @@ impl World<'_> {
                 ))
             }
             OpPlan::ForeignSession { victim, ahead, op } => {
-                let owner = self.clients.get(*victim)?;
+                let owner = self.clients.get(*victim).filter(|_| *victim != client)?;
                 let session = SessionRef {
                     client: owner.session,
                     seq: owner.seq + u64::from(*ahead),
