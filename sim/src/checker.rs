@@ -196,6 +196,11 @@ fn check_reads(history: &History) -> Result<(), Violation> {
             continue;
         };
         if is_replay(op) {
+            // Judged by `check_abuse` when answered; unanswered or refused, it may have
+            // been applied again and marked messages read.
+            if !matches!(op.outcome, Some(Ok(_))) {
+                unknown_read_seen.insert(user);
+            }
             continue;
         }
         let Some(outcome) = op.outcome.as_ref().filter(|o| {
