@@ -2,7 +2,7 @@
 //! and the client history against the final state at the end. Each is fed plain
 //! observations so that its tests can hand it a broken state or history.
 
-use crate::history::{History, OpKind};
+use crate::history::{Abuse, History, OpKind};
 use chat_core::app::{CommandOutput, MessageId, MessageView, QueryOutput};
 use chat_core::{ClientError, LogIndex, NodeId, Replica, Response, Role, Term};
 use std::collections::{BTreeMap, BTreeSet};
@@ -109,6 +109,7 @@ pub struct FinalState {
 /// - no message is returned as unread by two reads;
 /// - a linearizable read sees every write acknowledged before it began.
 pub fn check_history(history: &History, state: &FinalState) -> Result<(), Violation> {
+    check_abuse(history)?;
     let mut deleted: BTreeMap<&str, BTreeSet<MessageId>> = BTreeMap::new();
     for op in &history.ops {
         // A delete whose outcome is unknown may have been applied.
@@ -149,7 +150,7 @@ pub fn check_history(history: &History, state: &FinalState) -> Result<(), Violat
             }
         }
     }
-    for op in &history.ops {
+    for op in history.ops.iter().filter(|op| !is_replay(op)) {
         let (
             OpKind::Send { to, body, .. },
             Some(Ok(Response::Command(CommandOutput::Sent { id, .. }))),
@@ -194,11 +195,20 @@ fn check_reads(history: &History) -> Result<(), Violation> {
         let OpKind::Read { user, limit } = &op.kind else {
             continue;
         };
-        let Some(outcome) = op
-            .outcome
-            .as_ref()
-            .filter(|o| **o != Err(ClientError::SessionExpired))
-        else {
+        if is_replay(op) {
+            // Judged by `check_abuse` when answered; unanswered or refused, it may have
+            // been applied again and marked messages read.
+            if !matches!(op.outcome, Some(Ok(_))) {
+                unknown_read_seen.insert(user);
+            }
+            continue;
+        }
+        let Some(outcome) = op.outcome.as_ref().filter(|o| {
+            !matches!(
+                o,
+                Err(ClientError::SessionExpired | ClientError::StaleRequest { .. })
+            )
+        }) else {
             // It may have marked messages read that nobody saw.
             unknown_read_seen.insert(user);
             continue;
@@ -264,6 +274,92 @@ fn check_linearizable_lists(history: &History) -> Result<(), Violation> {
                 return violation(
                     "linearizability",
                     format!("linearizable list op {n} began after account {user} was acknowledged but did not see it"),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_replay(op: &crate::history::OpRecord) -> bool {
+    matches!(op.abuse, Some(Abuse::Replay { .. }))
+}
+
+/// What misbehaving clients (`client-abuse`) must not achieve, judged from the answers:
+/// - `session-isolation`: every answer is an answer to the request that was sent (a
+///   send is answered with a send's result, a read of `u` with messages to `u`, a
+///   creation of `u` with `u`'s account), and no two operations were given the same new
+///   message: a request in a session that is not its own never gets another
+///   request's stored answer;
+/// - `exactly-once`: a late retry of an operation (the same request, sent again) is
+///   answered with the operation's answer or refused, never applied again.
+pub fn check_abuse(history: &History) -> Result<(), Violation> {
+    let mut sent_by: BTreeMap<MessageId, usize> = BTreeMap::new();
+    for (n, op) in history.ops.iter().enumerate() {
+        let Some(Ok(response)) = &op.outcome else {
+            if let (Some(Abuse::Replay { of }), Some(Err(ClientError::App(error)))) =
+                (op.abuse, &op.outcome)
+            {
+                if let Some(Ok(first)) = &history.ops[of].outcome {
+                    return violation(
+                        "exactly-once",
+                        format!(
+                            "op #{n} by c{}, a late retry of op #{of} (answered {first:?}), was applied again: {error}",
+                            op.client
+                        ),
+                    );
+                }
+            }
+            continue;
+        };
+        let whose = match op.abuse {
+            Some(Abuse::Foreign { owner }) => format!(" (sent in c{owner}'s session)"),
+            _ => String::new(),
+        };
+        let fits = match (&op.kind, response) {
+            (
+                OpKind::CreateAccount { user },
+                Response::Command(CommandOutput::AccountCreated { user: created, .. }),
+            ) => user == created,
+            (OpKind::Send { .. }, Response::Command(CommandOutput::Sent { .. })) => true,
+            (OpKind::Read { user, .. }, Response::Command(CommandOutput::Messages(messages))) => {
+                messages.iter().all(|m| m.recipient == *user)
+            }
+            (OpKind::Delete { .. }, Response::Command(CommandOutput::Deleted { .. })) => true,
+            (OpKind::List { .. }, Response::Query(_)) => true,
+            _ => false,
+        };
+        if !fits {
+            return violation(
+                "session-isolation",
+                format!(
+                    "op #{n} by c{}{whose} ({:?}) was answered with another request's answer: {response:?}",
+                    op.client, op.kind
+                ),
+            );
+        }
+        if let Some(Abuse::Replay { of }) = op.abuse {
+            if let Some(Ok(first)) = &history.ops[of].outcome {
+                if first != response {
+                    return violation(
+                        "exactly-once",
+                        format!(
+                            "op #{n} by c{}, a late retry of op #{of}, was applied again: answered {response:?}, first {first:?}",
+                            op.client
+                        ),
+                    );
+                }
+            }
+            continue;
+        }
+        if let Response::Command(CommandOutput::Sent { id, .. }) = response {
+            if let Some(first) = sent_by.insert(*id, n) {
+                return violation(
+                    "session-isolation",
+                    format!(
+                        "ops #{first} (c{}) and #{n} (c{}){whose} were both answered with message {}",
+                        history.ops[first].client, op.client, id.0
+                    ),
                 );
             }
         }

@@ -35,6 +35,23 @@ pub struct OpRecord {
     /// `None` while (or if forever) unknown.
     pub outcome: Option<Result<Response, ClientError>>,
     pub attempts: u32,
+    /// Set when the request misbehaved (`client-abuse`): the checkers judge it by this.
+    pub abuse: Option<Abuse>,
+}
+
+/// How an operation's request misbehaved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Abuse {
+    /// Sent in a brand-new session, abandoned after.
+    FreshSession,
+    /// Sent under client `owner`'s session.
+    Foreign { owner: usize },
+    /// The very request of operation `of`, sent again long after: not a new operation,
+    /// so it may only take effect if `of` did not, and must be answered with `of`'s
+    /// answer or refused.
+    Replay { of: usize },
+    /// Sent with a sequence number out of order.
+    SeqJump,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -51,6 +68,7 @@ impl History {
             complete_us: None,
             outcome: None,
             attempts: 0,
+            abuse: None,
         });
         self.ops.len() - 1
     }

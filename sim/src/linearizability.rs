@@ -145,7 +145,18 @@ pub fn check(history: &History) -> Report {
 pub fn partitions(history: &History) -> BTreeMap<Partition, Vec<usize>> {
     let mut partitions: BTreeMap<Partition, Vec<usize>> = BTreeMap::new();
     let mut has_list = false;
+    let replayed: std::collections::BTreeSet<usize> = history
+        .ops
+        .iter()
+        .filter_map(|op| match op.abuse {
+            Some(crate::history::Abuse::Replay { of }) => Some(of),
+            _ => None,
+        })
+        .collect();
     for (index, op) in history.ops.iter().enumerate() {
+        if !takes_part(op, replayed.contains(&index)) {
+            continue;
+        }
         let inbox_user = match &op.kind {
             OpKind::CreateAccount { user } => Some(user),
             OpKind::Send { to, .. } => Some(to),
@@ -174,6 +185,22 @@ pub fn partitions(history: &History) -> BTreeMap<Partition, Vec<usize>> {
         ops.sort_by_key(|&index| (history.ops[index].invoke_us, index));
     }
     partitions
+}
+
+/// Whether an operation is searched: a late replay of another operation's request is
+/// not a new operation (the checker's `check_abuse` judges its answer), and a request
+/// refused on its only attempt (an expired session, a stale sequence number) certainly
+/// did not take effect, unless it was `replayed` later (the replay may apply it).
+fn takes_part(op: &OpRecord, replayed: bool) -> bool {
+    use chat_core::ClientError;
+    let refused_once = op.attempts == 1
+        && matches!(
+            op.outcome,
+            Some(Err(
+                ClientError::SessionExpired | ClientError::StaleRequest { .. }
+            ))
+        );
+    !matches!(op.abuse, Some(crate::history::Abuse::Replay { .. })) && (!refused_once || replayed)
 }
 
 /// Searches one partition restricted to `ops` (indices into `all`, by call time).

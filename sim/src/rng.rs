@@ -18,6 +18,9 @@ pub enum Stream {
     Explore = 8,
     /// The `chatsim elections` experiment (not part of a scenario run).
     Elections = 9,
+    /// Misbehaving clients (`client-abuse`): drawn only when the kind is allowed, so
+    /// that scenarios without it are unchanged.
+    Abuse = 10,
 }
 
 /// A portable generator (ChaCha8: the same numbers on every machine and build) for one

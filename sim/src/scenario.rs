@@ -56,6 +56,10 @@ pub struct ReplicaTuning {
     pub in_flight_messages_max: usize,
     pub snapshot_threshold_entries: u64,
     pub snapshot_chunk_bytes: usize,
+    /// The session table's bound (core `Config::sessions_max`); absent: the core default.
+    /// `client-abuse` seeds make it small so that a flood of sessions evicts cheaply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions_max: Option<usize>,
 }
 
 impl ReplicaTuning {
@@ -75,6 +79,7 @@ impl ReplicaTuning {
             in_flight_messages_max: rng.random_range(1..=8),
             snapshot_threshold_entries: [20, 100, 200, 4096][rng.random_range(0..4)],
             snapshot_chunk_bytes: [512, 4096, 65536][rng.random_range(0..3)],
+            sessions_max: None,
         }
     }
 }
@@ -156,6 +161,22 @@ pub enum OpPlan {
     DeleteRead,
     /// List accounts: linearizable, or stale from whichever node the client talks to.
     List { stale: bool },
+    // Misbehaviour (`client-abuse`; see `workload.rs`).
+    /// `op` in a brand-new session (sequence number 1), abandoned afterwards: many of
+    /// these open more sessions than the table holds.
+    FreshSession { op: Box<OpPlan> },
+    /// `op` under client `victim`'s session, at its last sequence number (a retry of
+    /// its last request) or the one after (`ahead`).
+    ForeignSession {
+        victim: usize,
+        ahead: bool,
+        op: Box<OpPlan>,
+    },
+    /// Send again, unchanged (same session, same sequence number), this client's request
+    /// of `back` requests ago: a retry after a very long delay.
+    Replay { back: usize },
+    /// `op` with its sequence number moved by `delta` (ahead: a gap; back: an old number).
+    SeqJump { delta: i64, op: Box<OpPlan> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +241,7 @@ impl Scenario {
                 .0
                 .iter()
                 .copied()
+                .filter(|&kind| !FaultKind::OPT_IN.contains(&kind))
                 .filter(|_| rng.random_bool(0.5))
                 .collect(),
         );
@@ -260,11 +282,23 @@ impl Scenario {
         let fault_events =
             generate_fault_events(&mut rng, &enabled, nodes, options.chaos_duration_us);
         let mut workload = stream(seed, Stream::Workload);
-        let clients = (0..options.clients)
+        let mut clients: Vec<ClientPlan> = (0..options.clients)
             .map(|_| {
                 generate_client_plan(&mut workload, options.clients, options.chaos_duration_us)
             })
             .collect();
+        let mut tuning = tuning;
+        let mut enabled = enabled;
+        // Drawn from its own stream, after everything else: seeds without the kind are
+        // exactly what they were before it existed.
+        if options.faults.contains(FaultKind::ClientAbuse) {
+            let mut abuse = stream(seed, Stream::Abuse);
+            if abuse.random_bool(0.5) {
+                enabled.0.insert(FaultKind::ClientAbuse);
+                tuning.sessions_max = Some(abuse.random_range(8..=64));
+                crate::workload::plan_abuse(&mut abuse, &mut clients, &tuning);
+            }
+        }
         Scenario {
             seed,
             nodes,

@@ -1,11 +1,20 @@
 //! Simulated chat clients: each has an account, a session, and a plan of operations it
 //! performs one at a time, retrying with backoff and following leader hints.
+//!
+//! **Misbehaving clients** (`client-abuse`, opt-in). [`plan_abuse`] adds to some
+//! clients' plans operations a polite client never sends (`OpPlan::FreshSession`,
+//! `ForeignSession`, `Replay`, `SeqJump`) and bursts of linearizable reads; the
+//! scenario also shrinks the session table (`ReplicaTuning::sessions_max`) so that a
+//! flood of fresh sessions evicts everyone's. They are plan entries, so shrinking
+//! removes them like any operation, and each is recorded in the history with its
+//! [`Abuse`](crate::history::Abuse) tag for the checkers (`checker::check_abuse`).
 
 use crate::history::OpKind;
-use crate::scenario::{OpPlan, PlannedOp};
+use crate::scenario::{ClientPlan, OpPlan, PlannedOp, ReplicaTuning};
 use chat_core::app::{Auth, Command, MessageId, Query};
 use chat_core::entry::SessionRef;
 use chat_core::{ClientId, ClientRequest, NodeId, ReadConsistency, RequestId, Time};
+use rand::Rng;
 
 /// How long a client waits for an answer before it tries another node.
 pub const REQUEST_TIMEOUT_US: u64 = 1_000_000;
@@ -40,6 +49,9 @@ pub struct Client {
     pub messages_sent: u64,
     /// Gave up: its account could not be created.
     pub stopped: bool,
+    /// Every write request this client started, with its history operation: what a
+    /// `Replay` sends again.
+    pub sent: Vec<(ClientRequest, usize)>,
 }
 
 impl Client {
@@ -60,6 +72,7 @@ impl Client {
             read_ids: Vec::new(),
             messages_sent: 0,
             stopped: false,
+            sent: Vec::new(),
         }
     }
 
@@ -159,6 +172,12 @@ impl Client {
                     OpKind::List { stale: *stale },
                 ))
             }
+            // Misbehaviour needs the world (other clients' sessions, fresh ids):
+            // `World::abusive_request`.
+            OpPlan::FreshSession { .. }
+            | OpPlan::ForeignSession { .. }
+            | OpPlan::Replay { .. }
+            | OpPlan::SeqJump { .. } => None,
         }
     }
 
@@ -168,5 +187,120 @@ impl Client {
             .saturating_mul(1 << self.retries.min(10))
             .min(BACKOFF_US_MAX);
         base / 2 + base * jitter_permille / 2000
+    }
+}
+
+/// The same request under another session reference (a read has none: unchanged).
+pub fn with_session(request: ClientRequest, session: SessionRef) -> ClientRequest {
+    match request {
+        ClientRequest::Write { command, .. } => ClientRequest::Write { session, command },
+        read => read,
+    }
+}
+
+/// Adds misbehaviour to the plans (`client-abuse`): one to three abusers, each with a
+/// few abuse phases at random points of its plan; every client may replay old requests.
+pub fn plan_abuse(rng: &mut impl Rng, clients: &mut [ClientPlan], tuning: &ReplicaTuning) {
+    let count = clients.len();
+    if count == 0 {
+        return;
+    }
+    let sessions_max = tuning.sessions_max.unwrap_or(64);
+    let own_op = |rng: &mut dyn rand::RngCore| -> OpPlan {
+        match rng.random_range(0..3) {
+            0 => OpPlan::Send {
+                to: rng.random_range(0..count),
+                body_bytes: rng.random_range(1..=20),
+            },
+            1 => OpPlan::Read {
+                limit: rng.random_range(1..=5),
+            },
+            _ => OpPlan::DeleteRead,
+        }
+    };
+    for _ in 0..rng.random_range(1..=3usize.min(count)) {
+        let abuser = rng.random_range(0..count);
+        for _ in 0..rng.random_range(1..=4) {
+            let mut burst = Vec::new();
+            match rng.random_range(0..5) {
+                // More sessions than the table holds, with cheap requests.
+                0 => {
+                    for _ in 0..sessions_max + rng.random_range(1..=sessions_max) {
+                        burst.push(PlannedOp {
+                            think_us: rng.random_range(0..=2_000),
+                            op: OpPlan::FreshSession {
+                                op: Box::new(OpPlan::Read { limit: 1 }),
+                            },
+                        });
+                    }
+                }
+                // Another client's session.
+                1 => {
+                    for _ in 0..rng.random_range(1..=4) {
+                        burst.push(PlannedOp {
+                            think_us: rng.random_range(0..=200_000),
+                            op: OpPlan::ForeignSession {
+                                // Another client (its own session at its own last number
+                                // would be a retry of its own request, answered as one).
+                                victim: (abuser + rng.random_range(1..count.max(2))) % count,
+                                ahead: rng.random_bool(0.5),
+                                op: Box::new(own_op(rng)),
+                            },
+                        });
+                    }
+                }
+                // Out-of-order sequence numbers.
+                2 => {
+                    for _ in 0..rng.random_range(1..=4) {
+                        let delta = if rng.random_bool(0.5) {
+                            rng.random_range(2..=1_000)
+                        } else {
+                            -rng.random_range(1..=5)
+                        };
+                        burst.push(PlannedOp {
+                            think_us: rng.random_range(0..=100_000),
+                            op: OpPlan::SeqJump {
+                                delta,
+                                op: Box::new(own_op(rng)),
+                            },
+                        });
+                    }
+                }
+                // A burst of linearizable reads (around leader changes when faults strike).
+                3 => {
+                    for _ in 0..rng.random_range(10..=50) {
+                        burst.push(PlannedOp {
+                            think_us: 0,
+                            op: OpPlan::List { stale: false },
+                        });
+                    }
+                }
+                // A retry after a very long delay.
+                _ => burst.push(PlannedOp {
+                    think_us: rng.random_range(1_000_000..=5_000_000),
+                    op: OpPlan::Replay {
+                        back: rng.random_range(0..200),
+                    },
+                }),
+            }
+            let ops = &mut clients[abuser].ops;
+            let at = rng.random_range(0..=ops.len());
+            ops.splice(at..at, burst);
+        }
+    }
+    // Anyone may retry an old request late (after floods evicted its session).
+    for plan in clients.iter_mut() {
+        for _ in 0..rng.random_range(0..=3) {
+            let at = rng.random_range(0..=plan.ops.len());
+            plan.ops.insert(
+                at,
+                PlannedOp {
+                    think_us: rng.random_range(0..=1_000_000),
+                    op: OpPlan::Replay {
+                        back: rng.random_range(0..20),
+                    },
+                },
+            );
+        }
     }
 }

@@ -2,6 +2,11 @@
 //! following leader hints with backoff, and recording outcomes in the history.
 
 use super::*;
+use crate::faults::FaultKind;
+use crate::history::Abuse;
+use crate::scenario::OpPlan;
+use crate::workload::with_session;
+use chat_core::entry::SessionRef;
 
 impl World<'_> {
     pub(super) fn client_wake(&mut self, client: usize, token: u64) {
@@ -26,20 +31,33 @@ impl World<'_> {
         }
         let users = self.users.clone();
         let c = &mut self.clients[client];
-        let (request, kind) = if c.auth.is_none() {
-            c.create_account()
+        let (request, kind, abuse) = if c.auth.is_none() {
+            let (request, kind) = c.create_account();
+            (request, kind, None)
         } else {
             loop {
+                let c = &mut self.clients[client];
                 let Some(planned) = c.plan.get(c.next_op).cloned() else {
                     return;
                 };
                 c.next_op += 1;
                 if let Some(found) = c.request_for(&planned.op, &users) {
+                    break (found.0, found.1, None);
+                }
+                if let Some(found) = self.abusive_request(client, &planned.op, &users) {
                     break found;
                 }
             }
         };
         let op = self.history.invoke(client, kind, self.now.0);
+        self.history.ops[op].abuse = abuse;
+        // Only misbehaving clients replay old requests: polite runs keep none.
+        if self.scenario.faults.contains(FaultKind::ClientAbuse)
+            && matches!(request, ClientRequest::Write { .. })
+            && !matches!(abuse, Some(Abuse::Replay { .. }))
+        {
+            self.clients[client].sent.push((request.clone(), op));
+        }
         let request_id = self.new_request_id(client);
         self.clients[client].current = Some(InFlight {
             history_op: op,
@@ -49,6 +67,72 @@ impl World<'_> {
         });
         self.clients[client].retries = 0;
         self.send_request(client);
+    }
+
+    /// The request of a misbehaving plan entry (`client-abuse`), or `None` if there is
+    /// nothing to send for it.
+    fn abusive_request(
+        &mut self,
+        client: usize,
+        op: &OpPlan,
+        users: &[String],
+    ) -> Option<(ClientRequest, OpKind, Option<Abuse>)> {
+        // The wrapped operation, built as usual but without using up a sequence number.
+        let inner = |world: &mut Self, op: &OpPlan| {
+            let c = &mut world.clients[client];
+            let seq = c.seq;
+            let found = c.request_for(op, users);
+            c.seq = seq;
+            let found = found?;
+            Some(found).filter(|(request, _)| matches!(request, ClientRequest::Write { .. }))
+        };
+        match op {
+            OpPlan::FreshSession { op } => {
+                let (request, kind) = inner(self, op)?;
+                let session = SessionRef {
+                    client: ClientId(uuid::Uuid::from_u128(self.client_rng.random())),
+                    seq: 1,
+                };
+                Some((
+                    with_session(request, session),
+                    kind,
+                    Some(Abuse::FreshSession),
+                ))
+            }
+            OpPlan::ForeignSession { victim, ahead, op } => {
+                let owner = self.clients.get(*victim).filter(|_| *victim != client)?;
+                let session = SessionRef {
+                    client: owner.session,
+                    seq: owner.seq + u64::from(*ahead),
+                };
+                let (request, kind) = inner(self, op)?;
+                let abuse = Abuse::Foreign { owner: *victim };
+                Some((with_session(request, session), kind, Some(abuse)))
+            }
+            OpPlan::Replay { back } => {
+                let sent = &self.clients[client].sent;
+                let (request, of) = sent
+                    .get(sent.len().checked_sub(1 + back % sent.len().max(1))?)?
+                    .clone();
+                let kind = self.history.ops[of].kind.clone();
+                Some((request, kind, Some(Abuse::Replay { of })))
+            }
+            OpPlan::SeqJump { delta, op } => {
+                let (request, kind) = inner(self, op)?;
+                let c = &mut self.clients[client];
+                let seq = c.seq.saturating_add_signed(*delta).max(1);
+                if *delta > 0 {
+                    // A gap: the session carries on from there.
+                    c.seq = seq;
+                }
+                let session = SessionRef {
+                    client: c.session,
+                    seq,
+                };
+                Some((with_session(request, session), kind, Some(Abuse::SeqJump)))
+            }
+            _ => None,
+        }
     }
 
     pub(super) fn new_request_id(&mut self, client: usize) -> RequestId {
@@ -164,8 +248,13 @@ impl World<'_> {
         if outcome.is_ok() {
             self.stats.ops_acknowledged += 1;
         }
+        let abuse = self.history.ops[current.history_op].abuse;
+        // An answer to a request in someone else's session, or to a replay, says nothing
+        // about this client's own state.
+        let own = !matches!(abuse, Some(Abuse::Foreign { .. } | Abuse::Replay { .. }));
         let c = &mut self.clients[client];
         match (&self.history.ops[current.history_op].kind, &outcome) {
+            _ if !own => {}
             (
                 OpKind::CreateAccount { .. },
                 Ok(Response::Command(CommandOutput::AccountCreated { user, generation })),
@@ -183,7 +272,19 @@ impl World<'_> {
             (OpKind::Delete { ids, .. }, Ok(_)) => c.read_ids.retain(|id| !ids.contains(id)),
             _ => {}
         }
-        if let Err(ClientError::SessionExpired) = outcome {
+        if self.scenario.faults.contains(FaultKind::ClientAbuse) {
+            // Misbehaving clients: floods evict sessions and foreign requests move them
+            // on; a client refused in its own session starts a new one.
+            let refused = matches!(
+                outcome,
+                Err(ClientError::SessionExpired | ClientError::StaleRequest { .. })
+            );
+            if refused && matches!(abuse, None | Some(Abuse::SeqJump)) {
+                let c = &mut self.clients[client];
+                c.session = ClientId(uuid::Uuid::from_u128(self.client_rng.random()));
+                c.seq = 0;
+            }
+        } else if let Err(ClientError::SessionExpired) = outcome {
             // Sessions here are far below the table's bound and its expiry: an expired
             // session is a replica answering from state it should not trust.
             self.fail(Violation {

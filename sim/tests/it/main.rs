@@ -3,6 +3,7 @@
 
 mod budget;
 mod checkers;
+mod clients;
 mod coverage;
 mod determinism;
 mod linearizability;
