@@ -31,6 +31,18 @@ pub const DELIVERY_BUFFER: usize = 4_096;
 
 pub type ReplyTx = oneshot::Sender<Result<Response, ClientError>>;
 
+/// What listeners hear from the core thread.
+#[derive(Clone, Debug)]
+pub enum Live {
+    /// A message was applied.
+    Delivery(Arc<Delivery>),
+    /// The replica installed a snapshot: its applied state jumped without deliveries for
+    /// the entries the snapshot covers, so every listener must catch up from the state.
+    /// Sent before the deliveries of the same batch, which a listener that caught up
+    /// then skips as already seen. (Found by the simulator's `delivery` check.)
+    Resync,
+}
+
 pub enum Input {
     Peer(Envelope),
     Client {
@@ -58,7 +70,7 @@ pub struct StatusSnapshot {
 #[derive(Clone)]
 pub struct CoreHandle {
     inputs: SyncSender<Input>,
-    deliveries: broadcast::Sender<Arc<Delivery>>,
+    deliveries: broadcast::Sender<Live>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -77,7 +89,7 @@ impl CoreHandle {
         })
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Delivery>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Live> {
         self.deliveries.subscribe()
     }
 }
@@ -114,6 +126,7 @@ pub fn spawn(
             entries_persisted: 0,
         },
         next_request_id: 0,
+        snapshots_installed: 0,
         counters: Counters::default(),
     };
     let thread = std::thread::Builder::new()
@@ -134,6 +147,8 @@ struct Core {
     replica: Replica,
     clock: Clock,
     shell: NodeShell,
+    /// Snapshots the replica had installed at the last drive (see [`Live::Resync`]).
+    snapshots_installed: u64,
     next_request_id: u64,
     counters: Counters,
 }
@@ -167,6 +182,12 @@ impl Core {
                     }
                     Err(RecvTimeoutError::Disconnected) => stop = true,
                 }
+            }
+            let installed = self.replica.metrics().snapshots_installed;
+            if installed != self.snapshots_installed {
+                self.snapshots_installed = installed;
+                // No listener at all is the common case, not an error.
+                let _ = self.shell.deliveries.send(Live::Resync);
             }
             drive(&mut self.replica, &mut self.shell)?;
             self.counters.batches += 1;
@@ -220,7 +241,7 @@ struct NodeShell {
     store: LogStore<FsDisk>,
     router: PeerRouter,
     pending: BTreeMap<RequestId, ReplyTx>,
-    deliveries: broadcast::Sender<Arc<Delivery>>,
+    deliveries: broadcast::Sender<Live>,
     /// Durable writes (each one fsync of the log at most) and the entries they carried.
     persists: u64,
     entries_persisted: u64,
@@ -248,6 +269,6 @@ impl Shell for NodeShell {
 
     fn deliver(&mut self, delivery: Delivery) {
         // No listener at all is the common case, not an error.
-        let _ = self.deliveries.send(Arc::new(delivery));
+        let _ = self.deliveries.send(Live::Delivery(Arc::new(delivery)));
     }
 }

@@ -6,7 +6,9 @@
 //! before the catch-up read is queued, so every message with an id above the client's
 //! cursor arrives once: older ones from the read, newer ones from the subscription, and
 //! ids at or below the last one sent are skipped. A listener that falls behind the
-//! delivery buffer catches up from the state again.
+//! delivery buffer catches up from the state again, and so does every listener when the
+//! replica installs a snapshot (`Live::Resync`): an install moves the applied state
+//! forward without a delivery for the messages it covers.
 //!
 //! A replica that restarted or lagged may not have applied the account yet, or the last
 //! message the client saw. Ids and account generations are log indexes, so the stream
@@ -19,6 +21,7 @@
 use crate::auth::{AuthError, TokenClaims};
 use crate::clock::unix_now_us;
 use crate::convert;
+use crate::driver::Live;
 use crate::service::Shared;
 use chat_core::app::{limits, Auth, MessageId, Query, QueryOutput};
 use chat_core::ReadConsistency;
@@ -51,7 +54,7 @@ async fn forward(
     shared: &Shared,
     claims: &TokenClaims,
     mut last: MessageId,
-    mut subscription: broadcast::Receiver<Arc<chat_core::app::Delivery>>,
+    mut subscription: broadcast::Receiver<Live>,
     sink: &Sink,
 ) -> Result<(), Status> {
     let auth = &claims.auth;
@@ -67,7 +70,7 @@ async fn forward(
             _ = sink.closed() => return Ok(()),
             _ = recheck.tick() => still_valid(shared, claims).await?,
             received = subscription.recv() => match received {
-                Ok(delivery) => {
+                Ok(Live::Delivery(delivery)) => {
                     let view = &delivery.message;
                     if view.recipient == auth.user && view.id > last {
                         last = view.id;
@@ -76,7 +79,7 @@ async fn forward(
                         }
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
+                Ok(Live::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     if !catch_up(shared, auth, &mut last, sink).await? {
                         return Ok(());
                     }
