@@ -18,6 +18,8 @@ pub enum Stream {
     Explore = 8,
     /// The `chatsim elections` experiment (not part of a scenario run).
     Elections = 9,
+    /// The targeted nemeses (which are on, and their schedule), drawn after the rest.
+    Nemeses = 10,
 }
 
 /// A portable generator (ChaCha8: the same numbers on every machine and build) for one
