@@ -621,10 +621,15 @@ impl<'a> World<'a> {
         } = shell;
         if let Some(cost) = self.scenario.disk_cost {
             // A slow disk: the node is busy (its inputs wait) while the bytes go down.
-            let node = &mut self.nodes[index];
-            if let Some(store) = node.store.as_ref() {
+            if let Some(store) = self.nodes[index].store.as_ref() {
                 let bytes = store.disk().stats().bytes_written - bytes_before;
                 let busy_us = cost.busy_us(bytes);
+                if busy_us >= 10_000 {
+                    self.tracer.line(self.now, || {
+                        format!("{id} disk busy {busy_us}us ({bytes} bytes)")
+                    });
+                }
+                let node = &mut self.nodes[index];
                 node.paused_until = node.paused_until.max(self.now.saturating_add_us(busy_us));
             }
         }
