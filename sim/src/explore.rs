@@ -365,7 +365,17 @@ fn retarget(rng: &mut ChaCha8Rng, action: &mut FaultAction, nodes: u64) {
         FaultAction::TornWriteCrash { node, .. }
         | FaultAction::RecoveryCrash { node, .. }
         | FaultAction::Corrupt { node, .. }
-        | FaultAction::Pause { node, .. } => *node = any,
+        | FaultAction::Pause { node, .. }
+        | FaultAction::PersistCrash { node, .. } => *node = any,
+        FaultAction::ClockRate { node, .. } | FaultAction::DiskOpCrash { node, .. } => {
+            *node = if rng.random_bool(0.5) { LEADER } else { any }
+        }
+        FaultAction::PauseLeader { .. } | FaultAction::ElectionBurst { .. } => {}
+        FaultAction::LinkSplit { client_cut, .. } => {
+            if let Some(first) = client_cut.first_mut() {
+                *first = any;
+            }
+        }
         FaultAction::Partition { blocked, label, .. }
         | FaultAction::Flap { blocked, label, .. } => {
             // Swap two names (the leader included) in the blocked links: same shape,
@@ -413,7 +423,16 @@ fn rescale(rng: &mut ChaCha8Rng, action: &mut FaultAction) {
             scale(period_us);
             *count = rng.random_range(1..=20);
         }
-        FaultAction::Pause { duration_us, .. } => scale(duration_us),
+        FaultAction::Pause { duration_us, .. }
+        | FaultAction::LinkSplit { duration_us, .. }
+        | FaultAction::PauseLeader { duration_us }
+        | FaultAction::ClockRate { duration_us, .. }
+        | FaultAction::ElectionBurst { duration_us, .. } => scale(duration_us),
+        FaultAction::PersistCrash { window_us, .. } => scale(window_us),
+        FaultAction::DiskOpCrash { nth, down_us, .. } => {
+            scale(down_us);
+            *nth = rng.random_range(0..8);
+        }
     }
 }
 

@@ -13,6 +13,10 @@ pub struct Network {
     /// Active partitions by id; a link is down while any partition blocks it.
     partitions: BTreeMap<u64, Vec<(NodeId, NodeId)>>,
     blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Client links cut, by partition id: the clients (one endpoint, all of them) can
+    /// neither reach these nodes nor hear their replies.
+    client_cuts: BTreeMap<u64, Vec<NodeId>>,
+    clients_cut: BTreeSet<NodeId>,
     /// A summary of `blocked` for the coverage abstraction, kept up to date with it so
     /// that observing the network after every event costs nothing.
     shape: LinkSummary,
@@ -36,6 +40,8 @@ impl Network {
             rng,
             partitions: BTreeMap::new(),
             blocked: BTreeSet::new(),
+            client_cuts: BTreeMap::new(),
+            clients_cut: BTreeSet::new(),
             shape: LinkSummary::default(),
             generation: 0,
         }
@@ -74,12 +80,26 @@ impl Network {
         self.blocked.contains(&(from, to))
     }
 
+    /// Whether the link between the clients and `node` is down.
+    pub fn is_client_blocked(&self, node: NodeId) -> bool {
+        !self.clients_cut.is_empty() && self.clients_cut.contains(&node)
+    }
+
+    /// Cuts the clients off from `nodes` until `remove_partition(id)`.
+    pub fn add_client_cut(&mut self, id: u64, nodes: Vec<NodeId>) {
+        self.client_cuts.insert(id, nodes);
+        self.clients_cut = self.client_cuts.values().flatten().copied().collect();
+    }
+
     pub fn add_partition(&mut self, id: u64, links: Vec<(NodeId, NodeId)>) {
         self.partitions.insert(id, links);
         self.recompute();
     }
 
     pub fn remove_partition(&mut self, id: u64) {
+        if self.client_cuts.remove(&id).is_some() {
+            self.clients_cut = self.client_cuts.values().flatten().copied().collect();
+        }
         self.partitions.remove(&id);
         self.recompute();
     }
@@ -87,6 +107,8 @@ impl Network {
     pub fn heal_all(&mut self) {
         self.partitions.clear();
         self.blocked.clear();
+        self.client_cuts.clear();
+        self.clients_cut.clear();
         self.shape = LinkSummary::default();
         self.generation += 1;
     }

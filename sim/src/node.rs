@@ -14,6 +14,14 @@ pub struct SimNode {
     pub starts: u64,
     /// How fast this node's clock runs, in parts per million off true time.
     pub drift_ppm: i64,
+    /// The clock's anchor: at virtual time `.0` it read `.1`; it runs at `drift_ppm`
+    /// from there (the rate can change at run time, the reading never goes back).
+    clock_base: (Time, Time),
+    /// A clock-rate fault is active until this time, after which the rate returns to
+    /// the first value (the scenario's drift).
+    pub clock_fault: Option<(Time, i64)>,
+    /// Armed persist crash: (vote rather than append ack, lose the messages, until).
+    pub persist_crash: Option<(bool, bool, Time, u64)>,
     pub paused_until: Time,
     /// The timer event scheduled for this node: (virtual time, event sequence number).
     pub timer: Option<(Time, u64)>,
@@ -40,6 +48,9 @@ impl SimNode {
             incarnation: 0,
             starts: 0,
             drift_ppm,
+            clock_base: (Time(0), Time(0)),
+            clock_fault: None,
+            persist_crash: None,
             paused_until: Time(0),
             timer: None,
             failed: None,
@@ -57,14 +68,25 @@ impl SimNode {
 
     /// The node's own clock at virtual time `now`.
     pub fn local_time(&self, now: Time) -> Time {
-        let skew = (i128::from(now.0) * i128::from(self.drift_ppm)) / 1_000_000;
-        Time((i128::from(now.0) + skew).max(0) as u64)
+        let (base_virtual, base_local) = self.clock_base;
+        let elapsed = i128::from(now.0.saturating_sub(base_virtual.0));
+        let skew = (elapsed * i128::from(self.drift_ppm)) / 1_000_000;
+        Time((i128::from(base_local.0) + elapsed + skew).max(0) as u64)
     }
 
-    /// The earliest virtual time at which the node's clock reads at least `local`.
+    /// Changes the clock's rate from virtual time `now` on; local time stays monotonic.
+    pub fn set_drift(&mut self, now: Time, drift_ppm: i64) {
+        self.clock_base = (now, self.local_time(now));
+        self.drift_ppm = drift_ppm;
+    }
+
+    /// The earliest virtual time (not before the clock's anchor) at which the node's
+    /// clock reads at least `local`.
     pub fn virtual_time(&self, local: Time) -> Time {
+        let (base_virtual, base_local) = self.clock_base;
         let rate = 1_000_000 + i128::from(self.drift_ppm);
-        let mut guess = Time(((i128::from(local.0) * 1_000_000) / rate).max(0) as u64);
+        let ahead = i128::from(local.0.saturating_sub(base_local.0));
+        let mut guess = Time(base_virtual.0 + ((ahead * 1_000_000) / rate).max(0) as u64);
         while self.local_time(guess) < local {
             guess = Time(guess.0 + 1);
         }
@@ -75,6 +97,19 @@ impl SimNode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clock_rate_changes_keep_local_time_monotonic() {
+        let mut node = SimNode::new(NodeId(1), 10_000);
+        let before = node.local_time(Time(1_000_000));
+        node.set_drift(Time(1_000_000), -500_000);
+        assert_eq!(node.local_time(Time(1_000_000)), before);
+        assert_eq!(node.local_time(Time(3_000_000)).0, before.0 + 1_000_000);
+        let v = node.virtual_time(Time(before.0 + 1_000_000));
+        assert_eq!(v, Time(3_000_000));
+        node.set_drift(Time(3_000_000), 0);
+        assert_eq!(node.local_time(Time(4_000_000)).0, before.0 + 2_000_000);
+    }
 
     #[test]
     fn clock_conversion_is_consistent_under_drift() {

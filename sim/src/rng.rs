@@ -21,6 +21,8 @@ pub enum Stream {
     /// Misbehaving clients (`client-abuse`): drawn only when the kind is allowed, so
     /// that scenarios without it are unchanged.
     Abuse = 10,
+    /// The targeted nemeses (which are on, and their schedule), drawn after the rest.
+    Nemeses = 11,
 }
 
 /// A portable generator (ChaCha8: the same numbers on every machine and build) for one

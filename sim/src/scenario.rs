@@ -135,6 +135,52 @@ pub enum FaultAction {
         node: u64,
         duration_us: u64,
     },
+    /// Peer links blocked (as in `Partition`) and, at the same time, the links between
+    /// every client and the nodes in `client_cut` (`LEADER` for the current leader).
+    LinkSplit {
+        label: String,
+        blocked: Vec<(u64, u64)>,
+        client_cut: Vec<u64>,
+        duration_us: u64,
+    },
+    /// Pause whichever node leads (several election timeouts: it resumes believing it
+    /// still leads while a successor has been elected).
+    PauseLeader {
+        duration_us: u64,
+    },
+    /// The node's clock runs at `rate_ppm` off true time for a while, then at its old
+    /// rate again (local time stays monotonic).
+    ClockRate {
+        node: u64,
+        rate_ppm: i64,
+        duration_us: u64,
+    },
+    /// For `duration_us`, every node that wins an election is crashed (for `down_us`) or
+    /// cut off from its peers (for `down_us`), `delay_us` after it wins.
+    ElectionBurst {
+        duration_us: u64,
+        delay_us: u64,
+        crash: bool,
+        down_us: u64,
+    },
+    /// Armed on `node` for `window_us`: right after a drive that persisted a granted vote
+    /// (`vote`) or an append ack (otherwise), the node crashes. With `lose_messages`, the
+    /// acks of that drive never reach the wire; otherwise they leave before the crash.
+    PersistCrash {
+        node: u64,
+        vote: bool,
+        lose_messages: bool,
+        window_us: u64,
+        down_us: u64,
+    },
+    /// The node's disk fails (the node crashes, unsynced writes lost or torn) at the
+    /// `nth` (0 = next) operation of the given kind after the fault strikes.
+    DiskOpCrash {
+        node: u64,
+        op: chat_core::storage::DiskOpKind,
+        nth: u64,
+        down_us: u64,
+    },
 }
 
 impl FaultAction {
@@ -146,6 +192,12 @@ impl FaultAction {
             FaultAction::Corrupt { .. } => FaultKind::Corruption,
             FaultAction::Partition { .. } | FaultAction::Flap { .. } => FaultKind::Partition,
             FaultAction::Pause { .. } => FaultKind::Pause,
+            FaultAction::LinkSplit { .. } => FaultKind::LeaderIsolation,
+            FaultAction::PauseLeader { .. } => FaultKind::LeaderPause,
+            FaultAction::ClockRate { .. } => FaultKind::SlowClock,
+            FaultAction::ElectionBurst { .. } => FaultKind::ElectionBurst,
+            FaultAction::PersistCrash { .. } => FaultKind::PersistCrash,
+            FaultAction::DiskOpCrash { .. } => FaultKind::DiskOpCrash,
         }
     }
 }
@@ -208,6 +260,26 @@ pub struct Scenario {
     pub clock_drift_ppm: Vec<i64>,
     pub fault_events: Vec<FaultEvent>,
     pub clients: Vec<ClientPlan>,
+    /// A disk whose operations take time (fault kind `large-state`): after each input,
+    /// the node is busy for `base_us` plus `ns_per_byte` per byte written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_cost: Option<DiskCost>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskCost {
+    pub base_us: u64,
+    pub ns_per_byte: u64,
+}
+
+impl DiskCost {
+    /// How long a node is busy after an input whose drive wrote `bytes` (none: no cost).
+    pub fn busy_us(&self, bytes: u64) -> u64 {
+        if bytes == 0 {
+            return 0;
+        }
+        self.base_us + bytes.saturating_mul(self.ns_per_byte) / 1_000
+    }
 }
 
 /// Options that shape a generated scenario.
@@ -233,18 +305,32 @@ impl Default for GenerateOptions {
 impl Scenario {
     pub fn generate(seed: u64, options: &GenerateOptions) -> Scenario {
         let mut rng = stream(seed, Stream::Faults);
+        let mut nemeses = stream(seed, Stream::Nemeses);
         // Swarm testing: each allowed fault kind is on for this seed with probability
         // one half, so that some seeds stress one kind without the noise of the others.
-        let enabled: FaultSet = FaultSet(
+        // The targeted nemeses draw from their own stream, so that adding them left the
+        // scenarios of the classic kinds as they were.
+        let mut enabled: FaultSet = FaultSet(
             options
                 .faults
                 .0
                 .iter()
                 .copied()
-                .filter(|&kind| !FaultKind::OPT_IN.contains(&kind))
+                .filter(|k| k.is_classic())
                 .filter(|_| rng.random_bool(0.5))
                 .collect(),
         );
+        // `client-abuse` draws from its own stream below.
+        let nemesis_kinds = options
+            .faults
+            .0
+            .iter()
+            .filter(|k| !k.is_classic() && **k != FaultKind::ClientAbuse);
+        for kind in nemesis_kinds {
+            if nemeses.random_bool(0.5) {
+                enabled.0.insert(*kind);
+            }
+        }
         let on = |kind| enabled.contains(kind);
         let mut network = NetworkParams::calm();
         network.latency_us_max = [2_000, 10_000, 30_000][rng.random_range(0..3)];
@@ -279,8 +365,16 @@ impl Scenario {
                 }
             })
             .collect();
-        let fault_events =
+        let mut fault_events =
             generate_fault_events(&mut rng, &enabled, nodes, options.chaos_duration_us);
+        fault_events.extend(generate_nemesis_events(
+            &mut nemeses,
+            &enabled,
+            nodes,
+            &tuning,
+            options.chaos_duration_us,
+        ));
+        fault_events.sort_by_key(|e| e.at_us);
         let mut workload = stream(seed, Stream::Workload);
         let mut clients: Vec<ClientPlan> = (0..options.clients)
             .map(|_| {
@@ -288,7 +382,6 @@ impl Scenario {
             })
             .collect();
         let mut tuning = tuning;
-        let mut enabled = enabled;
         // Drawn from its own stream, after everything else: seeds without the kind are
         // exactly what they were before it existed.
         if options.faults.contains(FaultKind::ClientAbuse) {
@@ -299,6 +392,27 @@ impl Scenario {
                 crate::workload::plan_abuse(&mut abuse, &mut clients, &tuning);
             }
         }
+        let disk_cost = if enabled.contains(FaultKind::LargeState) {
+            // Big bodies and frequent snapshots of a big state, on a disk that takes
+            // time per byte plus a fixed cost per flush. The simulated state is about a
+            // thousand times smaller than a production one (hundreds of kilobytes, not
+            // hundreds of megabytes), so a simulated byte costs what a thousand real ones
+            // do: 100-10,000 ns, that is 100 MB/s to 10 GB/s scaled down.
+            tuning.snapshot_threshold_entries = [50, 100, 200][nemeses.random_range(0..3)];
+            let body_scale = nemeses.random_range(20..=100);
+            for op in clients.iter_mut().flat_map(|c| c.ops.iter_mut()) {
+                if let OpPlan::Send { body_bytes, .. } = &mut op.op {
+                    // Below the core's 4096-byte body limit (the client adds a prefix).
+                    *body_bytes = (*body_bytes * body_scale).min(4_000);
+                }
+            }
+            Some(DiskCost {
+                base_us: nemeses.random_range(100..=2_000),
+                ns_per_byte: nemeses.random_range(100..=10_000),
+            })
+        } else {
+            None
+        };
         Scenario {
             seed,
             nodes,
@@ -311,6 +425,7 @@ impl Scenario {
             clock_drift_ppm,
             fault_events,
             clients,
+            disk_cost,
         }
     }
 
@@ -441,6 +556,141 @@ fn generate_fault_events(
     }
     events.sort_by_key(|e| e.at_us);
     events
+}
+
+/// The targeted nemeses: faults aimed at the windows where classic Raft bugs live.
+fn generate_nemesis_events(
+    rng: &mut impl Rng,
+    enabled: &FaultSet,
+    nodes: u64,
+    tuning: &ReplicaTuning,
+    duration_us: u64,
+) -> Vec<FaultEvent> {
+    use chat_core::storage::DiskOpKind;
+    let mut events = Vec::new();
+    let timeout_max = tuning.election_timeout_us_max();
+    let mut push = |rng: &mut _, action| {
+        let at_us = Rng::random_range(rng, 0..duration_us.max(1));
+        events.push(FaultEvent { at_us, action });
+    };
+    let others = |rng: &mut dyn rand::RngCore| -> Vec<u64> {
+        (1..=nodes).filter(|_| rng.random_bool(0.5)).collect()
+    };
+    if enabled.contains(FaultKind::LeaderIsolation) {
+        for _ in 0..rng.random_range(1..=4) {
+            let peers_cut: Vec<(u64, u64)> = (1..=nodes)
+                .flat_map(|o| [(LEADER, o), (o, LEADER)])
+                .collect();
+            let duration_us = rng.random_range(2 * timeout_max..=6 * timeout_max);
+            let action = match rng.random_range(0..4) {
+                // The stale-leader window: cut from its peers, clients still reach it.
+                0 | 1 => FaultAction::LinkSplit {
+                    label: "leader cut from peers, not from clients".to_string(),
+                    blocked: peers_cut,
+                    client_cut: Vec::new(),
+                    duration_us,
+                },
+                // The same, and clients cannot reach some of the others either.
+                2 => FaultAction::LinkSplit {
+                    label: "leader cut from peers, clients from some others".to_string(),
+                    blocked: peers_cut,
+                    client_cut: others(rng),
+                    duration_us,
+                },
+                _ => FaultAction::LinkSplit {
+                    label: "leader cut from clients, not from peers".to_string(),
+                    blocked: Vec::new(),
+                    client_cut: vec![LEADER],
+                    duration_us,
+                },
+            };
+            push(rng, action);
+        }
+    }
+    if enabled.contains(FaultKind::LeaderPause) {
+        for _ in 0..rng.random_range(1..=3) {
+            let duration_us = rng.random_range(2 * timeout_max..=5 * timeout_max);
+            push(rng, FaultAction::PauseLeader { duration_us });
+        }
+    }
+    if enabled.contains(FaultKind::SlowClock) {
+        for _ in 0..rng.random_range(1..=3) {
+            let action = FaultAction::ClockRate {
+                node: if rng.random_bool(0.8) {
+                    LEADER
+                } else {
+                    rng.random_range(1..=nodes)
+                },
+                rate_ppm: -rng.random_range(200_000..=600_000),
+                duration_us: rng.random_range(timeout_max..=10 * timeout_max),
+            };
+            push(rng, action);
+        }
+    }
+    if enabled.contains(FaultKind::ElectionBurst) {
+        for _ in 0..rng.random_range(1..=2) {
+            let action = FaultAction::ElectionBurst {
+                duration_us: rng.random_range(2 * timeout_max..=8 * timeout_max),
+                delay_us: rng.random_range(0..=5_000),
+                crash: rng.random_bool(0.5),
+                down_us: rng.random_range(1_000..=timeout_max),
+            };
+            push(rng, action);
+        }
+        if nodes >= 3 {
+            for _ in 0..rng.random_range(0..=2) {
+                // A three-way split (2-2-1 of five): no group holds a majority.
+                let groups: Vec<u64> = (1..=nodes).map(|_| rng.random_range(0..3)).collect();
+                let mut blocked = Vec::new();
+                for a in 1..=nodes {
+                    for b in 1..=nodes {
+                        if groups[a as usize - 1] != groups[b as usize - 1] {
+                            blocked.push((a, b));
+                        }
+                    }
+                }
+                let action = FaultAction::Partition {
+                    label: format!("three-way split {groups:?}"),
+                    blocked,
+                    duration_us: rng.random_range(timeout_max..=5 * timeout_max),
+                };
+                push(rng, action);
+            }
+        }
+    }
+    if enabled.contains(FaultKind::PersistCrash) {
+        for _ in 0..rng.random_range(1..=4) {
+            let action = FaultAction::PersistCrash {
+                node: rng.random_range(1..=nodes),
+                vote: rng.random_bool(0.5),
+                lose_messages: rng.random_bool(0.5),
+                window_us: rng.random_range(timeout_max..=10 * timeout_max),
+                down_us: rng.random_range(1_000..=timeout_max),
+            };
+            push(rng, action);
+        }
+    }
+    if enabled.contains(FaultKind::DiskOpCrash) {
+        for _ in 0..rng.random_range(1..=4) {
+            let op = DiskOpKind::ALL[rng.random_range(0..DiskOpKind::ALL.len())];
+            let action = FaultAction::DiskOpCrash {
+                node: node_or_leader_of(rng, nodes),
+                op,
+                nth: rng.random_range(0..3),
+                down_us: rng.random_range(1_000..=timeout_max),
+            };
+            push(rng, action);
+        }
+    }
+    events
+}
+
+fn node_or_leader_of(rng: &mut impl Rng, nodes: u64) -> u64 {
+    if rng.random_bool(0.5) {
+        LEADER
+    } else {
+        rng.random_range(1..=nodes)
+    }
 }
 
 fn random_partition(rng: &mut impl Rng, nodes: u64) -> (String, Vec<(u64, u64)>) {

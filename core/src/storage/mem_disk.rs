@@ -79,6 +79,47 @@ pub struct CrashReport {
     pub dir_ops_kept: u64,
 }
 
+/// A kind of disk operation a fault can be aimed at (the simulator crashes a node at the
+/// instant its disk performs one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskOpKind {
+    /// Creating a log segment (`*.seg`).
+    SegmentCreate,
+    /// Truncating any file.
+    Truncate,
+    /// Writing the snapshot (its temporary file).
+    SnapshotWrite,
+    /// Renaming a file into place (the snapshot, the hard state).
+    Rename,
+    /// Syncing the directory.
+    SyncDir,
+    /// Removing a file.
+    Remove,
+}
+
+impl DiskOpKind {
+    pub const ALL: [DiskOpKind; 6] = [
+        DiskOpKind::SegmentCreate,
+        DiskOpKind::Truncate,
+        DiskOpKind::SnapshotWrite,
+        DiskOpKind::Rename,
+        DiskOpKind::SyncDir,
+        DiskOpKind::Remove,
+    ];
+
+    fn matches(self, op: &str, file: &str) -> bool {
+        match self {
+            DiskOpKind::SegmentCreate => op == "create" && file.ends_with(".seg"),
+            DiskOpKind::Truncate => op == "truncate",
+            DiskOpKind::SnapshotWrite => op == "write" && file.starts_with("snapshot"),
+            DiskOpKind::Rename => op == "rename",
+            DiskOpKind::SyncDir => op == "sync_dir",
+            DiskOpKind::Remove => op == "remove",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct MemDisk {
     /// The directory as the running process sees it.
@@ -91,6 +132,9 @@ pub struct MemDisk {
     /// Mutating operations allowed before every further one fails (an injected I/O
     /// error; together with `crash` it models power loss after the k-th operation).
     ops_allowed: Option<u64>,
+    /// Fail (and keep failing, as `ops_allowed` does) at the operation of this kind
+    /// after skipping this many of them.
+    fail_at_kind: Option<(DiskOpKind, u64)>,
     stats: DiskStats,
 }
 
@@ -107,6 +151,12 @@ impl MemDisk {
     /// with an I/O error until `crash` or `set_fail_after_ops(None)`.
     pub fn set_fail_after_ops(&mut self, ops: Option<u64>) {
         self.ops_allowed = ops;
+    }
+
+    /// The `skip`-th (from 0) operation of kind `kind` from now fails, and every mutating
+    /// operation after it, until `crash` or `set_fail_at_kind(None)`.
+    pub fn set_fail_at_kind(&mut self, fault: Option<(DiskOpKind, u64)>) {
+        self.fail_at_kind = fault;
     }
 
     /// Loses power: every unsynced write is lost, kept, or torn at a random byte
@@ -184,6 +234,7 @@ impl MemDisk {
         self.names = names.clone();
         self.names_durable = names;
         self.ops_allowed = None;
+        self.fail_at_kind = None;
         self.collect_garbage();
         report
     }
@@ -210,6 +261,16 @@ impl MemDisk {
 
     /// Counts a mutating operation, or fails it if the injected fault is due.
     fn begin_op(&mut self, op: &'static str, file: &str) -> Result<(), DiskError> {
+        if let Some((kind, skip)) = self.fail_at_kind {
+            if kind.matches(op, file) {
+                if skip == 0 {
+                    self.fail_at_kind = None;
+                    self.ops_allowed = Some(0);
+                } else {
+                    self.fail_at_kind = Some((kind, skip - 1));
+                }
+            }
+        }
         if let Some(allowed) = self.ops_allowed {
             if allowed == 0 {
                 return Err(DiskError::Io {

@@ -32,7 +32,7 @@ mod tests;
 pub use disk::Disk;
 pub use error::{CorruptReason, DiskError, StorageError};
 pub use hard_state::{HARD_STATE_FILE, HARD_STATE_TMP_FILE};
-pub use mem_disk::{CrashReport, DiskStats, MemDisk, WriteFate};
+pub use mem_disk::{CrashReport, DiskOpKind, DiskStats, MemDisk, WriteFate};
 pub use record::FORMAT_VERSION;
 pub use snapshot::{SNAPSHOT_FILE, SNAPSHOT_TMP_FILE};
 pub use store::{LogStore, Recovered, StoreConfig};

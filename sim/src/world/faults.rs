@@ -125,7 +125,195 @@ impl World<'_> {
                 }
             }
             FaultAction::Pause { node, duration_us } => self.pause(NodeId(node), duration_us),
+            FaultAction::LinkSplit {
+                blocked,
+                client_cut,
+                duration_us,
+                ..
+            } => {
+                let Some(links) = self.resolve_links(&blocked) else {
+                    return;
+                };
+                let Some(cut) = client_cut
+                    .iter()
+                    .map(|&n| self.resolve(n))
+                    .collect::<Option<Vec<NodeId>>>()
+                else {
+                    return;
+                };
+                self.next_partition += 1;
+                let id = self.next_partition;
+                self.network.add_partition(id, links);
+                self.network.add_client_cut(id, cut);
+                self.push(
+                    self.now.saturating_add_us(duration_us),
+                    Event::HealPartition { id },
+                );
+            }
+            FaultAction::PauseLeader { duration_us } => {
+                if let Some(leader) = self.resolve(LEADER) {
+                    self.tracer
+                        .line(self.now, || format!("FAULT pause leader {leader}"));
+                    self.pause(leader, duration_us);
+                }
+            }
+            FaultAction::ClockRate {
+                node,
+                rate_ppm,
+                duration_us,
+            } => {
+                let Some(id) = self.resolve(node) else {
+                    return;
+                };
+                let now = self.now;
+                let sim_node = self.node_mut(id);
+                let original = match sim_node.clock_fault {
+                    Some((_, original)) => original,
+                    None => sim_node.drift_ppm,
+                };
+                let until = now.saturating_add_us(duration_us);
+                sim_node.clock_fault = Some((until, original));
+                sim_node.set_drift(now, rate_ppm);
+                self.tracer.line(self.now, || {
+                    format!("FAULT clock of {id} runs at {rate_ppm} ppm")
+                });
+                self.schedule_timer(id);
+                self.push(until, Event::RestoreClock { node: id });
+            }
+            FaultAction::ElectionBurst {
+                duration_us,
+                delay_us,
+                crash,
+                down_us,
+            } => {
+                let until = self.now.saturating_add_us(duration_us);
+                self.burst = Some((until, delay_us, crash, down_us));
+                if let Some(leader) = self.resolve(LEADER) {
+                    self.maybe_strike_new_leader(leader);
+                }
+            }
+            FaultAction::PersistCrash {
+                node,
+                vote,
+                lose_messages,
+                window_us,
+                down_us,
+            } => {
+                let until = self.now.saturating_add_us(window_us);
+                self.node_mut(NodeId(node)).persist_crash =
+                    Some((vote, lose_messages, until, down_us));
+            }
+            FaultAction::DiskOpCrash {
+                node,
+                op,
+                nth,
+                down_us,
+            } => {
+                let Some(id) = self.resolve(node) else {
+                    return;
+                };
+                let node = self.node_mut(id);
+                if let Some(store) = node.store.as_mut() {
+                    store.disk_mut().set_fail_at_kind(Some((op, nth)));
+                    node.torn_write_down_us = Some(down_us);
+                }
+            }
         }
+    }
+
+    pub(super) fn restore_clock(&mut self, id: NodeId) {
+        let now = self.now;
+        let node = self.node_mut(id);
+        match node.clock_fault {
+            Some((until, original)) if until <= now => {
+                node.clock_fault = None;
+                node.set_drift(now, original);
+                self.tracer
+                    .line(self.now, || format!("FAULT clock of {id} back to normal"));
+                self.schedule_timer(id);
+            }
+            _ => {}
+        }
+    }
+
+    /// During an election burst, schedules a strike on a node that just won.
+    pub(super) fn maybe_strike_new_leader(&mut self, id: NodeId) {
+        let Some((until, delay_us, _, _)) = self.burst else {
+            return;
+        };
+        if self.now >= until || self.phase != Phase::Chaos {
+            return;
+        }
+        let incarnation = self.node(id).incarnation;
+        self.push(
+            self.now.saturating_add_us(delay_us),
+            Event::StrikeLeader {
+                node: id,
+                incarnation,
+            },
+        );
+    }
+
+    pub(super) fn strike_leader(&mut self, id: NodeId, incarnation: u64) {
+        let Some((_, _, crash, down_us)) = self.burst else {
+            return;
+        };
+        let node = self.node(id);
+        let leads = node
+            .replica
+            .as_ref()
+            .is_some_and(|r| r.role() == Role::Leader);
+        if node.incarnation != incarnation || !leads || self.phase != Phase::Chaos {
+            return;
+        }
+        if crash {
+            self.tracer
+                .line(self.now, || format!("FAULT burst: crash new leader {id}"));
+            self.crash_for(id, down_us);
+        } else {
+            self.tracer
+                .line(self.now, || format!("FAULT burst: cut off new leader {id}"));
+            self.next_partition += 1;
+            let partition = self.next_partition;
+            let links = (1..=self.scenario.nodes)
+                .map(NodeId)
+                .filter(|&other| other != id)
+                .flat_map(|other| [(id, other), (other, id)])
+                .collect();
+            self.network.add_partition(partition, links);
+            self.push(
+                self.now.saturating_add_us(down_us),
+                Event::HealPartition { id: partition },
+            );
+        }
+    }
+
+    /// Whether an armed persist crash is due after this drive (it sent a granted vote,
+    /// or an append ack): if so, drops the acks when it is meant to lose them, disarms,
+    /// and returns how long the node stays down.
+    pub(super) fn persist_crash_due(
+        &mut self,
+        id: NodeId,
+        outbox: &mut Vec<Envelope>,
+    ) -> Option<u64> {
+        let (vote, lose_messages, until, down_us) = self.node(id).persist_crash?;
+        if self.now >= until || self.phase != Phase::Chaos {
+            self.node_mut(id).persist_crash = None;
+            return None;
+        }
+        let is_ack = |envelope: &Envelope| match &envelope.message {
+            chat_core::Message::RequestVoteResponse { granted, .. } => vote && *granted,
+            chat_core::Message::AppendEntriesResponse { success, .. } => !vote && *success,
+            _ => false,
+        };
+        if !outbox.iter().any(is_ack) {
+            return None;
+        }
+        self.node_mut(id).persist_crash = None;
+        if lose_messages {
+            outbox.retain(|e| !is_ack(e));
+        }
+        Some(down_us)
     }
 
     /// The node a fault names: itself, or for `LEADER` the current leader (if any).

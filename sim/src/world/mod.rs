@@ -131,6 +131,15 @@ enum Event {
     },
     EndChaos,
     Probe,
+    /// A clock-rate fault ends: the node's clock returns to its scenario drift.
+    RestoreClock {
+        node: NodeId,
+    },
+    /// A nemesis strikes a node that just won an election (see `ElectionBurst`).
+    StrikeLeader {
+        node: NodeId,
+        incarnation: u64,
+    },
 }
 
 /// Deliberate damage, for tests of the end-of-run checkers: each makes a correct cluster
@@ -184,6 +193,9 @@ pub struct World<'a> {
     liveness: liveness::Liveness,
     failure: Option<Failure>,
     observer: Observer,
+    /// An election burst is on until `.0`: (until, delay, crash rather than cut off,
+    /// for how long).
+    burst: Option<(Time, u64, bool, u64)>,
 }
 
 /// Performs a replica's outputs: persistence into its store, the rest collected.
@@ -271,6 +283,7 @@ impl<'a> World<'a> {
             liveness: liveness::Liveness::new(scenario),
             failure: None,
             observer: Observer::new(),
+            burst: None,
         }
     }
 
@@ -491,6 +504,8 @@ impl<'a> World<'a> {
             }
             Event::EndChaos => self.end_chaos(),
             Event::Probe => self.probe(),
+            Event::RestoreClock { node } => self.restore_clock(node),
+            Event::StrikeLeader { node, incarnation } => self.strike_leader(node, incarnation),
         }
     }
 
@@ -551,7 +566,10 @@ impl<'a> World<'a> {
     }
 
     fn deliver_request(&mut self, node: NodeId, request_id: RequestId, request: ClientRequest) {
-        if self.sabotage == Some(Sabotage::IgnoreClients) || !self.node(node).is_up() {
+        if self.sabotage == Some(Sabotage::IgnoreClients)
+            || !self.node(node).is_up()
+            || self.network.is_client_blocked(node)
+        {
             return;
         }
         if self.defer_if_paused(node, || Event::Request {
@@ -593,6 +611,7 @@ impl<'a> World<'a> {
             return;
         };
         let before = (replica.role(), replica.voted_for(), replica.commit_index());
+        let bytes_before = store.disk().stats().bytes_written;
         input(replica, local_now);
         // Protocol milestones (a vote given, leadership won, a commit) are where crashes
         // find bugs: the moments just before the news has spread.
@@ -609,7 +628,7 @@ impl<'a> World<'a> {
         };
         let result = drive(replica, &mut shell);
         let SimShell {
-            outbox,
+            mut outbox,
             replies,
             deliveries,
             ..
@@ -627,6 +646,25 @@ impl<'a> World<'a> {
             }
             self.deliver_to_listeners(id, &deliveries);
         }
+        if let Some(cost) = self.scenario.disk_cost {
+            // A slow disk: the node is busy (its inputs wait) while the bytes go down.
+            if let Some(store) = self.nodes[index].store.as_ref() {
+                let bytes = store.disk().stats().bytes_written - bytes_before;
+                let busy_us = cost.busy_us(bytes);
+                if busy_us >= 10_000 {
+                    self.tracer.line(self.now, || {
+                        format!("{id} disk busy {busy_us}us ({bytes} bytes)")
+                    });
+                }
+                let node = &mut self.nodes[index];
+                node.paused_until = node.paused_until.max(self.now.saturating_add_us(busy_us));
+            }
+        }
+        let persist_crash = if result.is_ok() {
+            self.persist_crash_due(id, &mut outbox)
+        } else {
+            None
+        };
         for envelope in outbox {
             for delay_us in self.network.transit_delays_us() {
                 let sent = self.now;
@@ -639,7 +677,11 @@ impl<'a> World<'a> {
                 );
             }
         }
+        let client_blocked = self.network.is_client_blocked(id);
         for reply in replies {
+            if client_blocked {
+                continue;
+            }
             if let Some(&client) = self.requests.get(&reply.request_id) {
                 let at = self.now.saturating_add_us(self.network.latency_us());
                 self.push(
@@ -662,6 +704,12 @@ impl<'a> World<'a> {
                 .torn_write_down_us
                 .take()
                 .unwrap_or(1_000_000);
+            self.crash_for(id, down_us);
+            return;
+        }
+        if let Some(down_us) = persist_crash {
+            self.tracer
+                .line(self.now, || format!("FAULT persist crash of {id}"));
             self.crash_for(id, down_us);
             return;
         }
@@ -689,6 +737,7 @@ impl<'a> World<'a> {
             self.nodes[index].last_role = Some(role);
             if role.0 == Role::Leader {
                 self.stats.elections += 1;
+                self.maybe_strike_new_leader(id);
             }
             self.tracer.line(self.now, || {
                 format!("{id} is {:?} in term {}", role.0, role.1)

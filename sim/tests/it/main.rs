@@ -8,4 +8,5 @@ mod coverage;
 mod determinism;
 mod linearizability;
 mod liveness;
+mod nemeses;
 mod seeds;

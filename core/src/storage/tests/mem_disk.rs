@@ -123,6 +123,24 @@ fn injected_fault_fails_every_later_operation() {
 }
 
 #[test]
+fn injected_fault_at_the_nth_operation_of_a_kind() {
+    use crate::storage::DiskOpKind;
+    let mut disk = MemDisk::new();
+    disk.set_fail_at_kind(Some((DiskOpKind::SegmentCreate, 1)));
+    disk.create("a").expect("not a segment");
+    disk.create("1.seg")
+        .expect("the first segment creation is skipped");
+    disk.write_at("1.seg", 0, b"x").expect("writes go on");
+    assert!(matches!(disk.create("2.seg"), Err(DiskError::Io { .. })));
+    assert!(
+        matches!(disk.sync_dir(), Err(DiskError::Io { .. })),
+        "and every later op"
+    );
+    disk.crash(&mut rng(0));
+    disk.create("3.seg").expect("a crash heals the fault");
+}
+
+#[test]
 fn corruption_persists_across_a_crash() {
     let mut disk = durable_file("a", b"abc");
     disk.corrupt("a", 1, 0xff).expect("corrupt");
