@@ -28,6 +28,9 @@ pub(super) enum SendResult {
     Sent,
     UnknownUser,
     InboxFull,
+    /// Refused for its content (an empty or oversized body) before the log: no effect,
+    /// whatever the state.
+    Invalid,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,6 +169,9 @@ impl InboxModel {
         acknowledged_before: u32,
         expect: &Expect<SendResult>,
     ) -> bool {
+        if *expect == Expect::Known(SendResult::Invalid) {
+            return true;
+        }
         let natural = if !self.exists {
             SendResult::UnknownUser
         } else if self.present_count >= INBOX_MESSAGES_MAX {
@@ -400,6 +406,9 @@ pub(super) fn build(user: &str, all: &[OpRecord], ops: &[usize]) -> InboxModel {
                         Some(Expect::Known(SendResult::UnknownUser))
                     }
                     Some(Err(AppError::InboxFull(_))) => Some(Expect::Known(SendResult::InboxFull)),
+                    Some(Err(AppError::BodyTooLarge { .. } | AppError::EmptyBody)) => {
+                        Some(Expect::Known(SendResult::Invalid))
+                    }
                     Some(_) => None,
                 };
                 match expect {

@@ -253,6 +253,47 @@ fn a_read_of_a_refused_send_fails() {
 }
 
 #[test]
+fn a_send_refused_for_its_body_has_no_effect_and_a_read_of_it_fails() {
+    // Refused before the log (oversized or empty body): linearizable as a no-op
+    // next to anything...
+    let refused = |script: Script| {
+        script
+            .send(
+                1,
+                2,
+                "c1-m1",
+                100,
+                Some((
+                    200,
+                    app_error(AppError::BodyTooLarge {
+                        size_bytes: 5_000,
+                        max_bytes: 4_096,
+                    }),
+                )),
+            )
+            .send(
+                1,
+                2,
+                "c1-m2",
+                300,
+                Some((400, app_error(AppError::EmptyBody))),
+            )
+    };
+    refused(two_users())
+        .read(2, 10, 500, Some((600, messages("c2", &[]))))
+        .passes();
+    // ...but it never took effect, so no read may return it.
+    refused(two_users())
+        .read(
+            2,
+            10,
+            500,
+            Some((600, messages("c2", &[(5, "c1", "c1-m1")]))),
+        )
+        .fails(inbox(2), &[1, 2, 4]);
+}
+
+#[test]
 fn a_read_of_a_send_invoked_after_it_returned_fails() {
     two_users()
         .read(
