@@ -448,11 +448,13 @@ pub fn run_all(scenarios: &[&Scenario], jobs: usize, examples: bool) -> Vec<RunO
                 let Some(scenario) = scenarios.get(index) else {
                     break;
                 };
-                let mut world = World::new(scenario, Tracer::silent());
-                if examples {
-                    world = world.keep_coverage_examples();
-                }
-                let outcome = world.run();
+                let outcome = crate::catch_panics(scenario, || {
+                    let mut world = World::new(scenario, Tracer::silent());
+                    if examples {
+                        world = world.keep_coverage_examples();
+                    }
+                    world.run()
+                });
                 // A poisoned lock means another worker panicked; the scope re-raises
                 // that panic, so this worker may simply stop.
                 let Ok(mut results) = results.lock() else {

@@ -41,3 +41,36 @@ pub fn run_scenario_within(scenario: &Scenario, budget: budget::Budget) -> RunOu
         .with_budget(budget)
         .run()
 }
+
+/// Runs one scenario under `budget`, turning a panic (a core assertion, an overflow) into
+/// a failure with check `panic`: see [`catch_panics`].
+pub fn run_scenario_catching(scenario: &Scenario, budget: budget::Budget) -> RunOutcome {
+    catch_panics(scenario, || run_scenario_within(scenario, budget))
+}
+
+/// Runs `run` (a run of `scenario`), turning a panic into a failure with check `panic`,
+/// so that a sweep reports the seed and goes on instead of dying without saying which
+/// seed it was. Replaying the seed shows the panic and its place in the trace.
+pub fn catch_panics(scenario: &Scenario, run: impl FnOnce() -> RunOutcome) -> RunOutcome {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic without a message".to_string());
+        RunOutcome {
+            seed: scenario.seed,
+            fingerprint: 0,
+            failure: Some(Failure {
+                violation: checker::Violation {
+                    check: "panic",
+                    detail: format!("{message} (time and event not known: replay the seed)"),
+                },
+                at: chat_core::Time(0),
+                event: 0,
+            }),
+            stats: RunStats::default(),
+            coverage: coverage::Coverage::default(),
+        }
+    })
+}

@@ -123,7 +123,7 @@ pub fn run_seeds_within(
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&seed) = seeds.get(index) else { break };
                 let scenario = Scenario::generate(seed, options);
-                let outcome = crate::run_scenario_within(&scenario, budget);
+                let outcome = crate::run_scenario_catching(&scenario, budget);
                 on_done(&outcome);
                 // A poisoned lock means another worker panicked; that panic is re-raised
                 // by the scope, so this worker may simply stop.

@@ -71,3 +71,15 @@ fn entry_and_density_budgets_stop_a_seed_and_the_sweep_goes_on() {
         .detail
         .contains("--max-events-per-virtual-sec"));
 }
+
+#[test]
+fn a_panicking_run_is_reported_as_a_failure_of_its_seed() {
+    let scenario = Scenario::generate(9, &small_options());
+    let outcome = chat_sim::catch_panics(&scenario, || panic!("commit index went back"));
+    assert_eq!(outcome.seed, 9);
+    let failure = outcome.failure.expect("a panic is a failure");
+    assert_eq!(failure.violation.check, "panic");
+    assert!(failure.violation.detail.contains("commit index went back"));
+    let fine = chat_sim::catch_panics(&scenario, || run_scenario(&scenario));
+    assert_eq!(fine, run_scenario(&scenario), "no panic, no change");
+}
