@@ -326,7 +326,10 @@ pub fn check_abuse(history: &History) -> Result<(), Violation> {
                 messages.iter().all(|m| m.recipient == *user)
             }
             (OpKind::Delete { .. }, Response::Command(CommandOutput::Deleted { .. })) => true,
-            (OpKind::List { .. }, Response::Query(_)) => true,
+            (OpKind::List { .. }, Response::Query(QueryOutput::Accounts { .. })) => true,
+            (OpKind::Peek { user, .. }, Response::Query(QueryOutput::Messages(messages))) => {
+                messages.iter().all(|m| m.recipient == *user)
+            }
             _ => false,
         };
         if !fits {

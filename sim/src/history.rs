@@ -17,6 +17,12 @@ pub enum OpKind {
         user: String,
         limit: u32,
     },
+    /// A linearizable read of the inbox that marks nothing read (`MessagesAfter` from the
+    /// start): the read that a stale leader could serve wrongly.
+    Peek {
+        user: String,
+        limit: u32,
+    },
     Delete {
         user: String,
         ids: Vec<MessageId>,

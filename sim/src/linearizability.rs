@@ -160,7 +160,9 @@ pub fn partitions(history: &History) -> BTreeMap<Partition, Vec<usize>> {
         let inbox_user = match &op.kind {
             OpKind::CreateAccount { user } => Some(user),
             OpKind::Send { to, .. } => Some(to),
-            OpKind::Read { user, .. } | OpKind::Delete { user, .. } => Some(user),
+            OpKind::Read { user, .. } | OpKind::Peek { user, .. } | OpKind::Delete { user, .. } => {
+                Some(user)
+            }
             OpKind::List { .. } => None,
         };
         if let Some(user) = inbox_user {
@@ -269,6 +271,7 @@ pub fn describe_op(history: &History, index: usize) -> String {
         OpKind::CreateAccount { user } => format!("create {user}"),
         OpKind::Send { from, to, body } => format!("send {from}->{to} {body:?}"),
         OpKind::Read { user, limit } => format!("read {user} limit {limit}"),
+        OpKind::Peek { user, limit } => format!("peek {user} limit {limit}"),
         OpKind::Delete { user, ids } => format!(
             "delete {user} [{}]",
             ids.iter()

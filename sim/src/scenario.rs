@@ -211,6 +211,8 @@ pub enum OpPlan {
     Read { limit: u32 },
     /// Delete the messages this client has read and not yet deleted.
     DeleteRead,
+    /// A linearizable read of this client's inbox that marks nothing read.
+    Peek,
     /// List accounts: linearizable, or stale from whichever node the client talks to.
     List { stale: bool },
     // Misbehaviour (`client-abuse`; see `workload.rs`).
@@ -756,9 +758,10 @@ fn generate_client_plan(rng: &mut impl Rng, clients: usize, duration_us: u64) ->
                 limit: rng.random_range(1..=20),
             },
             80..=87 => OpPlan::DeleteRead,
-            _ => OpPlan::List {
+            88..=93 => OpPlan::List {
                 stale: rng.random_bool(0.3),
             },
+            _ => OpPlan::Peek,
         };
         ops.push(PlannedOp { think_us, op });
     }

@@ -19,6 +19,8 @@ use rand::Rng;
 /// How long a client waits for an answer before it tries another node.
 pub const REQUEST_TIMEOUT_US: u64 = 1_000_000;
 pub const BACKOFF_US_MIN: u64 = 5_000;
+/// Messages one peek returns at most: the oldest, read or not.
+pub const PEEK_LIMIT: u32 = 20;
 pub const BACKOFF_US_MAX: u64 = 500_000;
 
 pub struct InFlight {
@@ -156,6 +158,24 @@ impl Client {
                     ids: ids.clone(),
                 };
                 Some((self.write(Command::DeleteMessages { auth, ids }), kind))
+            }
+            OpPlan::Peek => {
+                let query = Query::MessagesAfter {
+                    auth,
+                    after: MessageId(0),
+                    limit: PEEK_LIMIT,
+                };
+                let kind = OpKind::Peek {
+                    user: self.user.clone(),
+                    limit: PEEK_LIMIT,
+                };
+                Some((
+                    ClientRequest::Read {
+                        query,
+                        consistency: ReadConsistency::Linearizable,
+                    },
+                    kind,
+                ))
             }
             OpPlan::List { stale } => {
                 let consistency = if *stale {

@@ -10,7 +10,7 @@
 use super::search::{mix, Model};
 use crate::history::{OpKind, OpRecord};
 use chat_core::app::limits::INBOX_MESSAGES_MAX;
-use chat_core::app::{AppError, CommandOutput, MessageId};
+use chat_core::app::{AppError, CommandOutput, MessageId, QueryOutput};
 use chat_core::{ClientError, Response};
 use std::collections::BTreeMap;
 
@@ -60,6 +60,11 @@ pub(super) enum InboxOp {
         expect: Expect<SendResult>,
     },
     Read {
+        limit: u32,
+        expect: Expect<ReadResult>,
+    },
+    /// The oldest `limit` messages present, read or not; marks nothing.
+    Peek {
         limit: u32,
         expect: Expect<ReadResult>,
     },
@@ -202,6 +207,30 @@ impl InboxModel {
         true
     }
 
+    /// A peek changes nothing: it holds if it returned the oldest `limit` messages
+    /// present (read or not), in order.
+    fn apply_peek(&self, limit: u32, expect: &Expect<ReadResult>) -> bool {
+        if !self.exists {
+            return matches!(
+                expect,
+                Expect::Unknown | Expect::Known(ReadResult::Unauthenticated)
+            );
+        }
+        match expect {
+            Expect::Unknown => true,
+            Expect::Known(ReadResult::Unauthenticated) => false,
+            Expect::Known(ReadResult::Messages(expected)) => {
+                let present = self
+                    .seq
+                    .iter()
+                    .copied()
+                    .filter(|&m| !self.deleted[m as usize])
+                    .take(limit as usize);
+                present.eq(expected.iter().copied())
+            }
+        }
+    }
+
     fn apply_read(&mut self, limit: u32, expect: &Expect<ReadResult>) -> bool {
         if !self.exists {
             return matches!(
@@ -323,6 +352,7 @@ impl Model for InboxModel {
                 expect,
             } => self.apply_send(*message, *id, *acknowledged_before, expect),
             InboxOp::Read { limit, expect } => self.apply_read(*limit, expect),
+            InboxOp::Peek { limit, expect } => self.apply_peek(*limit, expect),
             InboxOp::Delete {
                 ids,
                 targets,
@@ -423,6 +453,23 @@ pub(super) fn build(user: &str, all: &[OpRecord], ops: &[usize]) -> InboxModel {
             }
             OpKind::Read { limit, .. } => {
                 read_op(user, *limit, outcome, &message_of_body, &senders, &mut ids)
+            }
+            OpKind::Peek { limit, .. } => {
+                // A peek answers with a query output: read it like a read's answer, then
+                // apply it without marking anything read.
+                let op = match outcome {
+                    Some(Ok(Response::Query(QueryOutput::Messages(views)))) => {
+                        let as_read = Response::Command(CommandOutput::Messages(views.clone()));
+                        let outcome = Some(Ok(&as_read));
+                        read_op(user, *limit, outcome, &message_of_body, &senders, &mut ids)
+                    }
+                    Some(Ok(_)) => InboxOp::Impossible,
+                    other => read_op(user, *limit, other, &message_of_body, &senders, &mut ids),
+                };
+                match op {
+                    InboxOp::Read { limit, expect } => InboxOp::Peek { limit, expect },
+                    other => other,
+                }
             }
             OpKind::Delete { .. } => {
                 deletes.push(model_ops.len());

@@ -79,6 +79,7 @@ pub fn history_html(history: &History, report: &Report) -> String {
                 OpKind::CreateAccount { .. } => "create",
                 OpKind::Send { .. } => "send",
                 OpKind::Read { .. } => "read",
+                OpKind::Peek { .. } => "peek",
                 OpKind::Delete { .. } => "delete",
                 OpKind::List { .. } => "list",
             };

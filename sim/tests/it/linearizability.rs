@@ -106,6 +106,14 @@ impl Script {
         self.op(client, kind, call_us, end)
     }
 
+    fn peek(self, client: usize, limit: u32, call_us: u64, end: Option<(u64, Outcome)>) -> Self {
+        let kind = OpKind::Peek {
+            user: format!("c{client}"),
+            limit,
+        };
+        self.op(client, kind, call_us, end)
+    }
+
     fn delete(self, client: usize, ids: &[u64], call_us: u64, end: Option<(u64, Outcome)>) -> Self {
         let kind = OpKind::Delete {
             user: format!("c{client}"),
@@ -291,6 +299,38 @@ fn a_send_refused_for_its_body_has_no_effect_and_a_read_of_it_fails() {
             Some((600, messages("c2", &[(5, "c1", "c1-m1")]))),
         )
         .fails(inbox(2), &[1, 2, 4]);
+}
+
+/// A peek's answer: the messages as a linearizable query returns them.
+fn peeked(to: &str, items: &[(u64, &str, &str)]) -> Outcome {
+    match messages(to, items) {
+        Ok(Response::Command(CommandOutput::Messages(views))) => {
+            Ok(Response::Query(QueryOutput::Messages(views)))
+        }
+        other => other,
+    }
+}
+
+#[test]
+fn a_stale_peek_fails_and_a_peek_marks_nothing_read() {
+    // A peek that misses a send acknowledged before it began: what a leader that did not
+    // confirm its leadership would serve.
+    two_users()
+        .send(1, 2, "c1-m1", 100, Some((200, sent(5))))
+        .peek(2, 20, 300, Some((400, peeked("c2", &[]))))
+        .fails(inbox(2), &[1, 2, 3]);
+    // A peek sees read messages too, and reads nothing: a read after it still gets them.
+    two_users()
+        .send(1, 2, "c1-m1", 100, Some((200, sent(5))))
+        .peek(2, 20, 300, Some((400, peeked("c2", &[(5, "c1", "c1-m1")]))))
+        .read(
+            2,
+            10,
+            500,
+            Some((600, messages("c2", &[(5, "c1", "c1-m1")]))),
+        )
+        .peek(2, 20, 700, Some((800, peeked("c2", &[(5, "c1", "c1-m1")]))))
+        .passes();
 }
 
 #[test]
