@@ -9,9 +9,9 @@
 # nothing, `chatsim explore --budget-secs $EXPLORE_SECS --jobs $JOBS`. Then the patch is
 # reverted (also on Ctrl-C or error). Prints one tab-separated line per patch:
 #   name  first_failing_seed|none  check  found_in_256  explore_seconds|not-found|skipped
-# A replica assertion that fires panics the whole `chatsim run` process without naming
-# the seed; then the seeds are run one by one to find the first that panics, and the
-# check is reported as `panic:<assertion message>`.
+# A replica assertion that fires is reported by `chatsim run` as check `panic` with its
+# seed (it used to abort the whole process; the one-by-one fallback below stays for
+# binaries built before that).
 # Raw outputs go to $LOG_DIR (default /tmp/measure-planted). The tree must be clean.
 set -euo pipefail
 PATCH_DIR=${1:?usage: $0 PATCH_DIR [NAME_FILTER]}

@@ -41,8 +41,9 @@ pub const LEADERLESS_ROUND_TRIPS: u64 = 4;
 
 /// The message loss, in per mille, that [`LEADERLESS_ELECTION_TIMEOUTS`] was measured
 /// under: the most `Scenario::generate` draws. Explore's mutations go further (a fifth of
-/// all messages lost makes a vote round fail far more often), so past this the allowance
-/// grows: five more timeouts per further 100 per mille.
+/// all messages lost makes a vote round, which needs every message of a bare quorum, fail
+/// far more often), so past this the allowance grows: ten more timeouts per further 100
+/// per mille.
 pub const LEADERLESS_CALIBRATED_DROP_PER_MILLE: u64 = 100;
 
 /// The longest a healthy quorum may go without a leader in this scenario, in µs.
@@ -50,10 +51,24 @@ pub fn leaderless_bound_us(scenario: &Scenario) -> u64 {
     let one_way_us_max = scenario.network.latency_us_max + scenario.network.delay_us_max;
     let excess_drop_per_mille = u64::from(scenario.network.drop_per_mille)
         .saturating_sub(LEADERLESS_CALIBRATED_DROP_PER_MILLE);
-    let timeouts_x100 =
-        LEADERLESS_ELECTION_TIMEOUTS * 100 + LEADERLESS_ELECTION_TIMEOUTS * excess_drop_per_mille;
-    timeouts_x100 * scenario.tuning.election_timeout_us_max() / 100
-        + LEADERLESS_ROUND_TRIPS * 2 * one_way_us_max
+    let timeouts_x100 = LEADERLESS_ELECTION_TIMEOUTS * 100 + 10 * excess_drop_per_mille;
+    // A node whose clock runs slow waits longer in true time for each timeout: stretch
+    // the allowance by the slowest clock any node may have (its drift, or a slow-clock
+    // fault), so that the check measures the protocol, not the clocks.
+    let slowest_rate_ppm = scenario
+        .clock_drift_ppm
+        .iter()
+        .copied()
+        .chain(scenario.fault_events.iter().filter_map(|e| match e.action {
+            crate::scenario::FaultAction::ClockRate { rate_ppm, .. } => Some(rate_ppm),
+            _ => None,
+        }))
+        .min()
+        .unwrap_or(0)
+        .min(0);
+    let clock_rate_ppm = (1_000_000 + slowest_rate_ppm).max(100_000) as u64;
+    let timeouts_us = timeouts_x100 * scenario.tuning.election_timeout_us_max() / 100;
+    timeouts_us * 1_000_000 / clock_rate_ppm + LEADERLESS_ROUND_TRIPS * 2 * one_way_us_max
 }
 
 /// What health depends on: up, paused and leader nodes as bit masks, and the network's
@@ -181,7 +196,7 @@ impl World<'_> {
                     "no leader for {:.3}s while {nodes} were up, unpaused and connected \
                      (bound {:.3}s: {LEADERLESS_ELECTION_TIMEOUTS} election timeouts of at most \
                      {}us, more past {LEADERLESS_CALIBRATED_DROP_PER_MILLE} per mille of message \
-                     loss, plus {LEADERLESS_ROUND_TRIPS} slowest round trips)",
+                     loss or with slow clocks, plus {LEADERLESS_ROUND_TRIPS} slowest round trips)",
                     leaderless_us as f64 / 1e6,
                     bound_us as f64 / 1e6,
                     self.scenario.tuning.election_timeout_us_max(),
