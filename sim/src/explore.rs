@@ -40,6 +40,8 @@ pub struct ExploreOptions {
     /// Seeds every choice the search makes.
     pub seed: u64,
     pub budget: Budget,
+    /// The budget each run is held to (events, virtual time, ...), as in `chatsim run`.
+    pub seed_budget: crate::budget::Budget,
     /// Scenarios run per round; fixed, so that the search does not depend on `jobs`.
     pub round_size: usize,
     /// Stop after the round in which this many failures were found.
@@ -53,6 +55,7 @@ impl ExploreOptions {
             jobs: 1,
             seed: 0,
             budget,
+            seed_budget: crate::budget::Budget::default(),
             round_size: 16,
             failures_max: 1,
         }
@@ -121,7 +124,7 @@ pub fn explore(options: &ExploreOptions, on_round: &dyn Fn(&ExploreReport)) -> E
             .map(|_| next_candidate(&mut rng, options, &mut report.corpus))
             .collect();
         let scenarios: Vec<&Scenario> = candidates.iter().map(|c| &c.scenario).collect();
-        let outcomes = run_all(&scenarios, options.jobs, false);
+        let outcomes = run_all(&scenarios, options.jobs, false, options.seed_budget);
         for (candidate, outcome) in candidates.into_iter().zip(outcomes) {
             judge(&mut report, &mut hits, candidate, outcome);
         }
@@ -438,7 +441,12 @@ fn rescale(rng: &mut ChaCha8Rng, action: &mut FaultAction) {
 
 /// Runs scenarios on `jobs` threads (each simulation single-threaded); outcomes in input
 /// order. With `examples`, each outcome's coverage keeps readable states.
-pub fn run_all(scenarios: &[&Scenario], jobs: usize, examples: bool) -> Vec<RunOutcome> {
+pub fn run_all(
+    scenarios: &[&Scenario],
+    jobs: usize,
+    examples: bool,
+    seed_budget: crate::budget::Budget,
+) -> Vec<RunOutcome> {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<RunOutcome>>> = Mutex::new(vec![None; scenarios.len()]);
     std::thread::scope(|scope| {
@@ -449,7 +457,7 @@ pub fn run_all(scenarios: &[&Scenario], jobs: usize, examples: bool) -> Vec<RunO
                     break;
                 };
                 let outcome = crate::catch_panics(scenario, || {
-                    let mut world = World::new(scenario, Tracer::silent());
+                    let mut world = World::new(scenario, Tracer::silent()).with_budget(seed_budget);
                     if examples {
                         world = world.keep_coverage_examples();
                     }

@@ -190,6 +190,14 @@ impl SimArgs {
         if (self.chaos_secs * 1e6) as u64 != CHAOS_DURATION_US_DEFAULT {
             flags.push_str(&format!(" --chaos-secs {}", self.chaos_secs));
         }
+        flags.push_str(&self.budget_flags());
+        flags
+    }
+
+    /// The budget flags that differ from the defaults: a scenario file's replay needs
+    /// them to stop where the failing run stopped.
+    fn budget_flags(&self) -> String {
+        let mut flags = String::new();
         if self.max_events != EVENTS_MAX_DEFAULT {
             flags.push_str(&format!(" --max-events {}", self.max_events));
         }
@@ -687,7 +695,7 @@ fn coverage(args: CoverageArgs) -> Result<ExitCode> {
     let (a, b) = args.seeds;
     let scenarios: Vec<Scenario> = (a..b).map(|s| Scenario::generate(s, &options)).collect();
     let refs: Vec<&Scenario> = scenarios.iter().collect();
-    let outcomes = chat_sim::explore::run_all(&refs, jobs, true);
+    let outcomes = chat_sim::explore::run_all(&refs, jobs, true, args.sim.budget()?);
     let report = chat_sim::coverage::CoverageReport::new(&outcomes, args.rare_seeds_max);
     let never_seen = report.total.never_seen_pairs();
     if args.json {
@@ -748,6 +756,8 @@ fn explore(args: ExploreArgs) -> Result<ExitCode> {
     );
     options.jobs = jobs_or_all_cores(args.jobs)?;
     options.seed = args.seed;
+    options.seed_budget = args.sim.budget()?;
+    let budget_flags = args.sim.budget_flags();
     options.failures_max = args.failures_max;
     let report = chat_sim::explore::explore(&options, &|_| {});
     let mut failed = Vec::new();
@@ -786,8 +796,8 @@ fn explore(args: ExploreArgs) -> Result<ExitCode> {
                     "event": failure.event,
                     "origin": found.candidate.origin,
                     "scenario_file": path.display().to_string(),
-                    "replay": format!("chatsim replay --scenario {}", path.display()),
-                    "shrink": format!("chatsim shrink --scenario {}", path.display()),
+                    "replay": format!("chatsim replay --scenario {}{budget_flags}", path.display()),
+                    "shrink": format!("chatsim shrink --scenario {}{budget_flags}", path.display()),
                 })
             })
             .collect();
@@ -809,7 +819,7 @@ fn explore(args: ExploreArgs) -> Result<ExitCode> {
     } else {
         for (found, failure, path) in &failed {
             println!(
-                "FAILED {} at t={} (event {}): {}\n  found as: {}\n  replay: chatsim replay --scenario {}\n  shrink: chatsim shrink --scenario {}",
+                "FAILED {} at t={} (event {}): {}\n  found as: {}\n  replay: chatsim replay --scenario {}{budget_flags}\n  shrink: chatsim shrink --scenario {}{budget_flags}",
                 failure.violation.check,
                 failure.at,
                 failure.event,
