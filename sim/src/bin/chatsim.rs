@@ -564,8 +564,8 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
             &history,
             &chat_sim::linearizability::check(&history),
         );
-        std::fs::write(path, page).with_context(|| format!("cannot write {}", path.display()))?;
-        // determinism: ok (CLI file I/O, outside any simulation)
+        let written = std::fs::write(path, page); // determinism: ok (CLI file I/O, outside any simulation)
+        written.with_context(|| format!("cannot write {}", path.display()))?;
     }
     let stats = &outcome.stats;
     println!(

@@ -11,7 +11,7 @@
 //! after its call, or never. The walk falling off the end of the list therefore means
 //! every operation with a known outcome is linearized: success.
 
-use std::collections::HashSet;
+use std::collections::HashSet; // determinism: ok (membership tests only, never iterated)
 use std::hash::BuildHasherDefault;
 
 /// A model of the state one partition of operations acts on. `apply` either applies an
@@ -154,7 +154,7 @@ pub(super) fn search<M: Model>(
 ) -> SearchResult {
     let mut list = EventList::new(timings);
     let mut linearized = vec![0u64; timings.len().div_ceil(64)];
-    let mut memo: HashSet<(Vec<u64>, u128), MemoHasher> = HashSet::default();
+    let mut memo: HashSet<(Vec<u64>, u128), MemoHasher> = HashSet::default(); // determinism: ok (fixed-key hasher; only insert/contains, no iteration reaches an output)
     let mut stack: Vec<(usize, M::Mark)> = Vec::new();
     let mut spent: u64 = 0;
     let mut entry = list.next[HEAD];

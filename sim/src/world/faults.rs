@@ -22,18 +22,7 @@ impl World<'_> {
             self.tracer.line(self.now, || {
                 format!("FAULT isolate {id} for {isolated_us}us")
             });
-            self.next_partition += 1;
-            let partition = self.next_partition;
-            let links = (1..=self.scenario.nodes)
-                .map(NodeId)
-                .filter(|&other| other != id)
-                .flat_map(|other| [(id, other), (other, id)])
-                .collect();
-            self.network.add_partition(partition, links);
-            self.push(
-                self.now.saturating_add_us(isolated_us),
-                Event::HealPartition { id: partition },
-            );
+            self.isolate_for(id, isolated_us);
             return false;
         }
         let down_us = self.chaos_rng.random_range(1_000..=20_000);
@@ -273,19 +262,24 @@ impl World<'_> {
         } else {
             self.tracer
                 .line(self.now, || format!("FAULT burst: cut off new leader {id}"));
-            self.next_partition += 1;
-            let partition = self.next_partition;
-            let links = (1..=self.scenario.nodes)
-                .map(NodeId)
-                .filter(|&other| other != id)
-                .flat_map(|other| [(id, other), (other, id)])
-                .collect();
-            self.network.add_partition(partition, links);
-            self.push(
-                self.now.saturating_add_us(down_us),
-                Event::HealPartition { id: partition },
-            );
+            self.isolate_for(id, down_us);
         }
+    }
+
+    /// Cuts `id` off from every other node, both ways, for `duration_us`; it stays up.
+    fn isolate_for(&mut self, id: NodeId, duration_us: u64) {
+        self.next_partition += 1;
+        let partition = self.next_partition;
+        let links = (1..=self.scenario.nodes)
+            .map(NodeId)
+            .filter(|&other| other != id)
+            .flat_map(|other| [(id, other), (other, id)])
+            .collect();
+        self.network.add_partition(partition, links);
+        self.push(
+            self.now.saturating_add_us(duration_us),
+            Event::HealPartition { id: partition },
+        );
     }
 
     /// Whether an armed persist crash is due after this drive (it sent a granted vote,
