@@ -40,7 +40,7 @@ impl ChatBench {
         // Setup may meet a cluster still electing its first leader: be patient here.
         cluster.retry_budget = Duration::from_secs(20);
         let register = RegisterRequest {
-            session: Some(cluster.next_session()),
+            registration_id: ClusterClient::registration_id(),
             user: user.clone(),
             password: PASSWORD.to_owned(),
         };
@@ -76,8 +76,9 @@ impl ChatBench {
     }
 
     pub async fn write(&mut self) -> Result<(), tonic::Status> {
+        let session = self.cluster.session(&self.credentials).await?;
         let request = SendRequest {
-            session: Some(self.cluster.next_session()),
+            session: Some(session),
             auth: Some(self.credentials.clone()),
             to: self.user.clone(),
             body: self.body.clone(),

@@ -70,12 +70,26 @@ pub enum ClientError {
     /// Too many requests are waiting; back off and retry.
     #[error("busy: {pending} requests pending")]
     Busy { pending: usize },
-    /// The session expired or was evicted; start a new session.
-    #[error("client session expired; start a new session")]
+    /// The session is unknown: never opened, expired, or evicted. The request was not
+    /// applied now; an earlier attempt of it may have been. Open a new session.
+    #[error("client session expired or unknown; open a new session")]
     SessionExpired,
     /// A request older than the session's last one; its answer is gone.
     #[error("request {seq} is older than the session's last request {last_seq}")]
     StaleRequest { seq: u64, last_seq: u64 },
+    /// The session belongs to another account: nothing was applied or revealed.
+    #[error("the session belongs to another account")]
+    SessionNotOwned,
+    /// Request `seq` of the session was applied with a different command; a retry must
+    /// repeat the original command exactly.
+    #[error(
+        "request {seq} of this session was a different command; a retry must repeat it exactly"
+    )]
+    RetryMismatch { seq: u64 },
+    /// The request is malformed in a way the shell should have refused (a session on a
+    /// command that takes none, or none on one that needs it).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
 }
 
 /// How a shell performs a [`Ready`]. `persist` returns only once the write is durable

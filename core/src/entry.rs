@@ -2,13 +2,14 @@
 //! produces it) and storage (which encodes it), so neither depends on the other.
 
 use crate::app::Command;
-use crate::types::{ClientId, LogIndex, NodeId, Term, Time};
+use crate::types::{LogIndex, NodeId, SessionId, Term, Time};
 use serde::{Deserialize, Serialize};
 
 /// Identifies one client request for exactly-once application.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SessionRef {
-    pub client: ClientId,
+    /// Assigned by the log when the session was opened.
+    pub id: SessionId,
     /// Sequence number of the request within the session, starting at 1.
     pub seq: u64,
 }

@@ -27,4 +27,4 @@ pub use consensus::message::{Envelope, Message};
 pub use consensus::{ClientRequest, Config, Metrics, ReadConsistency, Replica, ReplicaError, Role};
 pub use effects::{drive, perform, ClientError, Ready, Reply, Response, Shell};
 pub use storage::Recovered;
-pub use types::{ClientId, LogIndex, NodeId, RequestId, Term, Time};
+pub use types::{LogIndex, NodeId, RequestId, SessionId, Term, Time};

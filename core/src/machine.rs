@@ -19,7 +19,11 @@ impl MachineState {
     pub fn new(config: &Config) -> MachineState {
         MachineState {
             chat: ChatState::new(),
-            sessions: SessionTable::new(config.sessions_max, config.session_expiry_us),
+            sessions: SessionTable::new(
+                config.sessions_max,
+                config.sessions_per_user_max,
+                config.session_expiry_us,
+            ),
             log_time: Time(0),
         }
     }

@@ -83,13 +83,14 @@ impl fmt::Display for Time {
     }
 }
 
-/// A client session id: chosen by the client (a random UUID), stable across retries.
+/// A client session: the log index of the `OpenSession` entry that registered it, so
+/// every replica assigns the same id and no two sessions share one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ClientId(pub uuid::Uuid);
+pub struct SessionId(pub u64);
 
-impl fmt::Display for ClientId {
+impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        write!(f, "s{}", self.0)
     }
 }
 

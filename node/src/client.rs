@@ -1,14 +1,17 @@
 //! The client library behind `chatctl` (and the cluster tests): discovers the cluster
 //! from any one address, follows the leader, and retries with an exactly-once session.
 //!
-//! Each write takes the next sequence number of this client's session once, and every
-//! retry of it (after a timeout, a dead node, or a "not the leader") reuses it, so the
-//! cluster applies it at most once and answers the retry from its session table. One
-//! write is outstanding at a time, as the core's sessions require.
+//! The first write opens a session (registered by the cluster's log, bound to the user).
+//! Each write takes the next sequence number of that session once, and every retry of
+//! it (after a timeout, a dead node, or a "not the leader") reuses it, so the cluster
+//! applies it at most once and answers the retry from its session table. One write is
+//! outstanding at a time, as the core's sessions require. Registration needs no session:
+//! it carries a random registration id, repeated on its retries.
 
 use chat_proto::chat::chat_client::ChatClient;
 use chat_proto::chat::{
-    ChatMessage, Credentials, ListenRequest, Session, StatusRequest, StatusResponse,
+    ChatMessage, Credentials, ListenRequest, OpenSessionRequest, Session, StatusRequest,
+    StatusResponse,
 };
 use chat_proto::metadata::LEADER_ADDR;
 use std::collections::BTreeMap;
@@ -32,7 +35,8 @@ pub struct ClusterClient {
     tls: Option<ClientTlsConfig>,
     unary: BTreeMap<String, Channel>,
     streaming: BTreeMap<String, Channel>,
-    client_id: uuid::Uuid,
+    /// The open session and the user it belongs to.
+    session: Option<(u64, String)>,
     seq: u64,
     pub retry_budget: Duration,
 }
@@ -46,7 +50,7 @@ impl ClusterClient {
             tls,
             unary: BTreeMap::new(),
             streaming: BTreeMap::new(),
-            client_id: uuid::Uuid::new_v4(),
+            session: None,
             seq: 0,
             retry_budget: RETRY_BUDGET_DEFAULT,
         }
@@ -76,13 +80,47 @@ impl ClusterClient {
         Ok(client.status(StatusRequest {}).await?.into_inner())
     }
 
-    /// The session stamp of the next write. Take it once per operation.
-    pub fn next_session(&mut self) -> Session {
+    /// The session stamp of the next write by `credentials`' user, opening a session
+    /// first if this client has none for that user. Take it once per operation and
+    /// reuse it for every retry of the operation.
+    pub async fn session(&mut self, credentials: &Credentials) -> Result<Session, Status> {
+        let open = self
+            .session
+            .as_ref()
+            .filter(|(_, user)| *user == credentials.user)
+            .map(|(id, _)| *id);
+        let id = match open {
+            Some(id) => id,
+            None => {
+                let request = OpenSessionRequest {
+                    auth: Some(credentials.clone()),
+                };
+                let opened = self
+                    .call(|mut c| {
+                        let request = request.clone();
+                        async move { c.open_session(request).await }
+                    })
+                    .await?;
+                self.session = Some((opened.session_id, credentials.user.clone()));
+                self.seq = 0;
+                opened.session_id
+            }
+        };
         self.seq += 1;
-        Session {
-            client_id: self.client_id.as_bytes().to_vec(),
-            seq: self.seq,
-        }
+        Ok(Session { id, seq: self.seq })
+    }
+
+    /// Forgets the session, so that the next write opens a new one (after the cluster
+    /// answered that it expired).
+    pub fn forget_session(&mut self) {
+        self.session = None;
+        self.seq = 0;
+    }
+
+    /// A fresh registration id: 16 random bytes, to repeat on every retry of one
+    /// registration.
+    pub fn registration_id() -> Vec<u8> {
+        uuid::Uuid::new_v4().as_bytes().to_vec()
     }
 
     fn learn(&mut self, address: &str) {

@@ -3,7 +3,7 @@
 use crate::auth::AuthError;
 use chat_core::app::{AppError, MessageView};
 use chat_core::entry::SessionRef;
-use chat_core::{ClientError, ClientId, Role};
+use chat_core::{ClientError, Role, SessionId};
 use chat_proto::chat::{ChatMessage, Session};
 use chat_proto::metadata::{LEADER_ADDR, LEADER_ID};
 use std::collections::BTreeMap;
@@ -22,16 +22,32 @@ pub fn message(view: &MessageView) -> ChatMessage {
 }
 
 pub fn session(session: Option<Session>) -> Result<SessionRef, Status> {
-    let session = session.ok_or_else(|| Status::invalid_argument("missing session"))?;
-    let client = uuid::Uuid::from_slice(&session.client_id)
-        .map_err(|_| Status::invalid_argument("session client_id must be 16 bytes"))?;
+    let session = session.ok_or_else(|| {
+        Status::invalid_argument("missing session: call OpenSession and send its id")
+    })?;
+    if session.id == 0 {
+        return Err(Status::invalid_argument(
+            "missing session id: call OpenSession and send its id",
+        ));
+    }
     if session.seq == 0 {
         return Err(Status::invalid_argument("session seq starts at 1"));
     }
     Ok(SessionRef {
-        client: ClientId(client),
+        id: SessionId(session.id),
         seq: session.seq,
     })
+}
+
+/// The 16 bytes a client picked for a registration.
+pub fn registration(bytes: &[u8]) -> Result<u128, Status> {
+    let bytes: [u8; 16] = bytes.try_into().map_err(|_| {
+        Status::invalid_argument(format!(
+            "registration_id must be 16 random bytes, got {}",
+            bytes.len()
+        ))
+    })?;
+    Ok(u128::from_le_bytes(bytes))
 }
 
 pub fn role(role: Role) -> &'static str {
@@ -54,7 +70,9 @@ pub fn app_error(error: &AppError) -> Status {
         AppError::UserExists(_) => Code::AlreadyExists,
         AppError::UnknownUser(_) | AppError::MessageNotFound(_) => Code::NotFound,
         AppError::Unauthenticated => Code::Unauthenticated,
-        AppError::InboxFull(_) | AppError::TooManyUsers => Code::ResourceExhausted,
+        AppError::InboxFull(_) | AppError::TooManyUsers | AppError::TooManySessions => {
+            Code::ResourceExhausted
+        }
     };
     Status::new(code, error.to_string())
 }
@@ -91,6 +109,10 @@ pub fn client_error(error: &ClientError, members: &BTreeMap<u64, String>) -> Sta
         ClientError::Busy { .. } => Status::unavailable(error.to_string()),
         ClientError::SessionExpired | ClientError::StaleRequest { .. } => {
             Status::failed_precondition(error.to_string())
+        }
+        ClientError::SessionNotOwned => Status::permission_denied(error.to_string()),
+        ClientError::RetryMismatch { .. } | ClientError::InvalidRequest(_) => {
+            Status::invalid_argument(error.to_string())
         }
     }
 }

@@ -143,7 +143,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Register { user } => {
             let password = password()?;
             let request = RegisterRequest {
-                session: Some(client.next_session()),
+                registration_id: ClusterClient::registration_id(),
                 user,
                 password,
             };
@@ -172,7 +172,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Logout { user } => {
             let auth = credentials(&mut client, &user).await?;
             let request = LogoutRequest {
-                session: Some(client.next_session()),
+                session: Some(client.session(&auth).await.map_err(reason)?),
                 auth: Some(auth),
             };
             client
@@ -191,7 +191,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Send { user, to, text } => {
             let auth = credentials(&mut client, &user).await?;
             let request = SendRequest {
-                session: Some(client.next_session()),
+                session: Some(client.session(&auth).await.map_err(reason)?),
                 auth: Some(auth),
                 to,
                 body: text,
@@ -209,7 +209,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Read { user, limit } => {
             let auth = credentials(&mut client, &user).await?;
             let request = ReadRequest {
-                session: Some(client.next_session()),
+                session: Some(client.session(&auth).await.map_err(reason)?),
                 auth: Some(auth),
                 limit,
             };
@@ -261,7 +261,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::DeleteMessages { user, ids } => {
             let auth = credentials(&mut client, &user).await?;
             let request = DeleteMessagesRequest {
-                session: Some(client.next_session()),
+                session: Some(client.session(&auth).await.map_err(reason)?),
                 auth: Some(auth),
                 ids,
             };
@@ -278,7 +278,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::DeleteAccount { user } => {
             let auth = credentials(&mut client, &user).await?;
             let request = DeleteAccountRequest {
-                session: Some(client.next_session()),
+                session: Some(client.session(&auth).await.map_err(reason)?),
                 auth: Some(auth),
             };
             client

@@ -54,12 +54,22 @@ impl Shared {
         }
     }
 
+    /// A write in the client's session.
     async fn write(
         &self,
         session: Option<Session>,
         command: Command,
     ) -> Result<CommandOutput, Status> {
-        let session = convert::session(session)?;
+        let session = Some(convert::session(session)?);
+        self.write_in(session, command).await
+    }
+
+    /// A write in `session`, or outside any session (account creation, session opening).
+    async fn write_in(
+        &self,
+        session: Option<chat_core::entry::SessionRef>,
+        command: Command,
+    ) -> Result<CommandOutput, Status> {
         match self
             .submit(ClientRequest::Write { session, command })
             .await?
@@ -141,22 +151,25 @@ impl Chat for ChatService {
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
         let RegisterRequest {
-            session,
             user,
             password,
+            registration_id,
         } = request.into_inner();
+        let registration = convert::registration(&registration_id)?;
         // Refuse a bad name before paying for a hash (the leader checks again).
         ChatState::validate(&Command::CreateAccount {
             user: user.clone(),
             password_hash: "-".to_owned(),
+            registration,
         })
         .map_err(|e| convert::app_error(&e))?;
         let password_hash = blocking(move || auth::hash_password(&password)).await?;
         let command = Command::CreateAccount {
             user,
             password_hash,
+            registration,
         };
-        match self.inner.write(session, command).await? {
+        match self.inner.write_in(None, command).await? {
             CommandOutput::AccountCreated { user, .. } => {
                 Ok(Response::new(RegisterResponse { user }))
             }
@@ -207,6 +220,23 @@ impl Chat for ChatService {
             unread_count,
             expires_at_us,
         }))
+    }
+
+    async fn open_session(
+        &self,
+        request: Request<OpenSessionRequest>,
+    ) -> Result<Response<OpenSessionResponse>, Status> {
+        let auth = self.inner.authenticate(request.into_inner().auth)?;
+        match self
+            .inner
+            .write_in(None, Command::OpenSession { auth })
+            .await?
+        {
+            CommandOutput::SessionOpened { session } => Ok(Response::new(OpenSessionResponse {
+                session_id: session.0,
+            })),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn logout(

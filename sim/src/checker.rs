@@ -115,7 +115,14 @@ pub fn check_history(history: &History, state: &FinalState) -> Result<(), Violat
         // A delete whose outcome is unknown may have been applied.
         if let (
             OpKind::Delete { user, ids },
-            Some(Ok(_)) | None | Some(Err(ClientError::SessionExpired)),
+            Some(Ok(_))
+            | None
+            | Some(Err(
+                ClientError::SessionExpired
+                | ClientError::StaleRequest { .. }
+                | ClientError::SessionNotOwned
+                | ClientError::RetryMismatch { .. },
+            )),
         ) = (&op.kind, &op.outcome)
         {
             deleted.entry(user).or_default().extend(ids.iter().copied());
@@ -206,7 +213,10 @@ fn check_reads(history: &History) -> Result<(), Violation> {
         let Some(outcome) = op.outcome.as_ref().filter(|o| {
             !matches!(
                 o,
-                Err(ClientError::SessionExpired | ClientError::StaleRequest { .. })
+                Err(ClientError::SessionExpired
+                    | ClientError::StaleRequest { .. }
+                    | ClientError::SessionNotOwned
+                    | ClientError::RetryMismatch { .. })
             )
         }) else {
             // It may have marked messages read that nobody saw.
@@ -292,7 +302,10 @@ fn is_replay(op: &crate::history::OpRecord) -> bool {
 ///   message: a request in a session that is not its own never gets another
 ///   request's stored answer;
 /// - `exactly-once`: a late retry of an operation (the same request, sent again) is
-///   answered with the operation's answer or refused, never applied again.
+///   answered with the operation's answer or refused, never applied again;
+/// - requests that only a broken session table would answer are refused: one in a
+///   session never opened, one in another user's session, and another command under an
+///   already answered sequence number.
 pub fn check_abuse(history: &History) -> Result<(), Violation> {
     let mut sent_by: BTreeMap<MessageId, usize> = BTreeMap::new();
     for (n, op) in history.ops.iter().enumerate() {
@@ -312,6 +325,25 @@ pub fn check_abuse(history: &History) -> Result<(), Violation> {
             }
             continue;
         };
+        // Requests that must be refused whatever happened before them.
+        let must_refuse = match op.abuse {
+            Some(Abuse::FreshSession) => Some(("exactly-once", "in a session never opened")),
+            Some(Abuse::Foreign { .. }) => Some(("session-isolation", "in another user's session")),
+            Some(Abuse::Mismatch) => Some((
+                "exactly-once",
+                "under an answered sequence number with another command",
+            )),
+            _ => None,
+        };
+        if let Some((check, why)) = must_refuse {
+            return violation(
+                check,
+                format!(
+                    "op #{n} by c{} ({:?}), sent {why}, was answered instead of refused: {response:?}",
+                    op.client, op.kind
+                ),
+            );
+        }
         let whose = match op.abuse {
             Some(Abuse::Foreign { owner }) => format!(" (sent in c{owner}'s session)"),
             _ => String::new(),
@@ -321,6 +353,10 @@ pub fn check_abuse(history: &History) -> Result<(), Violation> {
                 OpKind::CreateAccount { user },
                 Response::Command(CommandOutput::AccountCreated { user: created, .. }),
             ) => user == created,
+            (
+                OpKind::OpenSession { .. },
+                Response::Command(CommandOutput::SessionOpened { .. }),
+            ) => true,
             (OpKind::Send { .. }, Response::Command(CommandOutput::Sent { .. })) => true,
             (OpKind::Read { user, .. }, Response::Command(CommandOutput::Messages(messages))) => {
                 messages.iter().all(|m| m.recipient == *user)

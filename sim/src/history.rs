@@ -8,6 +8,10 @@ pub enum OpKind {
     CreateAccount {
         user: String,
     },
+    /// Opens a session for `user` (registered by the log).
+    OpenSession {
+        user: String,
+    },
     Send {
         from: String,
         to: String,
@@ -48,8 +52,12 @@ pub struct OpRecord {
 /// How an operation's request misbehaved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Abuse {
-    /// Sent in a brand-new session, abandoned after.
+    /// Sent in a session that was never opened: must be refused, never applied.
     FreshSession,
+    /// A session opened only to be abandoned (churn).
+    Churn,
+    /// Another command under an answered sequence number: must be refused.
+    Mismatch,
     /// Sent under client `owner`'s session.
     Foreign { owner: usize },
     /// The very request of operation `of`, sent again long after: not a new operation,

@@ -163,7 +163,7 @@ pub fn partitions(history: &History) -> BTreeMap<Partition, Vec<usize>> {
             OpKind::Read { user, .. } | OpKind::Peek { user, .. } | OpKind::Delete { user, .. } => {
                 Some(user)
             }
-            OpKind::List { .. } => None,
+            OpKind::List { .. } | OpKind::OpenSession { .. } => None,
         };
         if let Some(user) = inbox_user {
             partitions
@@ -198,9 +198,11 @@ fn takes_part(op: &OpRecord, replayed: bool) -> bool {
     let refused_once = op.attempts == 1
         && matches!(
             op.outcome,
-            Some(Err(
-                ClientError::SessionExpired | ClientError::StaleRequest { .. }
-            ))
+            Some(Err(ClientError::SessionExpired
+                | ClientError::StaleRequest { .. }
+                | ClientError::SessionNotOwned
+                | ClientError::RetryMismatch { .. }
+                | ClientError::InvalidRequest(_)))
         );
     !matches!(op.abuse, Some(crate::history::Abuse::Replay { .. })) && (!refused_once || replayed)
 }
@@ -269,6 +271,7 @@ pub fn describe_op(history: &History, index: usize) -> String {
     let op = &history.ops[index];
     let kind = match &op.kind {
         OpKind::CreateAccount { user } => format!("create {user}"),
+        OpKind::OpenSession { user } => format!("open session {user}"),
         OpKind::Send { from, to, body } => format!("send {from}->{to} {body:?}"),
         OpKind::Read { user, limit } => format!("read {user} limit {limit}"),
         OpKind::Peek { user, limit } => format!("peek {user} limit {limit}"),

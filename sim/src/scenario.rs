@@ -60,6 +60,13 @@ pub struct ReplicaTuning {
     /// `client-abuse` seeds make it small so that a flood of sessions evicts cheaply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions_max: Option<usize>,
+    /// Sessions of one user (core `Config::sessions_per_user_max`); absent: the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions_per_user_max: Option<usize>,
+    /// Idle time after which a session expires; absent: the core default (an hour).
+    /// `client-abuse` seeds make it seconds so that a full table drains within a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_expiry_us: Option<u64>,
 }
 
 impl ReplicaTuning {
@@ -80,6 +87,8 @@ impl ReplicaTuning {
             snapshot_threshold_entries: [20, 100, 200, 4096][rng.random_range(0..4)],
             snapshot_chunk_bytes: [512, 4096, 65536][rng.random_range(0..3)],
             sessions_max: None,
+            sessions_per_user_max: None,
+            session_expiry_us: None,
         }
     }
 }
@@ -216,9 +225,15 @@ pub enum OpPlan {
     /// List accounts: linearizable, or stale from whichever node the client talks to.
     List { stale: bool },
     // Misbehaviour (`client-abuse`; see `workload.rs`).
-    /// `op` in a brand-new session (sequence number 1), abandoned afterwards: many of
-    /// these open more sessions than the table holds.
+    /// `op` in a session that was never opened (a made-up id, sequence number 1): must
+    /// be refused, never applied.
     FreshSession { op: Box<OpPlan> },
+    /// Open one more session and abandon it: many of these churn past the per-user
+    /// bound (evicting the client's own sessions) and fill the table.
+    OpenSession,
+    /// `op` under this client's last acknowledged sequence number: a "retry" carrying
+    /// another command, which must be refused.
+    Mismatch { op: Box<OpPlan> },
     /// `op` under client `victim`'s session, at its last sequence number (a retry of
     /// its last request) or the one after (`ahead`).
     ForeignSession {
@@ -391,6 +406,8 @@ impl Scenario {
             if abuse.random_bool(0.5) {
                 enabled.0.insert(FaultKind::ClientAbuse);
                 tuning.sessions_max = Some(abuse.random_range(8..=64));
+                tuning.sessions_per_user_max = Some(abuse.random_range(2..=4));
+                tuning.session_expiry_us = Some(abuse.random_range(2_000_000..=10_000_000));
                 crate::workload::plan_abuse(&mut abuse, &mut clients, &tuning);
             }
         }

@@ -3,9 +3,10 @@
 //!
 //! **Misbehaving clients** (`client-abuse`, opt-in). [`plan_abuse`] adds to some
 //! clients' plans operations a polite client never sends (`OpPlan::FreshSession`,
-//! `ForeignSession`, `Replay`, `SeqJump`) and bursts of linearizable reads; the
-//! scenario also shrinks the session table (`ReplicaTuning::sessions_max`) so that a
-//! flood of fresh sessions evicts everyone's. They are plan entries, so shrinking
+//! `OpenSession` churn, `ForeignSession`, `Replay`, `SeqJump`, `Mismatch`) and bursts
+//! of linearizable reads; the scenario also shrinks the session table's bounds and
+//! expiry (`ReplicaTuning::sessions_max`, `sessions_per_user_max`,
+//! `session_expiry_us`) so that churn reaches them. They are plan entries, so shrinking
 //! removes them like any operation, and each is recorded in the history with its
 //! [`Abuse`](crate::history::Abuse) tag for the checkers (`checker::check_abuse`).
 
@@ -13,7 +14,7 @@ use crate::history::OpKind;
 use crate::scenario::{ClientPlan, OpPlan, PlannedOp, ReplicaTuning};
 use chat_core::app::{Auth, Command, MessageId, Query};
 use chat_core::entry::SessionRef;
-use chat_core::{ClientId, ClientRequest, NodeId, ReadConsistency, RequestId, Time};
+use chat_core::{ClientRequest, NodeId, ReadConsistency, RequestId, SessionId, Time};
 use rand::Rng;
 
 /// How long a client waits for an answer before it tries another node.
@@ -33,9 +34,15 @@ pub struct InFlight {
 pub struct Client {
     pub index: usize,
     pub user: String,
-    pub session: ClientId,
+    /// Picked once; every attempt of the account creation carries it.
+    pub registration: u128,
+    /// The session the client writes in, once opened (by the log).
+    pub session: Option<SessionId>,
     /// The sequence number of the last write started in this session.
     pub seq: u64,
+    /// The sequence number of the last write of this session acknowledged with a
+    /// success: what a mismatched retry (`OpPlan::Mismatch`) reuses.
+    pub seq_acked: Option<u64>,
     pub auth: Option<Auth>,
     pub plan: Vec<PlannedOp>,
     pub next_op: usize,
@@ -57,12 +64,14 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(index: usize, session: ClientId, plan: Vec<PlannedOp>, target: NodeId) -> Client {
+    pub fn new(index: usize, registration: u128, plan: Vec<PlannedOp>, target: NodeId) -> Client {
         Client {
             index,
             user: format!("c{index}"),
-            session,
+            registration,
+            session: None,
             seq: 0,
+            seq_acked: None,
             auth: None,
             plan,
             next_op: 0,
@@ -82,15 +91,22 @@ impl Client {
         self.current.is_none()
     }
 
-    fn write(&mut self, command: Command) -> ClientRequest {
+    /// The next write of the session, or `None` without a session.
+    fn write(&mut self, command: Command) -> Option<ClientRequest> {
+        let id = self.session?;
         self.seq += 1;
-        ClientRequest::Write {
-            session: SessionRef {
-                client: self.session,
-                seq: self.seq,
-            },
+        Some(ClientRequest::Write {
+            session: Some(SessionRef { id, seq: self.seq }),
             command,
-        }
+        })
+    }
+
+    /// Starts over in a session to be opened (the last one expired, was evicted, or
+    /// refused this client).
+    pub fn drop_session(&mut self) {
+        self.session = None;
+        self.seq = 0;
+        self.seq_acked = None;
     }
 
     /// The request and history entry for the account creation every client starts with.
@@ -98,13 +114,32 @@ impl Client {
         let command = Command::CreateAccount {
             user: self.user.clone(),
             password_hash: format!("sim-hash-{}", self.user),
+            registration: self.registration,
         };
         (
-            self.write(command),
+            ClientRequest::Write {
+                session: None,
+                command,
+            },
             OpKind::CreateAccount {
                 user: self.user.clone(),
             },
         )
+    }
+
+    /// The request and history entry that opens a session, or `None` before the account
+    /// exists.
+    pub fn open_session(&self) -> Option<(ClientRequest, OpKind)> {
+        let auth = self.auth.clone()?;
+        Some((
+            ClientRequest::Write {
+                session: None,
+                command: Command::OpenSession { auth },
+            },
+            OpKind::OpenSession {
+                user: self.user.clone(),
+            },
+        ))
     }
 
     /// The request for a planned operation, or `None` if there is nothing to do for it
@@ -128,7 +163,7 @@ impl Client {
                     to: to.clone(),
                     body: body.clone(),
                 };
-                Some((self.write(Command::Send { auth, to, body }), kind))
+                Some((self.write(Command::Send { auth, to, body })?, kind))
             }
             OpPlan::Read { limit } => {
                 let kind = OpKind::Read {
@@ -139,7 +174,7 @@ impl Client {
                     self.write(Command::ReadMessages {
                         auth,
                         limit: *limit,
-                    }),
+                    })?,
                     kind,
                 ))
             }
@@ -157,7 +192,7 @@ impl Client {
                     user: self.user.clone(),
                     ids: ids.clone(),
                 };
-                Some((self.write(Command::DeleteMessages { auth, ids }), kind))
+                Some((self.write(Command::DeleteMessages { auth, ids })?, kind))
             }
             OpPlan::Peek => {
                 let query = Query::MessagesAfter {
@@ -197,7 +232,9 @@ impl Client {
             OpPlan::FreshSession { .. }
             | OpPlan::ForeignSession { .. }
             | OpPlan::Replay { .. }
-            | OpPlan::SeqJump { .. } => None,
+            | OpPlan::SeqJump { .. }
+            | OpPlan::OpenSession
+            | OpPlan::Mismatch { .. } => None,
         }
     }
 
@@ -213,7 +250,10 @@ impl Client {
 /// The same request under another session reference (a read has none: unchanged).
 pub fn with_session(request: ClientRequest, session: SessionRef) -> ClientRequest {
     match request {
-        ClientRequest::Write { command, .. } => ClientRequest::Write { session, command },
+        ClientRequest::Write { command, .. } => ClientRequest::Write {
+            session: Some(session),
+            command,
+        },
         read => read,
     }
 }
@@ -226,6 +266,7 @@ pub fn plan_abuse(rng: &mut impl Rng, clients: &mut [ClientPlan], tuning: &Repli
         return;
     }
     let sessions_max = tuning.sessions_max.unwrap_or(64);
+    let per_user_max = tuning.sessions_per_user_max.unwrap_or(4);
     let own_op = |rng: &mut dyn rand::RngCore| -> OpPlan {
         match rng.random_range(0..3) {
             0 => OpPlan::Send {
@@ -242,17 +283,36 @@ pub fn plan_abuse(rng: &mut impl Rng, clients: &mut [ClientPlan], tuning: &Repli
         let abuser = rng.random_range(0..count);
         for _ in 0..rng.random_range(1..=4) {
             let mut burst = Vec::new();
-            match rng.random_range(0..5) {
-                // More sessions than the table holds, with cheap requests.
+            match rng.random_range(0..6) {
+                // Session churn past the user's bound, and requests in sessions that were
+                // never opened, with cheap requests.
                 0 => {
-                    for _ in 0..sessions_max + rng.random_range(1..=sessions_max) {
+                    for _ in 0..per_user_max + rng.random_range(1..=sessions_max) {
+                        let op = if rng.random_bool(0.5) {
+                            OpPlan::OpenSession
+                        } else {
+                            OpPlan::FreshSession {
+                                op: Box::new(OpPlan::Read { limit: 1 }),
+                            }
+                        };
                         burst.push(PlannedOp {
                             think_us: rng.random_range(0..=2_000),
-                            op: OpPlan::FreshSession {
-                                op: Box::new(OpPlan::Read { limit: 1 }),
-                            },
+                            op,
                         });
                     }
+                }
+                // Another command under an answered sequence number, right after it.
+                5 => {
+                    burst.push(PlannedOp {
+                        think_us: rng.random_range(0..=50_000),
+                        op: own_op(rng),
+                    });
+                    burst.push(PlannedOp {
+                        think_us: rng.random_range(0..=50_000),
+                        op: OpPlan::Mismatch {
+                            op: Box::new(own_op(rng)),
+                        },
+                    });
                 }
                 // Another client's session.
                 1 => {

@@ -110,7 +110,7 @@ fn bad_input_is_refused_and_nodes_stay_up() {
             .await
             .expect("send");
         let request = chat_proto::chat::DeleteMessagesRequest {
-            session: Some(client.next_session()),
+            session: Some(client.session(&bob).await.expect("session")),
             auth: Some(bob.clone()),
             ids: vec![to_alice],
         };
@@ -127,7 +127,7 @@ fn bad_input_is_refused_and_nodes_stay_up() {
 
         // Logout kills every token of the account on every node.
         let request = chat_proto::chat::LogoutRequest {
-            session: Some(client.next_session()),
+            session: Some(client.session(&bob).await.expect("session")),
             auth: Some(bob.clone()),
         };
         client
@@ -143,11 +143,11 @@ fn bad_input_is_refused_and_nodes_stay_up() {
             Code::Unauthenticated
         );
 
-        // A request without a session cannot be applied exactly once: refused.
-        let no_session = client
+        // A registration without its 16-byte id cannot be retried exactly once: refused.
+        let no_id = client
             .call(|mut c| async move {
                 c.register(RegisterRequest {
-                    session: None,
+                    registration_id: vec![1, 2, 3],
                     user: "carol".to_owned(),
                     password: "pw".to_owned(),
                 })
@@ -155,7 +155,7 @@ fn bad_input_is_refused_and_nodes_stay_up() {
             })
             .await;
         assert_eq!(
-            no_session.expect_err("no session").code(),
+            no_id.expect_err("no registration id").code(),
             Code::InvalidArgument
         );
 

@@ -277,7 +277,7 @@ impl Drop for Cluster {
 
 pub async fn register(client: &mut ClusterClient, user: &str) -> Result<(), Status> {
     let request = RegisterRequest {
-        session: Some(client.next_session()),
+        registration_id: ClusterClient::registration_id(),
         user: user.to_owned(),
         password: PASSWORD.to_owned(),
     };
@@ -322,7 +322,7 @@ pub async fn send(
     body: &str,
 ) -> Result<u64, Status> {
     let request = SendRequest {
-        session: Some(client.next_session()),
+        session: Some(client.session(auth).await?),
         auth: Some(auth.clone()),
         to: to.to_owned(),
         body: body.to_owned(),
@@ -341,7 +341,7 @@ pub async fn read_all(client: &mut ClusterClient, auth: &Credentials) -> Vec<Cha
     let mut all = Vec::new();
     loop {
         let request = ReadRequest {
-            session: Some(client.next_session()),
+            session: Some(client.session(auth).await.expect("open a session")),
             auth: Some(auth.clone()),
             limit: 1_000,
         };

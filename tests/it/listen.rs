@@ -71,7 +71,7 @@ fn listen_survives_the_death_of_its_node() {
 
         // Logging out ends the stream: the token is dead on every node.
         let request = chat_proto::chat::LogoutRequest {
-            session: Some(client.next_session()),
+            session: Some(client.session(&bob_token).await.expect("session")),
             auth: Some(bob_token),
         };
         client

@@ -10,5 +10,6 @@ mod cli;
 mod failover;
 mod harness;
 mod listen;
+mod sessions;
 mod shutdown;
 mod tls;

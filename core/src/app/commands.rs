@@ -7,6 +7,7 @@ use super::validate;
 use super::{
     AppError, ApplyContext, Auth, Command, CommandOutput, Delivery, MessageId, MessageView,
 };
+use crate::types::SessionId;
 
 // `Deleted { count }` is a u32 and counts distinct ids from one command.
 const _: () = assert!(DELETE_IDS_MAX <= u32::MAX as usize);
@@ -41,7 +42,16 @@ impl ChatState {
             Command::CreateAccount {
                 user,
                 password_hash,
-            } => self.create_account(ctx, user, password_hash, USERS_MAX),
+                registration,
+            } => self.create_account(ctx, user, password_hash, *registration, USERS_MAX),
+            // The session itself is registered by the caller, which owns the session
+            // table; here the opener is authenticated and the id assigned.
+            Command::OpenSession { auth } => {
+                self.authenticate(auth)?;
+                Ok(CommandOutput::SessionOpened {
+                    session: SessionId(ctx.index.0),
+                })
+            }
             Command::Logout { auth } => self.logout(auth),
             Command::Send { auth, to, body } => self.send(ctx, auth, to, body, deliveries),
             Command::ReadMessages { auth, limit } => self.read_messages(auth, *limit),
@@ -61,9 +71,17 @@ impl ChatState {
         ctx: ApplyContext,
         user: &str,
         password_hash: &str,
+        registration: u128,
         users_max: usize,
     ) -> Result<CommandOutput, AppError> {
-        if self.users.contains_key(user) {
+        if let Some(account) = self.users.get(user) {
+            if account.registration == registration {
+                // A retry of the registration that created this account.
+                return Ok(CommandOutput::AccountCreated {
+                    user: user.to_owned(),
+                    generation: account.generation,
+                });
+            }
             return Err(AppError::UserExists(user.to_owned()));
         }
         if self.users.len() >= users_max {
@@ -74,6 +92,7 @@ impl ChatState {
             password_hash: password_hash.to_owned(),
             generation,
             token_epoch: 0,
+            registration,
             created_at: ctx.timestamp,
             inbox: Inbox::default(),
         };
@@ -202,7 +221,8 @@ impl ChatState {
                 self.check_user(&auth.user);
                 self.check_user(to);
             }
-            Command::Logout { auth }
+            Command::OpenSession { auth }
+            | Command::Logout { auth }
             | Command::ReadMessages { auth, .. }
             | Command::DeleteMessages { auth, .. }
             | Command::DeleteAccount { auth } => self.check_user(&auth.user),

@@ -7,7 +7,7 @@
 //! that the shell read out of a verified token, so a token dies with its account and on
 //! logout, on every replica, at the same log position.
 
-use crate::types::{LogIndex, Time};
+use crate::types::{LogIndex, SessionId, Time};
 use serde::{Deserialize, Serialize};
 
 mod commands;
@@ -51,9 +51,19 @@ pub struct Auth {
 /// Replicated writes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
+    /// Creates an account. `registration` is a random number the client picks once per
+    /// registration and repeats on every retry of it: a retry that finds the account it
+    /// created answers `AccountCreated` again instead of `UserExists`, which makes
+    /// registration exactly-once without a session (a session needs an account).
     CreateAccount {
         user: String,
         password_hash: String,
+        registration: u128,
+    },
+    /// Registers an exactly-once session bound to the authenticated account; its id is
+    /// the index of this entry. Sent outside any session.
+    OpenSession {
+        auth: Auth,
     },
     /// Invalidates every token issued to the account so far.
     Logout {
@@ -88,12 +98,28 @@ impl Command {
                 Command::CreateAccount {
                     user,
                     password_hash,
+                    registration: _,
                 } => user.len() + password_hash.len(),
-                Command::Logout { auth } | Command::DeleteAccount { auth } => auth.user.len(),
+                Command::OpenSession { auth }
+                | Command::Logout { auth }
+                | Command::DeleteAccount { auth } => auth.user.len(),
                 Command::Send { auth, to, body } => auth.user.len() + to.len() + body.len(),
                 Command::ReadMessages { auth, .. } => auth.user.len(),
                 Command::DeleteMessages { auth, ids } => auth.user.len() + 8 * ids.len(),
             }
+    }
+
+    /// The account acting, for the commands that run in a session: every command but
+    /// account creation and session opening.
+    pub fn session_auth(&self) -> Option<&Auth> {
+        match self {
+            Command::CreateAccount { .. } | Command::OpenSession { .. } => None,
+            Command::Logout { auth }
+            | Command::Send { auth, .. }
+            | Command::ReadMessages { auth, .. }
+            | Command::DeleteMessages { auth, .. }
+            | Command::DeleteAccount { auth } => Some(auth),
+        }
     }
 }
 
@@ -136,6 +162,7 @@ pub struct MessageView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandOutput {
     AccountCreated { user: String, generation: u64 },
+    SessionOpened { session: SessionId },
     LoggedOut,
     Sent { id: MessageId, timestamp: Time },
     Messages(Vec<MessageView>),
@@ -201,6 +228,8 @@ pub enum AppError {
     },
     #[error("the cluster holds the maximum number of accounts")]
     TooManyUsers,
+    #[error("the session table is full; retry after idle sessions expire")]
+    TooManySessions,
 }
 
 /// Where in the log a command is applied.

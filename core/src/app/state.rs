@@ -26,6 +26,9 @@ pub(super) struct Account {
     pub(super) generation: u64,
     /// Counts logouts; a token is valid only for the epoch it was minted in.
     pub(super) token_epoch: u64,
+    /// The client's number for the registration that created the account, so that a
+    /// retry of it is answered `AccountCreated` (see `Command::CreateAccount`).
+    pub(super) registration: u128,
     pub(super) created_at: Time,
     pub(super) inbox: Inbox,
 }

@@ -91,6 +91,16 @@ impl Chat {
     /// Bypasses `apply` to reach the account bound with a handful of accounts instead of
     /// `USERS_MAX`; everything else goes through `apply`.
     fn create_bounded(&mut self, user: &str, users_max: usize) -> Result<CommandOutput, AppError> {
+        self.create_bounded_as(user, users_max, 0)
+    }
+
+    /// `create_bounded` as registration number `registration`.
+    fn create_bounded_as(
+        &mut self,
+        user: &str,
+        users_max: usize,
+        registration: u128,
+    ) -> Result<CommandOutput, AppError> {
         assert!(users_max < USERS_MAX);
         let ctx = ApplyContext {
             index: LogIndex(self.next_index),
@@ -98,7 +108,9 @@ impl Chat {
         };
         self.next_index += 1;
         let before = self.state.clone();
-        let result = self.state.create_account(ctx, user, "hash", users_max);
+        let result = self
+            .state
+            .create_account(ctx, user, "hash", registration, users_max);
         self.finish_step(&before, Ok(()), &result, &[]);
         result
     }
@@ -264,6 +276,7 @@ fn create_account(user: &str) -> Command {
     Command::CreateAccount {
         user: user.to_owned(),
         password_hash: format!("hash-of-{user}"),
+        registration: 1,
     }
 }
 

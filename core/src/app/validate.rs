@@ -25,11 +25,14 @@ pub(crate) fn validate_command(command: &Command) -> Result<(), AppError> {
         Command::CreateAccount {
             user,
             password_hash,
+            registration: _,
         } => {
             validate_username(user)?;
             validate_password_hash(password_hash)
         }
-        Command::Logout { auth } | Command::DeleteAccount { auth } => validate_auth(auth),
+        Command::OpenSession { auth }
+        | Command::Logout { auth }
+        | Command::DeleteAccount { auth } => validate_auth(auth),
         Command::Send { auth, to, body } => {
             validate_auth(auth)?;
             validate_username(to)?;

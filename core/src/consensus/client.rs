@@ -2,10 +2,10 @@
 //! read index, stale reads, and applying committed entries to the state machine.
 
 use super::replica::{PendingRead, ReadConsistency, Replica, Role};
-use crate::app::{AppError, ApplyContext, ChatState, Command, CommandOutput, Query};
+use crate::app::{AppError, ApplyContext, Auth, ChatState, Command, CommandOutput, Query};
 use crate::effects::{ClientError, Reply, Response};
 use crate::entry::{Entry, EntryPayload, Proposal, SessionRef};
-use crate::session::SessionCheck;
+use crate::session::{command_digest, OpenRefused, SessionCheck, SessionOwner};
 use crate::types::{LogIndex, RequestId, Term};
 
 impl Replica {
@@ -43,32 +43,45 @@ impl Replica {
         true
     }
 
-    pub(super) fn propose(&mut self, request_id: RequestId, session: SessionRef, command: Command) {
+    pub(super) fn propose(
+        &mut self,
+        request_id: RequestId,
+        session: Option<SessionRef>,
+        command: Command,
+    ) {
         if let Err(error) = ChatState::validate(&command) {
             return self.reply_err(request_id, error.into());
+        }
+        if let Err(reason) = session_fits(session, &command) {
+            return self.reply_err(request_id, ClientError::InvalidRequest(reason.to_owned()));
         }
         if !self.admit(request_id) {
             return;
         }
-        // A retry of a request already applied is answered from the session table without
-        // another trip through the log: that answer is a committed fact. Nothing else is
-        // decided here, because this leader's applied state may still lag its log (an
-        // unknown session may be one whose first request it has yet to apply); the log
-        // decides the rest when the request is applied.
-        match self.machine.sessions.check(session) {
-            SessionCheck::Duplicate(outcome) => return self.reply_outcome(request_id, outcome),
-            SessionCheck::Stale { last_seq } => {
-                let error = ClientError::StaleRequest {
-                    seq: session.seq,
-                    last_seq,
-                };
-                return self.reply_err(request_id, error);
+        // What the session table already says for certain is answered without another
+        // trip through the log: a retry of an applied request (a committed fact), and
+        // refusals that no later entry can change (session ids are log indexes bound to
+        // one owner for good; an applied sequence number only ever falls further behind).
+        // An unknown session is left to the log, because this leader's applied state may
+        // lag its log: the session may be opened by an entry it has yet to apply.
+        if let (Some(session), Some(auth)) = (session, command.session_auth()) {
+            let digest = command_digest(&command);
+            match self
+                .machine
+                .sessions
+                .check(session, &owner_of(auth), digest)
+            {
+                SessionCheck::Apply | SessionCheck::Expired => {}
+                SessionCheck::Duplicate(outcome) => return self.reply_outcome(request_id, outcome),
+                refused => {
+                    let error = session_refusal(session, refused);
+                    return self.reply_err(request_id, error);
+                }
             }
-            SessionCheck::Apply | SessionCheck::Expired => {}
         }
         let timestamp = self.stamp_time();
         let index = self.append_own(EntryPayload::Command(Proposal {
-            session: Some(session),
+            session,
             timestamp,
             command,
         }));
@@ -241,29 +254,51 @@ impl Replica {
             index: entry.index,
             timestamp: self.machine.log_time,
         };
-        let outcome = match proposal.session {
-            None => self.apply_command(ctx, &proposal.command),
-            Some(session) => match self.machine.sessions.check(session) {
-                SessionCheck::Apply => {
-                    let result = self.apply_command(ctx, &proposal.command);
-                    let log_time = self.machine.log_time;
-                    self.machine
-                        .sessions
-                        .record(session, result.clone(), log_time);
-                    result
+        // The leader refuses a session that does not fit its command, but a log may hold
+        // anything (an older leader's rules, a bug): refuse it the same way everywhere.
+        if let Err(reason) = session_fits(proposal.session, &proposal.command) {
+            let error = ClientError::InvalidRequest(reason.to_owned());
+            return self.answer_pending_write(entry.index, entry.term, Err(error));
+        }
+        let outcome = match (proposal.session, proposal.command.session_auth()) {
+            (Some(session), Some(auth)) => {
+                let digest = command_digest(&proposal.command);
+                match self
+                    .machine
+                    .sessions
+                    .check(session, &owner_of(auth), digest)
+                {
+                    SessionCheck::Apply => {
+                        let result = self.apply_command(ctx, &proposal.command);
+                        let log_time = self.machine.log_time;
+                        self.machine
+                            .sessions
+                            .record(session, digest, result.clone(), log_time);
+                        result
+                    }
+                    SessionCheck::Duplicate(result) => result,
+                    refused => {
+                        let error = session_refusal(session, refused);
+                        return self.answer_pending_write(entry.index, entry.term, Err(error));
+                    }
                 }
-                SessionCheck::Duplicate(result) => result,
-                SessionCheck::Stale { last_seq } => {
-                    let error = ClientError::StaleRequest {
-                        seq: session.seq,
-                        last_seq,
+            }
+            _ => match self.apply_command(ctx, &proposal.command) {
+                Ok(CommandOutput::SessionOpened { session }) => {
+                    let Command::OpenSession { auth } = &proposal.command else {
+                        unreachable!("only OpenSession answers SessionOpened");
                     };
-                    return self.answer_pending_write(entry.index, entry.term, Err(error));
+                    let log_time = self.machine.log_time;
+                    match self
+                        .machine
+                        .sessions
+                        .open(session, owner_of(auth), log_time)
+                    {
+                        Ok(()) => Ok(CommandOutput::SessionOpened { session }),
+                        Err(OpenRefused::TableFull) => Err(AppError::TooManySessions),
+                    }
                 }
-                SessionCheck::Expired => {
-                    let error = ClientError::SessionExpired;
-                    return self.answer_pending_write(entry.index, entry.term, Err(error));
-                }
+                other => other,
             },
         };
         let outcome = outcome.map(Response::Command).map_err(ClientError::from);
@@ -304,6 +339,43 @@ impl Replica {
             // Our entry was replaced by another leader's.
             let error = self.not_leader();
             self.reply_err(request_id, error);
+        }
+    }
+}
+
+/// The account a session of `auth`'s commands belongs to.
+fn owner_of(auth: &Auth) -> SessionOwner {
+    SessionOwner {
+        user: auth.user.clone(),
+        generation: auth.generation,
+    }
+}
+
+/// Whether a request's session fits its command: account creation and session opening
+/// take none, every other command needs one, and sequence numbers start at 1.
+fn session_fits(session: Option<SessionRef>, command: &Command) -> Result<(), &'static str> {
+    match (session, command.session_auth()) {
+        (Some(_), None) => Err("account creation and session opening take no session"),
+        (None, Some(_)) => Err("this command must be sent in a session (open one first)"),
+        (Some(session), Some(_)) if session.seq == 0 => {
+            Err("sequence numbers within a session start at 1")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The client's answer for a request the session table refuses.
+fn session_refusal(session: SessionRef, check: SessionCheck) -> ClientError {
+    match check {
+        SessionCheck::Stale { last_seq } => ClientError::StaleRequest {
+            seq: session.seq,
+            last_seq,
+        },
+        SessionCheck::Expired => ClientError::SessionExpired,
+        SessionCheck::NotOwned => ClientError::SessionNotOwned,
+        SessionCheck::RetryMismatch { seq } => ClientError::RetryMismatch { seq },
+        SessionCheck::Apply | SessionCheck::Duplicate(_) => {
+            unreachable!("{check:?} is not a refusal")
         }
     }
 }

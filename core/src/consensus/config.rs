@@ -29,7 +29,13 @@ pub struct Config {
     pub snapshot_chunk_bytes: usize,
     /// A snapshot larger than this is refused while receiving it.
     pub snapshot_bytes_max: u64,
+    /// Client sessions in all. When the table is full, opening a session is refused
+    /// (`TooManySessions`) until idle ones expire: nobody's session is evicted for
+    /// another user's.
     pub sessions_max: usize,
+    /// Client sessions of one account name. Opening one more evicts that user's least
+    /// recently active session, so a client that leaks sessions only hurts itself.
+    pub sessions_per_user_max: usize,
     /// A session idle for this long in log time is forgotten.
     pub session_expiry_us: u64,
     /// Client writes and reads waiting on this replica before it answers `Busy`.
@@ -68,7 +74,8 @@ impl Config {
             snapshot_threshold_entries: 4096,
             snapshot_chunk_bytes: 64 * 1024,
             snapshot_bytes_max: 1 << 30,
-            sessions_max: 10_000,
+            sessions_max: 65_536,
+            sessions_per_user_max: 16,
             session_expiry_us: 3_600 * 1_000_000,
             pending_requests_max: 4096,
             rng_seed: id.0,
@@ -110,6 +117,7 @@ impl Config {
         }
         if self.snapshot_threshold_entries == 0
             || self.sessions_max == 0
+            || self.sessions_per_user_max == 0
             || self.pending_requests_max == 0
         {
             return Err(ConfigError::Invalid(

@@ -35,9 +35,10 @@ pub enum ReadConsistency {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientRequest {
-    /// A replicated write, applied exactly once per (session, seq).
+    /// A replicated write, applied exactly once per (session, seq). Account creation and
+    /// session opening carry no session; every other command must.
     Write {
-        session: crate::entry::SessionRef,
+        session: Option<crate::entry::SessionRef>,
         command: Command,
     },
     Read {

@@ -10,7 +10,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Bumped on any change to the bytes a file holds; a reader refuses other versions.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: sessions registered in the log (session ids, owners, command digests) and
+/// registration numbers on accounts.
+pub const FORMAT_VERSION: u32 = 2;
 pub const HEADER_BYTES: usize = 24;
 pub const RECORD_HEADER_BYTES: usize = 8;
 

@@ -18,8 +18,8 @@ fn chaos_run(seed: u64) {
     let drop_percent = rng.random_range(0..20u32);
     cluster.set_filter(move |_| drop_rng.random_range(0..100u32) < drop_percent);
     let mut acked: Vec<String> = Vec::new();
-    let mut pending: BTreeMap<RequestId, (u128, u64, String)> = BTreeMap::new();
-    let mut next_client = 1u128;
+    let mut pending: BTreeMap<RequestId, (u64, u64, String)> = BTreeMap::new();
+    let mut next_client = 1u64;
     for step in 0..200 {
         match rng.random_range(0..10) {
             0 if cluster.replicas.len() > 3 => {

@@ -29,14 +29,15 @@ fn five_nodes_elect_exactly_one_leader_and_replicate() {
         other => panic!("{other:?}"),
     };
     cluster.write_ok(2, 1, create("bob"));
+    let session = cluster.open(&alice);
     for seq in 2..=20 {
-        cluster.write_ok(1, seq, send(&alice, "bob", &format!("hello {seq}")));
+        cluster.write_ok(session, seq, send(&alice, "bob", &format!("hello {seq}")));
     }
     cluster.run_for(ms(500));
     let commit = cluster.replicas[&leader].commit_index();
     assert!(
-        commit.0 >= 22,
-        "21 writes and a no-op committed, got {commit}"
+        commit.0 >= 23,
+        "21 writes, a session and a no-op committed, got {commit}"
     );
     for replica in cluster.replicas.values() {
         assert_eq!(replica.commit_index(), commit);

@@ -6,8 +6,8 @@
 use chat_core::app::{Auth, Command, CommandOutput, Query};
 use chat_core::entry::{Entry, HardState, Persist, SessionRef, Snapshot};
 use chat_core::{
-    drive, ClientError, ClientId, ClientRequest, Config, Envelope, LogIndex, NodeId,
-    ReadConsistency, Recovered, Replica, Reply, RequestId, Response, Role, Shell, Term, Time,
+    drive, ClientError, ClientRequest, Config, Envelope, LogIndex, NodeId, ReadConsistency,
+    Recovered, Replica, Reply, RequestId, Response, Role, SessionId, Shell, Term, Time,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -343,12 +343,22 @@ impl Cluster {
         request_id
     }
 
-    pub fn write(&mut self, node: NodeId, client: u128, seq: u64, command: Command) -> RequestId {
-        let session = SessionRef {
-            client: ClientId(uuid::Uuid::from_u128(client)),
+    /// A write in session `session` (an id `open` returned) at `seq`; account creation
+    /// and session opening ignore both, as they take no session.
+    pub fn write(&mut self, node: NodeId, session: u64, seq: u64, command: Command) -> RequestId {
+        let session = command.session_auth().map(|_| SessionRef {
+            id: SessionId(session),
             seq,
-        };
+        });
         self.request(node, ClientRequest::Write { session, command })
+    }
+
+    /// Opens a session for `auth` through the leader; returns its id for `write`.
+    pub fn open(&mut self, auth: &Auth) -> u64 {
+        match self.write_ok(0, 0, open_session(auth)) {
+            CommandOutput::SessionOpened { session } => session.0,
+            other => panic!("opening a session answered {other:?}"),
+        }
     }
 
     pub fn read(&mut self, node: NodeId, query: Query, consistency: ReadConsistency) -> RequestId {
@@ -365,7 +375,7 @@ impl Cluster {
     }
 
     /// Writes through whichever node leads, waiting for the answer.
-    pub fn write_ok(&mut self, client: u128, seq: u64, command: Command) -> CommandOutput {
+    pub fn write_ok(&mut self, client: u64, seq: u64, command: Command) -> CommandOutput {
         let leader = self.wait_for_leader();
         let request_id = self.write(leader, client, seq, command);
         match self.outcome(request_id) {
@@ -400,7 +410,13 @@ pub fn create(user: &str) -> Command {
     Command::CreateAccount {
         user: user.to_string(),
         password_hash: format!("$argon2id$hash-of-{user}"),
+        // One registration per name in these tests: a retry repeats it.
+        registration: u128::from_le_bytes(*b"test-registered!"),
     }
+}
+
+pub fn open_session(auth: &Auth) -> Command {
+    Command::OpenSession { auth: auth.clone() }
 }
 
 pub fn auth(user: &str, generation: u64) -> Auth {

@@ -7,7 +7,7 @@ use chat_core::{ClientError, ReadConsistency, Response};
 fn a_read_after_an_acknowledged_write_sees_it() {
     let mut cluster = Cluster::new(5);
     for (client, name) in ["ann", "ben", "cat"].iter().enumerate() {
-        cluster.write_ok(client as u128 + 1, 1, create(name));
+        cluster.write_ok(client as u64 + 1, 1, create(name));
         assert!(list_all(&mut cluster).contains(&name.to_string()));
     }
 }

@@ -20,8 +20,9 @@ fn a_follower_behind_the_compacted_prefix_catches_up_by_snapshot() {
         CommandOutput::AccountCreated { generation, .. } => auth("alice", generation),
         other => panic!("{other:?}"),
     };
+    let session = cluster.open(&alice);
     for seq in 2..=60 {
-        cluster.write_ok(1, seq, send(&alice, "alice", &format!("note {seq}")));
+        cluster.write_ok(session, seq, send(&alice, "alice", &format!("note {seq}")));
     }
     assert!(
         cluster.replicas[&leader].first_log_index() > LogIndex(2),
@@ -40,7 +41,7 @@ fn a_follower_behind_the_compacted_prefix_catches_up_by_snapshot() {
     assert_eq!(caught_up.chat().message_count(), 59);
     cluster.assert_converged();
     // It keeps following by log after the snapshot.
-    cluster.write_ok(1, 61, send(&alice, "alice", "after"));
+    cluster.write_ok(session, 61, send(&alice, "alice", "after"));
     cluster.run_for(ms(200));
     cluster.assert_converged();
     // And recovers from its own disk (snapshot + log suffix) after a crash.

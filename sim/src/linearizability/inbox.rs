@@ -379,13 +379,16 @@ pub(super) fn known_outcome(op: &OpRecord) -> Option<Result<&Response, &AppError
     match op.outcome.as_ref()? {
         Ok(response) => Some(Ok(response)),
         Err(ClientError::App(error)) => Some(Err(error)),
-        // Not leader and busy are retried, never final; an expired session or a stale
-        // request does not say whether the write was applied.
+        // Not leader and busy are retried, never final; a refusal by the session table
+        // says this attempt was not applied, not whether an earlier one was.
         Err(
             ClientError::NotLeader { .. }
             | ClientError::Busy { .. }
             | ClientError::SessionExpired
-            | ClientError::StaleRequest { .. },
+            | ClientError::StaleRequest { .. }
+            | ClientError::SessionNotOwned
+            | ClientError::RetryMismatch { .. }
+            | ClientError::InvalidRequest(_),
         ) => None,
     }
 }
@@ -475,7 +478,7 @@ pub(super) fn build(user: &str, all: &[OpRecord], ops: &[usize]) -> InboxModel {
                 deletes.push(model_ops.len());
                 InboxOp::Impossible
             }
-            OpKind::List { .. } => InboxOp::Impossible,
+            OpKind::List { .. } | OpKind::OpenSession { .. } => InboxOp::Impossible,
         };
         model_ops.push(op);
     }

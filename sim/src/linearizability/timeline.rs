@@ -77,6 +77,7 @@ pub fn history_html(history: &History, report: &Report) -> String {
             };
             let kind = match op.kind {
                 OpKind::CreateAccount { .. } => "create",
+                OpKind::OpenSession { .. } => "open",
                 OpKind::Send { .. } => "send",
                 OpKind::Read { .. } => "read",
                 OpKind::Peek { .. } => "peek",

@@ -5,8 +5,9 @@ use super::*;
 use crate::faults::FaultKind;
 use crate::history::Abuse;
 use crate::scenario::OpPlan;
-use crate::workload::with_session;
+use crate::workload::{with_session, BACKOFF_US_MAX};
 use chat_core::entry::SessionRef;
+use chat_core::SessionId;
 
 impl World<'_> {
     pub(super) fn client_wake(&mut self, client: usize, token: u64) {
@@ -34,6 +35,11 @@ impl World<'_> {
         let (request, kind, abuse) = if c.auth.is_none() {
             let (request, kind) = c.create_account();
             (request, kind, None)
+        } else if c.session.is_none() {
+            let Some((request, kind)) = c.open_session() else {
+                return;
+            };
+            (request, kind, None)
         } else {
             loop {
                 let c = &mut self.clients[client];
@@ -51,10 +57,12 @@ impl World<'_> {
         };
         let op = self.history.invoke(client, kind, self.now.0);
         self.history.ops[op].abuse = abuse;
-        // Only misbehaving clients replay old requests: polite runs keep none.
+        // Only misbehaving clients replay old requests: polite runs keep none. Opening a
+        // session is not replayed: every open registers a new one, by design.
         if self.scenario.faults.contains(FaultKind::ClientAbuse)
             && matches!(request, ClientRequest::Write { .. })
-            && !matches!(abuse, Some(Abuse::Replay { .. }))
+            && !matches!(self.history.ops[op].kind, OpKind::OpenSession { .. })
+            && !matches!(abuse, Some(Abuse::Replay { .. } | Abuse::Churn))
         {
             self.clients[client].sent.push((request.clone(), op));
         }
@@ -89,8 +97,10 @@ impl World<'_> {
         match op {
             OpPlan::FreshSession { op } => {
                 let (request, kind) = inner(self, op)?;
+                // Far above any log index of a run, so never a session that was opened.
+                let made_up: u64 = self.client_rng.random();
                 let session = SessionRef {
-                    client: ClientId(uuid::Uuid::from_u128(self.client_rng.random())),
+                    id: SessionId(made_up | 1 << 63),
                     seq: 1,
                 };
                 Some((
@@ -102,8 +112,8 @@ impl World<'_> {
             OpPlan::ForeignSession { victim, ahead, op } => {
                 let owner = self.clients.get(*victim).filter(|_| *victim != client)?;
                 let session = SessionRef {
-                    client: owner.session,
-                    seq: owner.seq + u64::from(*ahead),
+                    id: owner.session?,
+                    seq: (owner.seq + u64::from(*ahead)).max(1),
                 };
                 let (request, kind) = inner(self, op)?;
                 let abuse = Abuse::Foreign { owner: *victim };
@@ -126,10 +136,24 @@ impl World<'_> {
                     c.seq = seq;
                 }
                 let session = SessionRef {
-                    client: c.session,
+                    id: c.session?,
                     seq,
                 };
                 Some((with_session(request, session), kind, Some(Abuse::SeqJump)))
+            }
+            OpPlan::OpenSession => {
+                let (request, kind) = self.clients[client].open_session()?;
+                Some((request, kind, Some(Abuse::Churn)))
+            }
+            OpPlan::Mismatch { op } => {
+                let c = &self.clients[client];
+                // Only right after an acknowledged write, so that its number was applied
+                // (or the session lost) and the mismatched request cannot be new.
+                let seq = c.seq_acked.filter(|&acked| acked == c.seq)?;
+                let id = c.session?;
+                let (request, kind) = inner(self, op)?;
+                let session = SessionRef { id, seq };
+                Some((with_session(request, session), kind, Some(Abuse::Mismatch)))
             }
             _ => None,
         }
@@ -249,10 +273,11 @@ impl World<'_> {
             self.stats.ops_acknowledged += 1;
         }
         let abuse = self.history.ops[current.history_op].abuse;
-        // An answer to a request in someone else's session, or to a replay, says nothing
-        // about this client's own state.
-        let own = !matches!(abuse, Some(Abuse::Foreign { .. } | Abuse::Replay { .. }));
+        // An answer to a request in someone else's session, or to a replay, a made-up
+        // session or an abandoned one, says nothing about this client's own state.
+        let own = matches!(abuse, None | Some(Abuse::SeqJump));
         let c = &mut self.clients[client];
+        let mut open_refused = false;
         match (&self.history.ops[current.history_op].kind, &outcome) {
             _ if !own => {}
             (
@@ -266,34 +291,53 @@ impl World<'_> {
                 });
             }
             (OpKind::CreateAccount { .. }, _) => c.stopped = true,
+            (
+                OpKind::OpenSession { .. },
+                Ok(Response::Command(CommandOutput::SessionOpened { session })),
+            ) => {
+                c.drop_session();
+                c.session = Some(*session);
+            }
+            // A full table: try again later, when idle sessions have expired.
+            (OpKind::OpenSession { .. }, _) => open_refused = true,
             (OpKind::Read { .. }, Ok(Response::Command(CommandOutput::Messages(messages)))) => {
                 c.read_ids.extend(messages.iter().map(|m| m.id));
             }
             (OpKind::Delete { ids, .. }, Ok(_)) => c.read_ids.retain(|id| !ids.contains(id)),
             _ => {}
         }
+        if let (
+            true,
+            Ok(_),
+            ClientRequest::Write {
+                session: Some(s), ..
+            },
+        ) = (own, &outcome, &current.request)
+        {
+            if c.session == Some(s.id) {
+                c.seq_acked = Some(s.seq);
+            }
+        }
         if self.scenario.faults.contains(FaultKind::ClientAbuse) {
-            // Misbehaving clients: floods evict sessions and foreign requests move them
-            // on; a client refused in its own session starts a new one.
+            // Misbehaving clients: churn evicts the client's own sessions and expiry is
+            // short; a client refused in its own session opens a new one.
             let refused = matches!(
                 outcome,
-                Err(ClientError::SessionExpired | ClientError::StaleRequest { .. })
+                Err(ClientError::SessionExpired
+                    | ClientError::StaleRequest { .. }
+                    | ClientError::RetryMismatch { .. })
             );
-            if refused && matches!(abuse, None | Some(Abuse::SeqJump)) {
-                let c = &mut self.clients[client];
-                c.session = ClientId(uuid::Uuid::from_u128(self.client_rng.random()));
-                c.seq = 0;
+            if refused && own {
+                self.clients[client].drop_session();
             }
         } else if let Err(ClientError::SessionExpired) = outcome {
-            // Sessions here are far below the table's bound and its expiry: an expired
+            // Sessions here are far below the table's bounds and its expiry: an expired
             // session is a replica answering from state it should not trust.
             self.fail(Violation {
                 check: "sessions",
                 detail: format!("client c{client} was told its live session expired"),
             });
-            let c = &mut self.clients[client];
-            c.session = ClientId(uuid::Uuid::from_u128(self.client_rng.random()));
-            c.seq = 0;
+            self.clients[client].drop_session();
         }
         let name = format!("{:?}", self.history.ops[current.history_op].kind);
         let label = match &outcome {
@@ -304,10 +348,14 @@ impl World<'_> {
             .client_op(client, current.started, self.now, &name, &label);
         self.history
             .complete(current.history_op, outcome, self.now.0);
-        let think_us = self.clients[client]
-            .plan
-            .get(self.clients[client].next_op)
-            .map_or(0, |p| p.think_us);
+        let think_us = if open_refused {
+            BACKOFF_US_MAX
+        } else {
+            self.clients[client]
+                .plan
+                .get(self.clients[client].next_op)
+                .map_or(0, |p| p.think_us)
+        };
         let c = &mut self.clients[client];
         c.wake_token += 1;
         c.backing_off = false;

@@ -17,8 +17,8 @@ use chat_core::app::{Delivery, Query, QueryOutput};
 use chat_core::entry::Persist;
 use chat_core::storage::{Disk, LogStore, MemDisk, StorageError, SNAPSHOT_FILE};
 use chat_core::{
-    drive, ClientError, ClientId, ClientRequest, Config, Envelope, NodeId, Recovered, Replica,
-    Reply, RequestId, Response, Role, Shell, Time,
+    drive, ClientError, ClientRequest, Config, Envelope, NodeId, Recovered, Replica, Reply,
+    RequestId, Response, Role, Shell, Time,
 };
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -242,9 +242,9 @@ impl<'a> World<'a> {
             .iter()
             .enumerate()
             .map(|(index, plan)| {
-                let session = ClientId(uuid::Uuid::from_u128(client_rng.random()));
+                let registration: u128 = client_rng.random();
                 let target = NodeId(client_rng.random_range(1..=scenario.nodes));
-                Client::new(index, session, plan.ops.clone(), target)
+                Client::new(index, registration, plan.ops.clone(), target)
             })
             .collect();
         let users = clients.iter().map(|c| c.user.clone()).collect();

@@ -121,6 +121,12 @@ impl World<'_> {
         if let Some(sessions_max) = tuning.sessions_max {
             config.sessions_max = sessions_max;
         }
+        if let Some(sessions_per_user_max) = tuning.sessions_per_user_max {
+            config.sessions_per_user_max = sessions_per_user_max;
+        }
+        if let Some(session_expiry_us) = tuning.session_expiry_us {
+            config.session_expiry_us = session_expiry_us;
+        }
         let node = &mut self.nodes[index];
         config.rng_seed = derive_seed(
             self.scenario.seed,

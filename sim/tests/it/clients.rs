@@ -10,9 +10,12 @@ use chat_sim::scenario::OpPlan;
 use chat_sim::trace::Tracer;
 use chat_sim::{GenerateOptions, Scenario, World};
 
-fn abuse_options() -> GenerateOptions {
+/// `all` without misbehaving clients: how seeds were generated before they existed.
+fn polite_options() -> GenerateOptions {
+    let mut faults = FaultSet::all();
+    faults.0.remove(&FaultKind::ClientAbuse);
     GenerateOptions {
-        faults: "all,client-abuse".parse().unwrap(),
+        faults,
         ..GenerateOptions::default()
     }
 }
@@ -34,28 +37,65 @@ fn abusive_scenario(wanted: impl Fn(&OpPlan) -> bool) -> Scenario {
 }
 
 #[test]
-fn client_abuse_is_opt_in_and_parses() {
-    assert!(!FaultSet::all().contains(FaultKind::ClientAbuse));
-    let set: FaultSet = "all,client-abuse".parse().unwrap();
+fn client_abuse_is_in_the_default_sweep_and_parses() {
+    assert!(FaultSet::all().contains(FaultKind::ClientAbuse));
+    assert!(GenerateOptions::default()
+        .faults
+        .contains(FaultKind::ClientAbuse));
+    let set: FaultSet = "crash,client-abuse".parse().unwrap();
     assert!(set.contains(FaultKind::ClientAbuse) && set.contains(FaultKind::Crash));
-    assert_eq!(set.to_string(), "all,client-abuse");
+    assert_eq!(set.to_string().parse::<FaultSet>().unwrap(), set);
 }
 
 #[test]
-fn a_flood_opens_more_sessions_than_the_table_holds() {
-    let scenario = abusive_scenario(|op| matches!(op, OpPlan::FreshSession { .. }));
-    let sessions_max = scenario.tuning.sessions_max.expect("a small table");
-    assert!((8..=64).contains(&sessions_max));
-    let (_, history) = World::new(&scenario, Tracer::silent()).run_with_history();
-    let fresh_applied = history
+fn churn_passes_the_per_user_bound_and_made_up_sessions_are_refused() {
+    let scenario = abusive_scenario(|op| matches!(op, OpPlan::OpenSession));
+    let per_user_max = scenario
+        .tuning
+        .sessions_per_user_max
+        .expect("a small bound");
+    assert!((2..=4).contains(&per_user_max));
+    let (outcome, history) = World::new(&scenario, Tracer::silent()).run_with_history();
+    assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
+    let most_opened = (0..scenario.clients.len())
+        .map(|client| {
+            history
+                .ops
+                .iter()
+                .filter(|op| {
+                    op.client == client
+                        && op.abuse == Some(Abuse::Churn)
+                        && matches!(
+                            op.outcome,
+                            Some(Ok(Response::Command(CommandOutput::SessionOpened { .. })))
+                        )
+                })
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        most_opened > per_user_max,
+        "one client opened {most_opened} sessions, its bound is {per_user_max}"
+    );
+    let made_up: Vec<_> = history
         .ops
         .iter()
-        .filter(|op| op.abuse == Some(Abuse::FreshSession) && matches!(op.outcome, Some(Ok(_))))
-        .count();
-    assert!(
-        fresh_applied > sessions_max,
-        "{fresh_applied} fresh sessions applied, table holds {sessions_max}"
-    );
+        .filter(|op| op.abuse == Some(Abuse::FreshSession))
+        .collect();
+    assert!(!made_up.is_empty());
+    for op in made_up {
+        assert!(
+            matches!(
+                op.outcome,
+                None | Some(Err(
+                    ClientError::SessionExpired | ClientError::NotLeader { .. }
+                ))
+            ),
+            "a request in a session never opened got {:?}",
+            op.outcome
+        );
+    }
 }
 
 #[test]
@@ -181,10 +221,9 @@ fn a_late_retry_applied_again_fails_exactly_once() {
 
 #[test]
 fn seeds_without_the_kind_are_unchanged() {
-    let all = GenerateOptions::default();
     for seed in 0..40 {
-        let plain = Scenario::generate(seed, &all);
-        let mut abused = Scenario::generate(seed, &abuse_options());
+        let plain = Scenario::generate(seed, &polite_options());
+        let mut abused = Scenario::generate(seed, &GenerateOptions::default());
         if !abused.faults.contains(FaultKind::ClientAbuse) {
             assert_eq!(
                 plain, abused,
@@ -193,10 +232,12 @@ fn seeds_without_the_kind_are_unchanged() {
             continue;
         }
         // Abuse on: the faults, network and tuning are drawn as before; only the table
-        // bound and the clients' plans gain something.
+        // bounds, the expiry and the clients' plans gain something.
         assert_eq!(plain.fault_events, abused.fault_events);
         assert_eq!(plain.network, abused.network);
         abused.tuning.sessions_max = None;
+        abused.tuning.sessions_per_user_max = None;
+        abused.tuning.session_expiry_us = None;
         assert_eq!(plain.tuning, abused.tuning);
     }
 }

@@ -573,6 +573,8 @@ fn chat_state_history(rng: &mut ChaCha8Rng, users: usize, ops: usize) -> History
                 Command::CreateAccount {
                     user: user.clone(),
                     password_hash: "h".into(),
+                    // A new registration each time: a second one is refused.
+                    registration: u128::from(index),
                 },
             ),
             (Some(auth), 1..=5) => {

@@ -97,6 +97,7 @@ fn password_hash_must_be_present_and_bounded() {
     let with_hash = |user: &str, size_bytes: usize| Command::CreateAccount {
         user: user.to_owned(),
         password_hash: "h".repeat(size_bytes),
+        registration: 1,
     };
     assert_eq!(
         chat.apply(with_hash("a", 0)),
@@ -115,10 +116,20 @@ fn password_hash_must_be_present_and_bounded() {
 fn names_are_unique_and_case_sensitive() {
     let mut chat = Chat::new();
     chat.create("alice");
+    let someone_else = Command::CreateAccount {
+        user: "alice".to_owned(),
+        password_hash: "hash".to_owned(),
+        registration: 2,
+    };
     assert_eq!(
-        chat.apply(create_account("alice")),
+        chat.apply(someone_else),
         Err(AppError::UserExists("alice".to_owned()))
     );
+    // A retry of the registration that created it is answered as created, once.
+    assert!(matches!(
+        chat.apply(create_account("alice")),
+        Ok(CommandOutput::AccountCreated { .. })
+    ));
     chat.create("Alice");
     chat.create("ALICE");
     assert_eq!(chat.user_count(), 3);
@@ -132,7 +143,7 @@ fn the_account_bound_refuses_new_names_only() {
     assert_eq!(chat.create_bounded("c", 2), Err(AppError::TooManyUsers));
     // A duplicate is reported as such even at the bound: it is the more useful answer.
     assert_eq!(
-        chat.create_bounded("a", 2),
+        chat.create_bounded_as("a", 2, 7),
         Err(AppError::UserExists("a".to_owned()))
     );
     assert_eq!(chat.user_count(), 2);
