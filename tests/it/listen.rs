@@ -4,7 +4,7 @@
 
 use crate::harness::{self, Cluster};
 use chat_node::client::ClusterClient;
-use chat_node::listen::LISTEN_STREAMS_PER_USER_MAX;
+use chat_node::listen::{LISTEN_STREAMS_PER_NODE_MAX, LISTEN_STREAMS_PER_USER_MAX};
 use chat_proto::chat::chat_client::ChatClient;
 use chat_proto::chat::{ChatMessage, Credentials, ListenRequest};
 use std::time::{Duration, Instant};
@@ -262,5 +262,103 @@ fn listen_refuses_impossible_cursors_and_too_many_streams() {
                 }
             }
         }
+    });
+}
+
+/// Resident memory of a process, from /proc (Linux), in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One node serves at most `LISTEN_STREAMS_PER_NODE_MAX` streams; the next is refused at
+/// once, and the slots (and the tasks behind them) come back when the clients hang up.
+#[test]
+fn a_node_serves_a_bounded_number_of_streams() {
+    harness::run(async {
+        let cluster = Cluster::start(3);
+        let leader = cluster.leader().await;
+        let mut client = cluster.client();
+        let users = LISTEN_STREAMS_PER_NODE_MAX.div_ceil(LISTEN_STREAMS_PER_USER_MAX);
+        let mut logins = Vec::new();
+        for i in 0..users {
+            let user = format!("u{i}");
+            harness::register(&mut client, &user)
+                .await
+                .expect("register");
+            logins.push(harness::login(&mut client, &user).await);
+        }
+        let extra = harness::login(&mut client, "u0").await;
+        cluster.converged().await;
+        let node = (1..=3).find(|&id| id != leader).expect("a follower");
+        let address = cluster.address(node);
+        let pid = cluster.pid(node).expect("node runs");
+        let before = rss_kib(pid);
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .expect("address")
+            .connect()
+            .await
+            .expect("connect");
+        let mut held = Vec::new();
+        for auth in logins.iter().cycle().take(LISTEN_STREAMS_PER_NODE_MAX) {
+            let request = ListenRequest {
+                auth: Some(auth.clone()),
+                after_id: 0,
+            };
+            let mut raw = ChatClient::new(channel.clone());
+            held.push(raw.listen(request).await.expect("under the node limit"));
+        }
+        let full = rss_kib(pid);
+        let mut raw = ChatClient::new(channel.clone());
+        let request = ListenRequest {
+            auth: Some(extra.clone()),
+            after_id: 0,
+        };
+        let refused = raw.listen(request.clone()).await;
+        assert_eq!(
+            refused.expect_err("one stream too many").code(),
+            Code::ResourceExhausted
+        );
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let reopened = loop {
+            match raw.listen(request.clone()).await {
+                Ok(stream) => break stream,
+                Err(status) => {
+                    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                    assert!(Instant::now() < deadline, "slots not given back in 10 s");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let closed = rss_kib(pid);
+        // Every slot comes back: the node fills up again, reusing the memory it kept.
+        let mut held = vec![reopened];
+        for auth in logins
+            .iter()
+            .cycle()
+            .skip(1)
+            .take(LISTEN_STREAMS_PER_NODE_MAX - 1)
+        {
+            let request = ListenRequest {
+                auth: Some(auth.clone()),
+                after_id: 0,
+            };
+            let mut raw = ChatClient::new(channel.clone());
+            held.push(
+                raw.listen(request)
+                    .await
+                    .expect("every slot was given back"),
+            );
+        }
+        eprintln!(
+            "node RSS: {before} KiB before, {full} KiB with {LISTEN_STREAMS_PER_NODE_MAX} \
+             streams, {closed} KiB after they closed, {} KiB with as many again",
+            rss_kib(pid)
+        );
     });
 }
