@@ -96,6 +96,7 @@ impl ChatBench {
         let request = ListRequest {
             pattern: self.user.clone(),
             page: 0,
+            auth: Some(self.credentials.clone()),
         };
         let listed = self
             .cluster

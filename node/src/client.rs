@@ -224,11 +224,17 @@ impl ClusterClient {
     ) -> Result<(), Status> {
         let mut backoff = BACKOFF_MIN;
         let mut failing_since: Option<Instant> = None;
+        // A node that cannot serve the stream (out of contact, or behind the cursor)
+        // names the leader, which can.
+        let mut hinted: Option<String> = None;
         loop {
             if self.addresses.is_empty() {
                 return Err(Status::invalid_argument("no cluster address given"));
             }
-            let address = self.addresses[self.next % self.addresses.len()].clone();
+            let address = match hinted.take() {
+                Some(address) => address,
+                None => self.addresses[self.next % self.addresses.len()].clone(),
+            };
             let mut client = ChatClient::new(self.channel(&address, true)?);
             let request = ListenRequest {
                 auth: Some(credentials.clone()),
@@ -262,6 +268,10 @@ impl ClusterClient {
             let since = *failing_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= self.retry_budget {
                 return Err(error);
+            }
+            hinted = leader_hint(&error).filter(|hint| *hint != address);
+            if let Some(hint) = &hinted {
+                self.learn(hint);
             }
             self.next += 1;
             tokio::time::sleep(backoff).await;

@@ -3,7 +3,7 @@
 use crate::auth::AuthError;
 use chat_core::app::{AppError, MessageView};
 use chat_core::entry::SessionRef;
-use chat_core::{ClientError, Role, SessionId};
+use chat_core::{ClientError, NodeId, Role, SessionId};
 use chat_proto::chat::{ChatMessage, Session};
 use chat_proto::metadata::{LEADER_ADDR, LEADER_ID};
 use std::collections::BTreeMap;
@@ -93,18 +93,13 @@ pub fn client_error(error: &ClientError, members: &BTreeMap<u64, String>) -> Sta
     match error {
         ClientError::App(app) => app_error(app),
         ClientError::NotLeader { leader_hint } => {
-            let address = leader_hint.and_then(|id| members.get(&id.0).map(|a| (id, a)));
-            let mut status = Status::unavailable(match address {
-                Some((id, address)) => format!("not the leader; the leader is {id} at {address}"),
-                None => "not the leader; no leader is known yet, retry shortly".to_owned(),
-            });
-            if let Some((id, address)) = address {
-                if let (Ok(id), Ok(address)) = (id.0.to_string().parse(), address.parse()) {
-                    status.metadata_mut().insert(LEADER_ID, id);
-                    status.metadata_mut().insert(LEADER_ADDR, address);
-                }
-            }
-            status
+            let known = leader_hint.is_some_and(|id| members.contains_key(&id.0));
+            let message = if known {
+                "not the leader"
+            } else {
+                "not the leader; no leader is known yet, retry shortly"
+            };
+            unavailable_with_leader(message, *leader_hint, members)
         }
         ClientError::Busy { .. } => Status::unavailable(error.to_string()),
         ClientError::SessionExpired | ClientError::StaleRequest { .. } => {
@@ -115,4 +110,25 @@ pub fn client_error(error: &ClientError, members: &BTreeMap<u64, String>) -> Sta
             Status::invalid_argument(error.to_string())
         }
     }
+}
+
+/// UNAVAILABLE with `reason`, naming the leader (when known) in the message and in the
+/// `x-chat-leader-*` metadata, so that a client retries there instead of anywhere.
+pub fn unavailable_with_leader(
+    reason: &str,
+    leader: Option<NodeId>,
+    members: &BTreeMap<u64, String>,
+) -> Status {
+    let address = leader.and_then(|id| members.get(&id.0).map(|a| (id, a)));
+    let mut status = Status::unavailable(match address {
+        Some((id, address)) => format!("{reason}; the leader is {id} at {address}"),
+        None => reason.to_owned(),
+    });
+    if let Some((id, address)) = address {
+        if let (Ok(id), Ok(address)) = (id.0.to_string().parse(), address.parse()) {
+            status.metadata_mut().insert(LEADER_ID, id);
+            status.metadata_mut().insert(LEADER_ADDR, address);
+        }
+    }
+    status
 }

@@ -4,6 +4,7 @@
 //! that the cluster tests can build their own copy.
 
 use crate::client::ClusterClient;
+use crate::terminal;
 use chat_proto::chat::*;
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -67,8 +68,11 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// Lists accounts matching a glob pattern (`*`, `?`).
+    /// Lists accounts matching a glob pattern (`*`, `?`); only for a logged-in user.
     List {
+        /// Who asks (the password or CHAT_TOKEN proves it).
+        #[arg(long)]
+        user: String,
         #[arg(default_value = "*")]
         pattern: String,
         #[arg(long, default_value_t = 0)]
@@ -114,8 +118,8 @@ pub fn main() -> ExitCode {
 }
 
 fn fail(message: &str) -> ExitCode {
-    // One line, whatever the server said.
-    eprintln!("chatctl: {}", message.replace('\n', " "));
+    // One line, whatever the server said, and nothing a terminal would obey.
+    eprintln!("chatctl: {}", terminal::escape(message));
     ExitCode::FAILURE
 }
 
@@ -222,17 +226,26 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(reason)?;
             if json {
                 let messages: Vec<_> = done.messages.iter().map(message_json).collect();
-                println!("{}", json!({ "messages": messages }));
+                say_json(&json!({ "messages": messages }));
             } else if done.messages.is_empty() {
-                println!("no unread messages");
+                say("no unread messages");
             } else {
                 for message in &done.messages {
-                    println!("{}", message_line(message));
+                    say(&message_line(message));
                 }
             }
         }
-        Command::List { pattern, page } => {
-            let request = ListRequest { pattern, page };
+        Command::List {
+            user,
+            pattern,
+            page,
+        } => {
+            let auth = credentials(&mut client, &user).await?;
+            let request = ListRequest {
+                pattern,
+                page,
+                auth: Some(auth),
+            };
             let done = client
                 .call(|mut c| {
                     let request = request.clone();
@@ -245,17 +258,20 @@ async fn run(cli: Cli) -> Result<(), String> {
                     "names": done.names, "page": done.page,
                     "total": done.total, "has_more": done.has_more,
                 });
-                println!("{value}");
+                say_json(&value);
             } else {
                 for name in &done.names {
-                    println!("{name}");
+                    say(name);
                 }
                 let more = if done.has_more {
                     "; more on the next page"
                 } else {
                     ""
                 };
-                println!("({} matching, page {}{more})", done.total, done.page);
+                say(&format!(
+                    "({} matching, page {}{more})",
+                    done.total, done.page
+                ));
             }
         }
         Command::DeleteMessages { user, ids } => {
@@ -306,9 +322,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             client
                 .listen(auth, after, |message| {
                     if json {
-                        println!("{}", message_json(&message));
+                        say_json(&message_json(&message));
                     } else {
-                        println!("{}", message_line(&message));
+                        say(&message_line(&message));
                     }
                     true
                 })
@@ -320,11 +336,22 @@ async fn run(cli: Cli) -> Result<(), String> {
     Ok(())
 }
 
+/// Every line chatctl prints goes through `say` or `say_json`: what the cluster sends
+/// (bodies, names, addresses) was chosen by someone else, so it is escaped for the
+/// terminal (see `terminal`).
+fn say(text: &str) {
+    println!("{}", terminal::escape(text));
+}
+
+fn say_json(value: &serde_json::Value) {
+    println!("{}", terminal::escape_json(&value.to_string()));
+}
+
 fn print(json: bool, value: serde_json::Value, text: &str) {
     if json {
-        println!("{value}");
+        say_json(&value);
     } else {
-        println!("{text}");
+        say(text);
     }
 }
 
@@ -424,19 +451,19 @@ async fn status(client: &mut ClusterClient, json: bool) -> Result<(), String> {
         rows.push(row);
     }
     if json {
-        println!("{}", json!({ "nodes": rows }));
+        say_json(&json!({ "nodes": rows }));
         return Ok(());
     }
     for row in &rows {
         if let Some(error) = row.get("error") {
-            println!(
+            say(&format!(
                 "n{} {} unreachable: {}",
                 row["id"],
                 row["address"].as_str().unwrap_or(""),
                 error.as_str().unwrap_or("")
-            );
+            ));
         } else {
-            println!(
+            say(&format!(
                 "n{} {} {} term {} leader n{} commit {} applied {} hash {}",
                 row["id"],
                 row["address"].as_str().unwrap_or(""),
@@ -446,7 +473,7 @@ async fn status(client: &mut ClusterClient, json: bool) -> Result<(), String> {
                 row["commit_index"],
                 row["last_applied"],
                 row["state_hash"].as_str().unwrap_or(""),
-            );
+            ));
         }
     }
     Ok(())

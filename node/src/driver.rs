@@ -19,8 +19,8 @@ use chat_core::{
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{broadcast, oneshot};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, oneshot, watch};
 
 /// Inputs queued for the core thread before senders are told it is busy.
 pub const INPUT_QUEUE_CAPACITY: usize = 8_192;
@@ -66,11 +66,61 @@ pub struct StatusSnapshot {
     pub state_hash: u64,
 }
 
+/// What other tasks wait on, published by the core thread after every drive so that
+/// nobody polls the core for it (the full [`StatusSnapshot`] hashes the whole state).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaView {
+    pub role: Role,
+    pub term: Term,
+    pub leader_id: Option<NodeId>,
+    pub commit_index: LogIndex,
+    pub last_applied: LogIndex,
+    pub last_log_index: LogIndex,
+    /// Until when this replica's applied state is known to be recent enough to serve
+    /// local reads (`None`: not now). A follower: one minimum election timeout after it
+    /// last heard from the leader, the same bound under which it refuses to vote (the
+    /// leader lease). A leader: one minimum election timeout after its last drive, which
+    /// happens at least every heartbeat while check-quorum keeps it leader; a leader cut
+    /// off steps down within two election timeouts, and its lease then ends.
+    /// Updating it alone does not wake waiters: readers check it when they need it.
+    pub fresh_until: Option<Instant>,
+}
+
+impl ReplicaView {
+    /// May this replica serve local reads at `now`? (See [`ReplicaView::fresh_until`].)
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        self.fresh_until.is_some_and(|until| now < until)
+    }
+
+    fn of(replica: &Replica, clock: &Clock) -> ReplicaView {
+        let lease = Duration::from_micros(replica.config().election_timeout_us_min);
+        let now = Instant::now();
+        let fresh_until = match (replica.role(), replica.leader_id()) {
+            (Role::Leader, _) => Some(now + lease),
+            (Role::Follower, Some(_)) => replica.last_leader_contact().and_then(|contact| {
+                let since = Duration::from_micros(clock.now().saturating_since_us(contact));
+                lease.checked_sub(since).map(|left| now + left)
+            }),
+            _ => None,
+        };
+        ReplicaView {
+            role: replica.role(),
+            term: replica.term(),
+            leader_id: replica.leader_id(),
+            commit_index: replica.commit_index(),
+            last_applied: replica.last_applied(),
+            last_log_index: replica.last_log_index(),
+            fresh_until,
+        }
+    }
+}
+
 /// The sending side: cheap to clone, never blocks.
 #[derive(Clone)]
 pub struct CoreHandle {
     inputs: SyncSender<Input>,
     deliveries: broadcast::Sender<Live>,
+    view: watch::Receiver<ReplicaView>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -92,6 +142,12 @@ impl CoreHandle {
     pub fn subscribe(&self) -> broadcast::Receiver<Live> {
         self.deliveries.subscribe()
     }
+
+    /// The replica's published view: `borrow()` for the latest, `wait_for` to wait for
+    /// the applied index, the log or the leader to change.
+    pub fn view(&self) -> watch::Receiver<ReplicaView> {
+        self.view.clone()
+    }
 }
 
 /// Starts the core thread. It returns when it receives [`Input::Shutdown`] (after the
@@ -110,13 +166,16 @@ pub fn spawn(
 )> {
     let (inputs, receiver) = std::sync::mpsc::sync_channel(INPUT_QUEUE_CAPACITY);
     let (deliveries, _) = broadcast::channel(DELIVERY_BUFFER);
+    let (view_tx, view) = watch::channel(ReplicaView::of(&replica, &clock));
     let handle = CoreHandle {
         inputs,
         deliveries: deliveries.clone(),
+        view,
     };
     let core = Core {
         replica,
         clock,
+        view: view_tx,
         shell: NodeShell {
             store,
             router,
@@ -146,6 +205,7 @@ pub fn spawn(
 struct Core {
     replica: Replica,
     clock: Clock,
+    view: watch::Sender<ReplicaView>,
     shell: NodeShell,
     /// Snapshots the replica had installed at the last drive (see [`Live::Resync`]).
     snapshots_installed: u64,
@@ -190,6 +250,7 @@ impl Core {
                 let _ = self.shell.deliveries.send(Live::Resync);
             }
             drive(&mut self.replica, &mut self.shell)?;
+            self.publish();
             self.counters.batches += 1;
             if stop {
                 tracing::info!(
@@ -202,6 +263,21 @@ impl Core {
                 return Ok(());
             }
         }
+    }
+
+    /// Publishes the replica's view. Waiters wake only when something other than the
+    /// lease moved: a follower's lease is renewed by every heartbeat, and waking every
+    /// listener at that rate would cost more than it tells them.
+    fn publish(&self) {
+        let latest = ReplicaView::of(&self.replica, &self.clock);
+        self.view.send_if_modified(|view| {
+            let moved = ReplicaView {
+                fresh_until: view.fresh_until,
+                ..latest.clone()
+            } != *view;
+            *view = latest;
+            moved
+        });
     }
 
     /// Feeds one input to the replica; true on shutdown.

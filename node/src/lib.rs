@@ -7,7 +7,8 @@
 //! - [`auth`]: passwords, tokens, peer proofs; [`convert`]: core ⟷ wire;
 //! - [`client`]: leader-following, retrying client with an exactly-once session;
 //! - [`local`]: a whole cluster on loopback in one process;
-//! - [`cli`], [`ctl`]: the `main` of `chatnode` and of `chatctl`.
+//! - [`cli`], [`ctl`]: the `main` of `chatnode` and of `chatctl`; [`terminal`]: what
+//!   `chatctl` prints, made safe for a terminal.
 
 pub mod auth;
 pub mod cli;
@@ -24,3 +25,4 @@ pub mod peers;
 pub mod server;
 pub mod service;
 pub mod stamp;
+pub mod terminal;

@@ -88,6 +88,7 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
         members: members.clone(),
         token_ttl_us: config.token_ttl_secs.saturating_mul(1_000_000),
         shutdown: streams_stopped,
+        listeners: crate::listen::Listeners::default(),
     });
     let chat = ChatServer::new(ChatService { inner: shared })
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX);

@@ -35,6 +35,8 @@ pub struct Shared {
     pub members: BTreeMap<u64, String>,
     pub token_ttl_us: u64,
     pub shutdown: watch::Receiver<bool>,
+    /// The live `Listen` streams, bounded per user and per node.
+    pub listeners: listen::Listeners,
 }
 
 impl Shared {
@@ -75,7 +77,7 @@ impl Shared {
             .await?
         {
             CoreResponse::Command(output) => Ok(output),
-            CoreResponse::Query(_) => Err(Status::internal("a write was answered as a read")),
+            CoreResponse::Query(output) => Err(unexpected(output)),
         }
     }
 
@@ -89,7 +91,7 @@ impl Shared {
             .await?
         {
             CoreResponse::Query(output) => Ok(output),
-            CoreResponse::Command(_) => Err(Status::internal("a read was answered as a write")),
+            CoreResponse::Command(output) => Err(unexpected(output)),
         }
     }
 
@@ -130,8 +132,11 @@ fn submit_error(error: SubmitError) -> Status {
     Status::unavailable(error.to_string())
 }
 
+/// Core answered a call with an output of another kind: a bug. The details (which may
+/// hold message bodies) go to the node's log, never to the client.
 fn unexpected(output: impl std::fmt::Debug) -> Status {
-    Status::internal(format!("unexpected answer from core: {output:?}"))
+    tracing::error!(?output, "core answered with an output of another kind");
+    Status::internal("internal error: unexpected answer from core; see the node's log")
 }
 
 /// Runs CPU-heavy password work off the async workers.
@@ -290,7 +295,17 @@ impl Chat for ChatService {
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
-        let ListRequest { pattern, page } = request.into_inner();
+        let ListRequest {
+            pattern,
+            page,
+            auth,
+        } = request.into_inner();
+        // Only users may see who else is here: a valid token, not logged out (as this
+        // replica has applied it), before the linearizable listing.
+        let auth = self.inner.authenticate(auth)?;
+        self.inner
+            .read(Query::UnreadCount { auth }, ReadConsistency::Stale)
+            .await?;
         let pattern = if pattern.is_empty() {
             "*".to_owned()
         } else {
@@ -360,11 +375,8 @@ impl Chat for ChatService {
     ) -> Result<Response<Self::ListenStream>, Status> {
         let request = request.into_inner();
         let claims = self.inner.verify(request.auth)?;
-        Ok(Response::new(listen::start(
-            Arc::clone(&self.inner),
-            claims,
-            MessageId(request.after_id),
-        )))
+        listen::start(Arc::clone(&self.inner), claims, MessageId(request.after_id))
+            .map(Response::new)
     }
 
     async fn status(

@@ -5,9 +5,13 @@
 //! - [`peer`]: the replica-to-replica API (`chat.peer.v1.Peer`), whose messages carry
 //!   core's own bincode encoding in `bytes`: only the node knows how to decode them.
 //!
+//! - [`codec`]: prost's codec, except that undecodable bytes are INVALID_ARGUMENT.
+//!
 //! Conversions between these types and core's live in `chat-node`, never in core.
 
 #![allow(clippy::all, clippy::pedantic)]
+
+pub mod codec;
 
 pub mod chat {
     tonic::include_proto!("chat.v1");

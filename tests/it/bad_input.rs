@@ -256,3 +256,126 @@ fn a_data_dir_of_another_node_or_a_corrupt_log_is_refused() {
         );
     });
 }
+
+/// Bytes that are not a request (malformed protobuf, invalid UTF-8 in a string field)
+/// are INVALID_ARGUMENT, not INTERNAL; listing accounts needs a login; and an answer of
+/// the wrong kind never shows the client core's internals (message bodies among them).
+#[test]
+fn malformed_requests_and_anonymous_listing_are_refused() {
+    harness::run(async {
+        let cluster = Cluster::start(3);
+        let leader = cluster.leader().await;
+        let address = cluster.address(leader);
+        let mut client = cluster.client();
+        harness::register(&mut client, "alice")
+            .await
+            .expect("register");
+        let alice = harness::login(&mut client, "alice").await;
+
+        let login = "/chat.v1.Chat/Login";
+        let malformed: [(&str, Vec<u8>); 4] = [
+            // Field 1 (user, a string) holding the bytes C3 28: not UTF-8.
+            ("invalid UTF-8", vec![0x0A, 0x02, 0xC3, 0x28]),
+            // A varint of eleven bytes.
+            (
+                "overlong varint",
+                [vec![0x10], vec![0xFF; 10], vec![0x01]].concat(),
+            ),
+            // A string whose length runs past the end of the message.
+            ("truncated field", vec![0x0A, 0x10, b'a']),
+            // Wire type 7 does not exist.
+            ("bad wire type", vec![0x0F]),
+        ];
+        for (what, bytes) in malformed {
+            let refused = harness::raw_call(&address, login, bytes).await;
+            let refused = refused.expect_err(what);
+            assert_eq!(refused.code(), Code::InvalidArgument, "{what}: {refused:?}");
+            assert!(
+                refused.message().starts_with("malformed message"),
+                "{what}: {refused:?}"
+            );
+            assert!(!refused.message().contains('\n'), "one line: {refused:?}");
+        }
+
+        // List without a token, with a forged one, and with alice's.
+        let list = |auth: Option<Credentials>| chat_proto::chat::ListRequest {
+            pattern: "*".to_owned(),
+            page: 0,
+            auth,
+        };
+        let anonymous = list(None);
+        let refused = client
+            .call(|mut c| {
+                let request = anonymous.clone();
+                async move { c.list(request).await }
+            })
+            .await;
+        assert_eq!(
+            refused.expect_err("anonymous list").code(),
+            Code::Unauthenticated
+        );
+        let forged = list(Some(Credentials {
+            user: "alice".to_owned(),
+            token: "not-a-token".to_owned(),
+        }));
+        let refused = client
+            .call(|mut c| {
+                let request = forged.clone();
+                async move { c.list(request).await }
+            })
+            .await;
+        assert_eq!(
+            refused.expect_err("forged token").code(),
+            Code::Unauthenticated
+        );
+        let mine = list(Some(alice.clone()));
+        let listed = client
+            .call(|mut c| {
+                let request = mine.clone();
+                async move { c.list(request).await }
+            })
+            .await
+            .expect("list with a login");
+        assert_eq!(listed.names, ["alice"]);
+
+        // A session number reused for another command: whatever the answer, it carries
+        // no message body (nor any other dump of core's values).
+        let secret_body = "the body nobody else may see";
+        harness::send(&mut client, &alice, "alice", secret_body)
+            .await
+            .expect("send to self");
+        let session = client.session(&alice).await.expect("session");
+        let read = chat_proto::chat::ReadRequest {
+            session: Some(session),
+            auth: Some(alice.clone()),
+            limit: 10,
+        };
+        let messages = client
+            .call(|mut c| {
+                let request = read.clone();
+                async move { c.read(request).await }
+            })
+            .await
+            .expect("read")
+            .messages;
+        assert_eq!(messages.len(), 1);
+        let send = chat_proto::chat::SendRequest {
+            session: Some(session),
+            auth: Some(alice.clone()),
+            to: "alice".to_owned(),
+            body: "another".to_owned(),
+        };
+        let answer = client
+            .call(|mut c| {
+                let request = send.clone();
+                async move { c.send(request).await }
+            })
+            .await;
+        let refused = answer.expect_err("a read's answer is no send's answer");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(
+            !refused.message().contains(secret_body) && !refused.message().contains("Message"),
+            "{refused:?}"
+        );
+    });
+}

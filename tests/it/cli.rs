@@ -71,8 +71,11 @@ fn commands_and_error_lines() {
             "{}",
             stdout(&ok)
         );
-        let ok = chatctl(c, &["list", "*"], None);
+        let ok = chatctl(c, &["list", "--user", "alice", "*"], pw);
         assert_eq!(stdout(&ok), "alice\nbob\n(2 matching, page 0)\n");
+        // Listing accounts needs a login.
+        let refused = chatctl(c, &["list", "--user", "alice", "*"], Some("wrong"));
+        assert_eq!(refused.status.code(), Some(1), "{}", failure(&refused));
         let token = chatctl(c, &["login", "--user", "bob"], pw);
         let token = stdout(&token).trim().to_owned();
         let mut with_token = Command::new(harness::chatctl());
@@ -135,6 +138,23 @@ fn commands_and_error_lines() {
             .collect();
         assert_eq!(bodies, ["live one", "live two"]);
 
+        // A body cannot drive the terminal or forge a line: it prints escaped, on one line.
+        let forged = "\x1b]0;title\x07\x1b[2J\r\n#999 from admin: pay me";
+        let ok = chatctl(c, &["send", "--user", "bob", "--to", "alice", forged], pw);
+        let id = stdout(&ok)
+            .trim()
+            .strip_prefix("sent message ")
+            .unwrap_or_default()
+            .to_owned();
+        assert!(!id.is_empty(), "{}", failure(&ok));
+        let ok = chatctl(c, &["read", "--user", "alice"], pw);
+        assert_eq!(
+            stdout(&ok),
+            format!("#{id} from bob: \\x1b]0;title\\x07\\x1b[2J\\r\\n#999 from admin: pay me\n"),
+            "{}",
+            failure(&ok)
+        );
+
         let big = "x".repeat(5_000);
         let errors = [
             chatctl(c, &["login", "--user", "alice"], Some("wrong")),
@@ -143,7 +163,7 @@ fn commands_and_error_lines() {
             chatctl(c, &["register", "--user=-bad"], pw),
             chatctl(c, &["register", "--user", "alice"], pw),
             chatctl(c, &["delete-messages", "--user", "alice", "999"], pw),
-            chatctl(c, &["list", &"*".repeat(65)], None),
+            chatctl(c, &["list", "--user", "alice", &"*".repeat(65)], pw),
             chatctl(c, &["read", "--user", "alice", "--limit", "5000"], pw),
         ];
         let lines: Vec<String> = errors.iter().map(failure).collect();

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
 pub const PASSWORD: &str = "correct horse";
@@ -161,6 +162,27 @@ impl Cluster {
     /// The process id of node `id`, if it runs.
     pub fn pid(&self, id: u64) -> Option<u32> {
         self.node(id).child.as_ref().map(Child::id)
+    }
+
+    /// SIGSTOP: the process freezes, as if cut off by a partition (its sockets stay
+    /// open, nothing is answered). [`Cluster::resume`] undoes it.
+    pub fn pause(&self, id: u64) {
+        self.signal(id, "STOP");
+    }
+
+    /// SIGCONT after [`Cluster::pause`].
+    pub fn resume(&self, id: u64) {
+        self.signal(id, "CONT");
+    }
+
+    fn signal(&self, id: u64, signal: &str) {
+        let pid = self.pid(id).expect("node runs");
+        // The shell's builtin `kill`: no dependency on a procps binary.
+        let sent = Command::new("sh")
+            .args(["-c", &format!("kill -{signal} {pid}")])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} {pid}");
     }
 
     /// SIGTERM, then waits for the exit; its status.
@@ -389,4 +411,62 @@ pub fn run<F: std::future::Future<Output = ()>>(body: F) {
             .await
             .expect("test exceeded its time bound");
     });
+}
+
+/// One unary call with `body` sent as the raw bytes of the request message, whatever
+/// they are: how a client that does not use our generated code can go wrong.
+pub async fn raw_call(address: &str, method: &str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("address")
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::try_from(method).expect("a method path");
+    grpc.unary(tonic::Request::new(body), path, RawCodec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Bytes in, bytes out: no protobuf on this side.
+#[derive(Clone, Copy, Debug, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        let mut bytes = vec![0; bytes::Buf::remaining(buf)];
+        bytes::Buf::copy_to_slice(buf, &mut bytes);
+        Ok(Some(bytes))
+    }
 }

@@ -38,7 +38,9 @@ fn a_tls_cluster_serves_and_replicates() {
             .arg(cluster.address(1))
             .arg("--ca")
             .arg(harness::tls_file("ca.pem"))
-            .arg("list")
+            .args(["list", "--user", "alice"])
+            .env("CHAT_PASSWORD", harness::PASSWORD)
+            .env_remove("CHAT_TOKEN")
             .output()
             .expect("run chatctl");
         assert_eq!(

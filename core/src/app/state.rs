@@ -138,6 +138,12 @@ impl ChatState {
     /// The account if `auth` is a live token for it: the name exists with the same
     /// generation and token epoch. Every failure is the same error, so a client cannot
     /// probe which names exist.
+    /// Whether `auth` is a live identity: its account exists in that generation and the
+    /// token's epoch is current.
+    pub fn authenticates(&self, auth: &Auth) -> bool {
+        self.authenticate(auth).is_ok()
+    }
+
     pub(super) fn authenticate(&self, auth: &Auth) -> Result<&Account, AppError> {
         self.users
             .get(&auth.user)

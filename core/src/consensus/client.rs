@@ -74,7 +74,7 @@ impl Replica {
                 SessionCheck::Apply | SessionCheck::Expired => {}
                 SessionCheck::Duplicate(outcome) => return self.reply_outcome(request_id, outcome),
                 refused => {
-                    let error = session_refusal(session, refused);
+                    let error = self.session_refusal(session, auth, refused);
                     return self.reply_err(request_id, error);
                 }
             }
@@ -278,7 +278,7 @@ impl Replica {
                     }
                     SessionCheck::Duplicate(result) => result,
                     refused => {
-                        let error = session_refusal(session, refused);
+                        let error = self.session_refusal(session, auth, refused);
                         return self.answer_pending_write(entry.index, entry.term, Err(error));
                     }
                 }
@@ -361,6 +361,23 @@ fn session_fits(session: Option<SessionRef>, command: &Command) -> Result<(), &'
             Err("sequence numbers within a session start at 1")
         }
         _ => Ok(()),
+    }
+}
+
+impl Replica {
+    /// The client's answer for a request the session table refuses. A session that
+    /// belongs to someone else, used with a dead identity (a logged-out token, or one of
+    /// an account deleted since), is answered as what it is: not authenticated.
+    fn session_refusal(
+        &self,
+        session: SessionRef,
+        auth: &Auth,
+        check: SessionCheck,
+    ) -> ClientError {
+        if check == SessionCheck::NotOwned && !self.machine.chat.authenticates(auth) {
+            return ClientError::App(AppError::Unauthenticated);
+        }
+        session_refusal(session, check)
     }
 }
 

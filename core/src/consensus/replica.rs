@@ -224,6 +224,12 @@ impl Replica {
     pub fn leader_id(&self) -> Option<NodeId> {
         self.leader_id
     }
+    /// When this replica last heard from the leader of its current term (`None` before
+    /// it has heard from one). A leader does not count: its contact with a quorum is
+    /// check-quorum's business. Shells use it to decide whether local reads are fresh.
+    pub fn last_leader_contact(&self) -> Option<Time> {
+        self.last_leader_contact
+    }
     pub fn commit_index(&self) -> LogIndex {
         self.commit_index
     }
