@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 
 /// Inputs queued for the core thread before senders are told it is busy.
 pub const INPUT_QUEUE_CAPACITY: usize = 8_192;
@@ -66,11 +66,30 @@ pub struct StatusSnapshot {
     pub state_hash: u64,
 }
 
+/// Who leads, as this replica last saw it. Published after every batch, so that a call
+/// can refuse at once on a follower (before paying for a password hash, say) without a
+/// round trip to the core thread; core still decides, this only saves work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leadership {
+    pub role: Role,
+    pub leader_id: Option<NodeId>,
+}
+
+impl Leadership {
+    fn of(replica: &Replica) -> Leadership {
+        Leadership {
+            role: replica.role(),
+            leader_id: replica.leader_id(),
+        }
+    }
+}
+
 /// The sending side: cheap to clone, never blocks.
 #[derive(Clone)]
 pub struct CoreHandle {
     inputs: SyncSender<Input>,
     deliveries: broadcast::Sender<Live>,
+    leadership: watch::Receiver<Leadership>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -92,6 +111,11 @@ impl CoreHandle {
     pub fn subscribe(&self) -> broadcast::Receiver<Live> {
         self.deliveries.subscribe()
     }
+
+    /// This replica's role and known leader as of its last batch.
+    pub fn leadership(&self) -> Leadership {
+        *self.leadership.borrow()
+    }
 }
 
 /// Starts the core thread. It returns when it receives [`Input::Shutdown`] (after the
@@ -110,9 +134,11 @@ pub fn spawn(
 )> {
     let (inputs, receiver) = std::sync::mpsc::sync_channel(INPUT_QUEUE_CAPACITY);
     let (deliveries, _) = broadcast::channel(DELIVERY_BUFFER);
+    let (leadership, leadership_rx) = watch::channel(Leadership::of(&replica));
     let handle = CoreHandle {
         inputs,
         deliveries: deliveries.clone(),
+        leadership: leadership_rx,
     };
     let core = Core {
         replica,
@@ -128,6 +154,7 @@ pub fn spawn(
         next_request_id: 0,
         snapshots_installed: 0,
         counters: Counters::default(),
+        leadership,
     };
     let thread = std::thread::Builder::new()
         .name(format!("core-{}", core.replica.id().0))
@@ -151,6 +178,7 @@ struct Core {
     snapshots_installed: u64,
     next_request_id: u64,
     counters: Counters,
+    leadership: watch::Sender<Leadership>,
 }
 
 /// What the loop did, logged when it stops: the group-commit ratio in numbers.
@@ -190,6 +218,13 @@ impl Core {
                 let _ = self.shell.deliveries.send(Live::Resync);
             }
             drive(&mut self.replica, &mut self.shell)?;
+            let leadership = Leadership::of(&self.replica);
+            // Receivers wake only on a change; none listening is fine.
+            self.leadership.send_if_modified(|published| {
+                let changed = *published != leadership;
+                *published = leadership;
+                changed
+            });
             self.counters.batches += 1;
             if stop {
                 tracing::info!(
