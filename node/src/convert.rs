@@ -1,6 +1,7 @@
 //! Conversions between core's values and the wire types: the only place that knows both.
 
 use crate::auth::AuthError;
+use crate::hashing::{HashError, PoolError};
 use chat_core::app::{AppError, MessageView};
 use chat_core::entry::SessionRef;
 use chat_core::{ClientError, ClientId, Role};
@@ -92,5 +93,15 @@ pub fn client_error(error: &ClientError, members: &BTreeMap<u64, String>) -> Sta
         ClientError::SessionExpired | ClientError::StaleRequest { .. } => {
             Status::failed_precondition(error.to_string())
         }
+    }
+}
+
+/// A refusal from the password pool: full is RESOURCE_EXHAUSTED (the client should slow
+/// down, not retry at once elsewhere), stopped is UNAVAILABLE (retry on another node).
+pub fn hash_error(error: &HashError) -> Status {
+    match error {
+        HashError::Auth(auth) => auth_error(auth),
+        HashError::Pool(PoolError::Busy { .. }) => Status::resource_exhausted(error.to_string()),
+        HashError::Pool(PoolError::Stopped) => Status::unavailable(error.to_string()),
     }
 }

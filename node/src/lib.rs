@@ -5,6 +5,7 @@
 //! - [`server`]: one member, wired together; [`driver`]: the thread that owns the replica;
 //! - [`peers`]: replica-to-replica transport; [`service`], [`listen`]: the client API;
 //! - [`auth`]: passwords, tokens, peer proofs; [`convert`]: core ⟷ wire;
+//! - [`hashing`]: the bounded pool that hashes passwords;
 //! - [`client`]: leader-following, retrying client with an exactly-once session;
 //! - [`local`]: a whole cluster on loopback in one process;
 //! - [`cli`], [`ctl`]: the `main` of `chatnode` and of `chatctl`.
@@ -18,6 +19,7 @@ pub mod convert;
 pub mod ctl;
 pub mod disk;
 pub mod driver;
+pub mod hashing;
 pub mod listen;
 pub mod local;
 pub mod peers;

@@ -5,11 +5,12 @@ use crate::auth::{self, Secret, TokenClaims};
 use crate::clock::unix_now_us;
 use crate::convert;
 use crate::driver::{CoreHandle, Input, StatusSnapshot, SubmitError};
+use crate::hashing::HashPool;
 use crate::listen;
 use chat_core::app::{
     limits, Auth, ChatState, Command, CommandOutput, MessageId, Query, QueryOutput,
 };
-use chat_core::{ClientRequest, ReadConsistency, Response as CoreResponse};
+use chat_core::{ClientError, ClientRequest, ReadConsistency, Response as CoreResponse, Role};
 use chat_proto::chat::chat_server::Chat;
 use chat_proto::chat::*;
 use std::collections::BTreeMap;
@@ -35,6 +36,8 @@ pub struct Shared {
     pub members: BTreeMap<u64, String>,
     pub token_ttl_us: u64,
     pub shutdown: watch::Receiver<bool>,
+    /// Where register and login hash passwords: bounded threads, bounded queue.
+    pub hashing: Arc<HashPool>,
 }
 
 impl Shared {
@@ -116,63 +119,29 @@ impl Shared {
     }
 }
 
-fn submit_error(error: SubmitError) -> Status {
-    Status::unavailable(error.to_string())
-}
-
-fn unexpected(output: impl std::fmt::Debug) -> Status {
-    Status::internal(format!("unexpected answer from core: {output:?}"))
-}
-
-/// Runs CPU-heavy password work off the async workers.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, auth::AuthError> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Status::internal(format!("password worker failed: {e}")))?
-        .map_err(|e| convert::auth_error(&e))
-}
-
-#[tonic::async_trait]
-impl Chat for ChatService {
-    async fn register(
-        &self,
-        request: Request<RegisterRequest>,
-    ) -> Result<Response<RegisterResponse>, Status> {
-        let RegisterRequest {
-            session,
-            user,
-            password,
-        } = request.into_inner();
-        // Refuse a bad name before paying for a hash (the leader checks again).
-        ChatState::validate(&Command::CreateAccount {
-            user: user.clone(),
-            password_hash: "-".to_owned(),
-        })
-        .map_err(|e| convert::app_error(&e))?;
-        let password_hash = blocking(move || auth::hash_password(&password)).await?;
-        let command = Command::CreateAccount {
-            user,
-            password_hash,
-        };
-        match self.inner.write(session, command).await? {
-            CommandOutput::AccountCreated { user, .. } => {
-                Ok(Response::new(RegisterResponse { user }))
-            }
-            other => Err(unexpected(other)),
+/// Password work only the leader can make worthwhile.
+impl Shared {
+    /// Refuses at once, with the usual "not the leader" answer and address, when this
+    /// node is not the leader as of its core's last batch. Register and login call it
+    /// before hashing, so a client pointed at a follower costs it no hash. (Core checks
+    /// leadership again when the request arrives; this only saves the work.)
+    fn require_leader(&self) -> Result<(), Status> {
+        let leadership = self.core.leadership();
+        if leadership.role == Role::Leader {
+            return Ok(());
         }
+        let refusal = ClientError::NotLeader {
+            leader_hint: leadership.leader_id,
+        };
+        Err(convert::client_error(&refusal, &self.members))
     }
 
-    async fn login(
-        &self,
-        request: Request<LoginRequest>,
-    ) -> Result<Response<LoginResponse>, Status> {
-        let LoginRequest { user, password } = request.into_inner();
-        auth::check_password_size(&password).map_err(|e| convert::auth_error(&e))?;
+    /// Checks `user`'s password against the hash a linearizable read returns; mints a
+    /// token on success.
+    async fn check_login(&self, user: String, password: String) -> Result<LoginResponse, Status> {
         let wrong = || Status::unauthenticated(auth::AuthError::WrongPassword.to_string());
         let query = Query::Credentials { user: user.clone() };
-        let output = match self.inner.read(query, ReadConsistency::Linearizable).await {
+        let output = match self.read(query, ReadConsistency::Linearizable).await {
             // An unknown or impossible name gets the same answer as a wrong password,
             // so login cannot be used to probe which accounts exist.
             Err(status)
@@ -195,18 +164,81 @@ impl Chat for ChatService {
         else {
             return Err(unexpected(output));
         };
-        blocking(move || auth::verify_password(&password, &password_hash)).await?;
-        let expires_at_us = unix_now_us().saturating_add(self.inner.token_ttl_us);
+        self.hashing
+            .verify(password, password_hash)
+            .await
+            .map_err(|e| convert::hash_error(&e))?;
+        let expires_at_us = unix_now_us().saturating_add(self.token_ttl_us);
         let auth = Auth {
             user,
             generation,
             token_epoch,
         };
-        Ok(Response::new(LoginResponse {
-            token: self.inner.secret.mint_token(&auth, expires_at_us),
+        Ok(LoginResponse {
+            token: self.secret.mint_token(&auth, expires_at_us),
             unread_count,
             expires_at_us,
-        }))
+        })
+    }
+}
+
+fn submit_error(error: SubmitError) -> Status {
+    Status::unavailable(error.to_string())
+}
+
+fn unexpected(output: impl std::fmt::Debug) -> Status {
+    Status::internal(format!("unexpected answer from core: {output:?}"))
+}
+
+#[tonic::async_trait]
+impl Chat for ChatService {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let RegisterRequest {
+            session,
+            user,
+            password,
+        } = request.into_inner();
+        // Refuse a bad name before paying for a hash (the leader checks again).
+        ChatState::validate(&Command::CreateAccount {
+            user: user.clone(),
+            password_hash: "-".to_owned(),
+        })
+        .map_err(|e| convert::app_error(&e))?;
+        auth::check_password_size(&password).map_err(|e| convert::auth_error(&e))?;
+        self.inner.require_leader()?;
+        let password_hash = self
+            .inner
+            .hashing
+            .hash(password)
+            .await
+            .map_err(|e| convert::hash_error(&e))?;
+        let command = Command::CreateAccount {
+            user,
+            password_hash,
+        };
+        match self.inner.write(session, command).await? {
+            CommandOutput::AccountCreated { user, .. } => {
+                Ok(Response::new(RegisterResponse { user }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
+        let LoginRequest { user, password } = request.into_inner();
+        auth::check_password_size(&password).map_err(|e| convert::auth_error(&e))?;
+        // Cheapest refusal first: not the leader; only then the read and the hash.
+        self.inner.require_leader()?;
+        self.inner
+            .check_login(user, password)
+            .await
+            .map(Response::new)
     }
 
     async fn logout(
