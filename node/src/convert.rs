@@ -2,6 +2,7 @@
 
 use crate::auth::AuthError;
 use crate::hashing::{HashError, PoolError};
+use crate::limiter::Limited;
 use chat_core::app::{AppError, MessageView};
 use chat_core::entry::SessionRef;
 use chat_core::{ClientError, ClientId, Role};
@@ -104,4 +105,10 @@ pub fn hash_error(error: &HashError) -> Status {
         HashError::Pool(PoolError::Busy { .. }) => Status::resource_exhausted(error.to_string()),
         HashError::Pool(PoolError::Stopped) => Status::unavailable(error.to_string()),
     }
+}
+
+/// Too many failed logins: RESOURCE_EXHAUSTED with the wait in the message, so that
+/// clients (which retry UNAVAILABLE by themselves) do not hammer on.
+pub fn login_limited(error: &Limited) -> Status {
+    Status::resource_exhausted(error.to_string())
 }

@@ -7,6 +7,7 @@ use crate::config::{NodeConfig, ELECTION_TICKS};
 use crate::disk::FsDisk;
 use crate::driver::{self, Input};
 use crate::hashing::HashPool;
+use crate::limiter::LoginLimiter;
 use crate::peers::{self, PeerService, PEER_MESSAGE_BYTES_MAX};
 use crate::service::{ChatService, Shared, CLIENT_MESSAGE_BYTES_MAX};
 use crate::stamp;
@@ -16,7 +17,7 @@ use chat_core::{Config, NodeId, Replica};
 use chat_proto::chat::chat_server::ChatServer;
 use chat_proto::peer::peer_server::PeerServer;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
@@ -92,6 +93,7 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
         token_ttl_us: config.token_ttl_secs.saturating_mul(1_000_000),
         shutdown: streams_stopped,
         hashing: Arc::clone(&hashing),
+        login_limiter: Mutex::new(LoginLimiter::default()),
     });
     let chat = ChatServer::new(ChatService { inner: shared })
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX);

@@ -6,6 +6,7 @@ use crate::clock::unix_now_us;
 use crate::convert;
 use crate::driver::{CoreHandle, Input, StatusSnapshot, SubmitError};
 use crate::hashing::HashPool;
+use crate::limiter::{Attempt, LoginLimiter};
 use crate::listen;
 use chat_core::app::{
     limits, Auth, ChatState, Command, CommandOutput, MessageId, Query, QueryOutput,
@@ -14,8 +15,9 @@ use chat_core::{ClientError, ClientRequest, ReadConsistency, Response as CoreRes
 use chat_proto::chat::chat_server::Chat;
 use chat_proto::chat::*;
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 use tonic::{Request, Response, Status};
 
@@ -38,6 +40,8 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Where register and login hash passwords: bounded threads, bounded queue.
     pub hashing: Arc<HashPool>,
+    /// Wrong passwords per account and per client address (this node's own count).
+    pub login_limiter: Mutex<LoginLimiter>,
 }
 
 impl Shared {
@@ -136,6 +140,32 @@ impl Shared {
         Err(convert::client_error(&refusal, &self.members))
     }
 
+    fn limiter(&self) -> std::sync::MutexGuard<'_, LoginLimiter> {
+        // A panic while holding the lock leaves at worst one bucket a token off.
+        self.login_limiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes one login attempt from `user`'s and `address`'s allowance, or refuses.
+    fn begin_login(&self, user: &str, address: Option<IpAddr>) -> Result<Attempt, Status> {
+        self.limiter()
+            .begin(user, address, Instant::now())
+            .map_err(|e| convert::login_limited(&e))
+    }
+
+    /// Only a wrong password (or unknown user) spends the attempt; anything else (a right
+    /// password, a busy pool, a lost leader) gives it back.
+    fn end_login<T>(&self, attempt: Attempt, outcome: &Result<T, Status>) {
+        let mut limiter = self.limiter();
+        match outcome {
+            Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                limiter.failed(attempt);
+            }
+            _ => limiter.refund(attempt),
+        }
+    }
+
     /// Checks `user`'s password against the hash a linearizable read returns; mints a
     /// token on success.
     async fn check_login(&self, user: String, password: String) -> Result<LoginResponse, Status> {
@@ -231,14 +261,27 @@ impl Chat for ChatService {
         &self,
         request: Request<LoginRequest>,
     ) -> Result<Response<LoginResponse>, Status> {
+        let address = request.remote_addr().map(|a| a.ip());
         let LoginRequest { user, password } = request.into_inner();
         auth::check_password_size(&password).map_err(|e| convert::auth_error(&e))?;
-        // Cheapest refusal first: not the leader; only then the read and the hash.
+        // An impossible name cannot log in: the same answer as a wrong password, and no
+        // limiter entry, so its keys stay within the name length limit.
+        let impossible = Command::CreateAccount {
+            user: user.clone(),
+            password_hash: "-".to_owned(),
+        };
+        if ChatState::validate(&impossible).is_err() {
+            return Err(Status::unauthenticated(
+                auth::AuthError::WrongPassword.to_string(),
+            ));
+        }
+        // Cheapest refusals first: not the leader, then over the limits; only then the
+        // read and the hash.
         self.inner.require_leader()?;
-        self.inner
-            .check_login(user, password)
-            .await
-            .map(Response::new)
+        let attempt = self.inner.begin_login(&user, address)?;
+        let outcome = self.inner.check_login(user, password).await;
+        self.inner.end_login(attempt, &outcome);
+        outcome.map(Response::new)
     }
 
     async fn logout(
