@@ -10,5 +10,6 @@ mod cli;
 mod failover;
 mod harness;
 mod listen;
+mod login_flood;
 mod shutdown;
 mod tls;
