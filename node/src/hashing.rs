@@ -20,10 +20,10 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
-/// Hashes waiting per worker before new ones are refused. A hash takes about 30 ms
-/// (release, this machine's cores), so a full queue is about half a second of work:
-/// well inside the client's call timeout, and short enough that nobody waits on work
-/// queued behind a flood.
+/// Hashes waiting per worker before new ones are refused. A hash takes 35 to 50 ms on
+/// the 2-core test machine (argon2 optimized), so a full queue is well under a second
+/// of work: inside the 4 s request timeout, and short enough that nobody waits long on
+/// work queued behind a flood.
 pub const HASH_QUEUE_PER_WORKER: usize = 16;
 
 /// Threads that hash: half the cores (at least one), so the core thread, the tokio

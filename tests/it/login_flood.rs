@@ -23,10 +23,11 @@ const FLOOD_ROUNDS: usize = 5;
 /// limit is reached only after a few rounds and the first rounds press the hash pool.
 const VICTIM_COUNT: usize = 32;
 /// The leader's resident memory during and after the flood stays under this plus one
-/// argon2 memory block per hash worker. Measured on the 2-core test machine (one worker):
-/// about 40 MB before the flood and at most about 60 MB during it, against 1.2 GB with
-/// one hashing thread per request before the pool; 200 MB leaves room for allocator
-/// slack and a debug build without letting an unbounded pool pass.
+/// argon2 buffer (19 MiB) per hash worker. Measured on the 2-core test machine (one
+/// worker, debug build of the node): 32 MB before the flood, 34 MB at its peak; with one
+/// hashing thread per request, before the pool, the same flood reached 1.4 to 6.2 GB
+/// and stayed there. 200 MB leaves room for allocator slack and other builds without
+/// letting an unbounded pool pass.
 const LEADER_RSS_BYTES_BASE_MAX: u64 = 200 * 1024 * 1024;
 const RSS_SAMPLE_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -210,6 +211,7 @@ fn a_follower_refuses_registration_before_hashing() {
             .await
             .expect("register through the leader");
 
+        let rss_before = cluster.rss_bytes(follower).expect("follower runs");
         let raw = cluster.raw_client(follower, None);
         let calls: Vec<_> = (0..FLOOD_CLIENTS)
             .map(|i| {
@@ -236,6 +238,15 @@ fn a_follower_refuses_registration_before_hashing() {
                 .and_then(|v| v.to_str().ok());
             assert_eq!(hint, Some(cluster.address(leader).as_str()));
         }
+
+        let rss_after = cluster.rss_bytes(follower).expect("follower runs");
+        println!(
+            "{FLOOD_CLIENTS} concurrent registrations sent to a follower: its RSS {} MB \
+             before, {} MB after",
+            rss_before >> 20,
+            rss_after >> 20
+        );
+        assert!(rss_after <= LEADER_RSS_BYTES_BASE_MAX);
 
         // Each node counts the passwords it hashed, and says so when it stops.
         assert!(cluster.terminate(follower).success());
