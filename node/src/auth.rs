@@ -7,8 +7,8 @@
 //! a token minted by one is valid on all of them after a failover; it dies when it
 //! expires, when its account is deleted (generation) and on logout (epoch).
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{self, Output, ParamsString, PasswordHash, Salt, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use chat_core::app::Auth;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -138,25 +138,104 @@ pub fn check_password_size(password: &str) -> Result<(), AuthError> {
     }
 }
 
-/// An argon2id hash in PHC format, salted from the OS. CPU-heavy: call it off the
-/// async runtime's worker threads.
-pub fn hash_password(password: &str) -> Result<String, AuthError> {
-    check_password_size(password)?;
-    let mut salt_bytes = [0u8; 16];
-    salt_bytes.copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    let salt =
-        SaltString::encode_b64(&salt_bytes).map_err(|e| AuthError::Hashing(e.to_string()))?;
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .map_err(|e| AuthError::Hashing(e.to_string()))
+/// The argon2id parameters of every new password hash: the argon2 crate's defaults,
+/// OWASP's minimum for argon2id (19 MiB of memory, 2 passes, 1 lane). Changing them
+/// changes [`HASH_MEMORY_BYTES`], hence the hash pool's peak memory (see `hashing`).
+pub const PASSWORD_HASH_PARAMS: Params = Params::DEFAULT;
+/// The memory one hash fills: `m_cost` blocks of 1 KiB, 19 MiB with the defaults. A
+/// worker keeps one such buffer for its whole life and reuses it for every hash, so the
+/// pool's peak is this times its workers however many requests come.
+pub const HASH_MEMORY_BYTES: usize = PASSWORD_HASH_PARAMS.block_count() * Block::SIZE;
+/// Output bytes of a new hash (the PHC default).
+const HASH_OUTPUT_BYTES: usize = Params::DEFAULT_OUTPUT_LEN;
+const SALT_BYTES: usize = 16;
+
+/// Memory blocks for argon2, kept by a hashing thread between hashes.
+///
+/// Allocating 19 MiB per hash on many short-lived threads is what left a node at 3 GB
+/// after a login flood: glibc keeps freed memory in per-thread arenas (and after the
+/// first large free it raises its mmap threshold, so later buffers come from those
+/// arenas). One buffer per long-lived thread never goes back to the allocator.
+#[derive(Default)]
+pub struct HashMemory(Vec<Block>);
+
+impl HashMemory {
+    /// The first `block_count` blocks, allocated on first use (a node that never hashes,
+    /// such as a follower, never pays for them). Never more than one hash with
+    /// [`PASSWORD_HASH_PARAMS`] needs: a stored hash that asks for more is refused.
+    fn blocks(&mut self, block_count: usize) -> Result<&mut [Block], AuthError> {
+        if block_count > PASSWORD_HASH_PARAMS.block_count() {
+            return Err(AuthError::Hashing(format!(
+                "the stored hash asks for {block_count} KiB, over the {} KiB allowed",
+                PASSWORD_HASH_PARAMS.block_count()
+            )));
+        }
+        if self.0.len() < block_count {
+            self.0.resize(block_count, Block::default());
+        }
+        Ok(&mut self.0[..block_count])
+    }
 }
 
-pub fn verify_password(password: &str, hash: &str) -> Result<(), AuthError> {
+/// An argon2id hash in PHC format (`$argon2id$v=19$m=..,t=..,p=..$salt$hash`), salted
+/// from the OS, computed in `memory`. CPU-heavy (tens of ms): run it on the hash pool,
+/// never on the async runtime's workers.
+pub fn hash_password(password: &str, memory: &mut HashMemory) -> Result<String, AuthError> {
+    check_password_size(password)?;
+    let hashing = |e: argon2::Error| AuthError::Hashing(e.to_string());
+    let phc = |e: password_hash::Error| AuthError::Hashing(e.to_string());
+    // A v4 UUID: 122 random bits from the OS, the 16 bytes argon2 recommends.
+    let salt_bytes: [u8; SALT_BYTES] = uuid::Uuid::new_v4().into_bytes();
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(phc)?;
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, PASSWORD_HASH_PARAMS);
+    let mut output = [0u8; HASH_OUTPUT_BYTES];
+    let blocks = memory.blocks(PASSWORD_HASH_PARAMS.block_count())?;
+    argon2
+        .hash_password_into_with_memory(password.as_bytes(), &salt_bytes, &mut output, blocks)
+        .map_err(hashing)?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&PASSWORD_HASH_PARAMS).map_err(phc)?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&output).map_err(phc)?),
+    };
+    Ok(hash.to_string())
+}
+
+/// Checks `password` against a PHC hash made by [`hash_password`] (or by the argon2
+/// crate's own `PasswordHasher`: the format is the same), computing in `memory`. The
+/// comparison is constant-time (`password_hash::Output`'s equality).
+pub fn verify_password(
+    password: &str,
+    hash: &str,
+    memory: &mut HashMemory,
+) -> Result<(), AuthError> {
     let parsed = PasswordHash::new(hash).map_err(|_| AuthError::WrongPassword)?;
-    Argon2::default()
-        .verify_password(password.as_bytes(), &parsed)
-        .map_err(|_| AuthError::WrongPassword)
+    let invalid = |e: password_hash::Error| AuthError::Hashing(format!("stored hash: {e}"));
+    let algorithm = Algorithm::try_from(parsed.algorithm).map_err(invalid)?;
+    let version = match parsed.version {
+        Some(version) => Version::try_from(version).map_err(|e| invalid(e.into()))?,
+        None => Version::default(),
+    };
+    let params = Params::try_from(&parsed).map_err(invalid)?;
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return Err(AuthError::Hashing(
+            "stored hash has no salt or output".to_owned(),
+        ));
+    };
+    let mut salt_buffer = [0u8; Salt::MAX_LENGTH];
+    let salt = salt.decode_b64(&mut salt_buffer).map_err(invalid)?;
+    let mut output = vec![0u8; expected.len()];
+    let blocks = memory.blocks(params.block_count())?;
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password.as_bytes(), salt, &mut output, blocks)
+        .map_err(|e| AuthError::Hashing(e.to_string()))?;
+    if Output::new(&output).map_err(invalid)? == expected {
+        Ok(())
+    } else {
+        Err(AuthError::WrongPassword)
+    }
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -230,13 +309,56 @@ mod tests {
 
     #[test]
     fn passwords_hash_and_verify() {
-        let hash = hash_password("hunter2").expect("hash");
+        let mut memory = HashMemory::default();
+        let hash = hash_password("hunter2", &mut memory).expect("hash");
         assert!(!hash.contains("hunter2"));
-        verify_password("hunter2", &hash).expect("right password");
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+        verify_password("hunter2", &hash, &mut memory).expect("right password");
         assert_eq!(
-            verify_password("hunter3", &hash),
+            verify_password("hunter3", &hash, &mut memory),
             Err(AuthError::WrongPassword)
         );
+        // One buffer, reused: it never grows past one hash's memory.
+        assert_eq!(memory.0.len() * Block::SIZE, HASH_MEMORY_BYTES);
+    }
+
+    /// Hashes already in logs and snapshots were made by the argon2 crate's own hasher:
+    /// they must verify the same way, and ours must verify there.
+    #[test]
+    fn hashes_are_the_argon2_crates_phc_strings() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let mut memory = HashMemory::default();
+        let salt = SaltString::encode_b64(&[7u8; SALT_BYTES]).expect("salt");
+        let theirs = Argon2::default()
+            .hash_password(b"hunter2", &salt)
+            .expect("hash")
+            .to_string();
+        verify_password("hunter2", &theirs, &mut memory).expect("their hash verifies");
+        let ours = hash_password("hunter2", &mut memory).expect("hash");
+        let parsed = PasswordHash::new(&ours).expect("PHC string");
+        Argon2::default()
+            .verify_password(b"hunter2", &parsed)
+            .expect("our hash verifies there");
+    }
+
+    #[test]
+    fn a_stored_hash_asking_for_more_memory_is_refused() {
+        use argon2::password_hash::PasswordHasher;
+        let params = Params::new(2 * PASSWORD_HASH_PARAMS.m_cost(), 1, 1, None).expect("params");
+        let salt = SaltString::encode_b64(&[7u8; SALT_BYTES]).expect("salt");
+        let greedy = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password(b"hunter2", &salt)
+            .expect("hash")
+            .to_string();
+        let mut memory = HashMemory::default();
+        assert!(matches!(
+            verify_password("hunter2", &greedy, &mut memory),
+            Err(AuthError::Hashing(_))
+        ));
+        assert!(memory.0.is_empty(), "nothing was allocated for it");
     }
 
     #[test]

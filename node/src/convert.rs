@@ -1,6 +1,8 @@
 //! Conversions between core's values and the wire types: the only place that knows both.
 
 use crate::auth::AuthError;
+use crate::hashing::{HashError, PoolError};
+use crate::limiter::Limited;
 use chat_core::app::{AppError, MessageView};
 use chat_core::entry::SessionRef;
 use chat_core::{ClientError, NodeId, Role, SessionId};
@@ -131,4 +133,20 @@ pub fn unavailable_with_leader(
         }
     }
     status
+}
+
+/// A refusal from the password pool: full is RESOURCE_EXHAUSTED (the client should slow
+/// down, not retry at once elsewhere), stopped is UNAVAILABLE (retry on another node).
+pub fn hash_error(error: &HashError) -> Status {
+    match error {
+        HashError::Auth(auth) => auth_error(auth),
+        HashError::Pool(PoolError::Busy { .. }) => Status::resource_exhausted(error.to_string()),
+        HashError::Pool(PoolError::Stopped) => Status::unavailable(error.to_string()),
+    }
+}
+
+/// Too many failed logins: RESOURCE_EXHAUSTED with the wait in the message, so that
+/// clients (which retry UNAVAILABLE by themselves) do not hammer on.
+pub fn login_limited(error: &Limited) -> Status {
+    Status::resource_exhausted(error.to_string())
 }

@@ -115,6 +115,15 @@ impl ReplicaView {
     }
 }
 
+/// Who leads, as this replica last saw it: the part of the [`ReplicaView`] a call needs
+/// to refuse at once on a follower (before paying for a password hash, say) without a
+/// round trip to the core thread; core still decides, this only saves work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leadership {
+    pub role: Role,
+    pub leader_id: Option<NodeId>,
+}
+
 /// The sending side: cheap to clone, never blocks.
 #[derive(Clone)]
 pub struct CoreHandle {
@@ -147,6 +156,15 @@ impl CoreHandle {
     /// the applied index, the log or the leader to change.
     pub fn view(&self) -> watch::Receiver<ReplicaView> {
         self.view.clone()
+    }
+
+    /// This replica's role and known leader as of its last drive.
+    pub fn leadership(&self) -> Leadership {
+        let view = self.view.borrow();
+        Leadership {
+            role: view.role,
+            leader_id: view.leader_id,
+        }
     }
 }
 

@@ -5,6 +5,8 @@
 //! - [`server`]: one member, wired together; [`driver`]: the thread that owns the replica;
 //! - [`peers`]: replica-to-replica transport; [`service`], [`listen`]: the client API;
 //! - [`auth`]: passwords, tokens, peer proofs; [`convert`]: core ⟷ wire;
+//! - [`hashing`]: the bounded pool that hashes passwords; [`limiter`]: failed logins
+//!   per account and per address;
 //! - [`client`]: leader-following, retrying client with an exactly-once session;
 //! - [`local`]: a whole cluster on loopback in one process;
 //! - [`cli`], [`ctl`]: the `main` of `chatnode` and of `chatctl`; [`terminal`]: what
@@ -19,6 +21,8 @@ pub mod convert;
 pub mod ctl;
 pub mod disk;
 pub mod driver;
+pub mod hashing;
+pub mod limiter;
 pub mod listen;
 pub mod local;
 pub mod peers;

@@ -6,6 +6,8 @@ use crate::clock::Clock;
 use crate::config::{NodeConfig, ELECTION_TICKS};
 use crate::disk::FsDisk;
 use crate::driver::{self, Input};
+use crate::hashing::HashPool;
+use crate::limiter::LoginLimiter;
 use crate::peers::{self, PeerService, PEER_MESSAGE_BYTES_MAX};
 use crate::service::{ChatService, Shared, CLIENT_MESSAGE_BYTES_MAX};
 use crate::stamp;
@@ -14,7 +16,8 @@ use chat_core::storage::LogStore;
 use chat_core::{Config, NodeId, Replica};
 use chat_proto::chat::chat_server::ChatServer;
 use chat_proto::peer::peer_server::PeerServer;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
@@ -82,6 +85,7 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
     // and graceful shutdown does not wait for them forever.
     let (stop_streams, streams_stopped) = watch::channel(false);
     let peer_streams_stopped = streams_stopped.clone();
+    let hashing = Arc::new(HashPool::start_default().context("start the hash workers")?);
     let shared = Arc::new(Shared {
         core: core.clone(),
         secret: secret.clone(),
@@ -89,6 +93,8 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
         token_ttl_us: config.token_ttl_secs.saturating_mul(1_000_000),
         shutdown: streams_stopped,
         listeners: crate::listen::Listeners::default(),
+        hashing: Arc::clone(&hashing),
+        login_limiter: Mutex::new(LoginLimiter::default()),
     });
     let chat = ChatServer::new(ChatService { inner: shared })
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
@@ -139,6 +145,14 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
         Ok(result) => result?,
         Err(_) => anyhow::bail!("core thread panicked"),
     }
+    let counters = hashing.counters();
+    tracing::info!(
+        hashed = counters.hashed.load(Ordering::Relaxed),
+        verified = counters.verified.load(Ordering::Relaxed),
+        refused = counters.refused.load(Ordering::Relaxed),
+        abandoned = counters.abandoned.load(Ordering::Relaxed),
+        "password hashing stopped"
+    );
     served.context("server")?;
     tracing::info!(id = config.id, "stopped");
     Ok(())

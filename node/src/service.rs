@@ -5,16 +5,19 @@ use crate::auth::{self, Secret, TokenClaims};
 use crate::clock::unix_now_us;
 use crate::convert;
 use crate::driver::{CoreHandle, Input, StatusSnapshot, SubmitError};
+use crate::hashing::HashPool;
+use crate::limiter::{Attempt, LoginLimiter};
 use crate::listen;
 use chat_core::app::{
     limits, Auth, ChatState, Command, CommandOutput, MessageId, Query, QueryOutput,
 };
-use chat_core::{ClientRequest, ReadConsistency, Response as CoreResponse};
+use chat_core::{ClientError, ClientRequest, ReadConsistency, Response as CoreResponse, Role};
 use chat_proto::chat::chat_server::Chat;
 use chat_proto::chat::*;
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 use tonic::{Request, Response, Status};
 
@@ -37,6 +40,10 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// The live `Listen` streams, bounded per user and per node.
     pub listeners: listen::Listeners,
+    /// Where register and login hash passwords: bounded threads, bounded queue.
+    pub hashing: Arc<HashPool>,
+    /// Wrong passwords per account and per client address (this node's own count).
+    pub login_limiter: Mutex<LoginLimiter>,
 }
 
 impl Shared {
@@ -128,69 +135,55 @@ impl Shared {
     }
 }
 
-fn submit_error(error: SubmitError) -> Status {
-    Status::unavailable(error.to_string())
-}
-
-/// Core answered a call with an output of another kind: a bug. The details (which may
-/// hold message bodies) go to the node's log, never to the client.
-fn unexpected(output: impl std::fmt::Debug) -> Status {
-    tracing::error!(?output, "core answered with an output of another kind");
-    Status::internal("internal error: unexpected answer from core; see the node's log")
-}
-
-/// Runs CPU-heavy password work off the async workers.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, auth::AuthError> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Status::internal(format!("password worker failed: {e}")))?
-        .map_err(|e| convert::auth_error(&e))
-}
-
-#[tonic::async_trait]
-impl Chat for ChatService {
-    async fn register(
-        &self,
-        request: Request<RegisterRequest>,
-    ) -> Result<Response<RegisterResponse>, Status> {
-        let RegisterRequest {
-            user,
-            password,
-            registration_id,
-        } = request.into_inner();
-        let registration = convert::registration(&registration_id)?;
-        // Refuse a bad name before paying for a hash (the leader checks again).
-        ChatState::validate(&Command::CreateAccount {
-            user: user.clone(),
-            password_hash: "-".to_owned(),
-            registration,
-        })
-        .map_err(|e| convert::app_error(&e))?;
-        let password_hash = blocking(move || auth::hash_password(&password)).await?;
-        let command = Command::CreateAccount {
-            user,
-            password_hash,
-            registration,
+/// Password work only the leader can make worthwhile.
+impl Shared {
+    /// Refuses at once, with the usual "not the leader" answer and address, when this
+    /// node is not the leader as of its core's last batch. Register and login call it
+    /// before hashing, so a client pointed at a follower costs it no hash. (Core checks
+    /// leadership again when the request arrives; this only saves the work.)
+    fn require_leader(&self) -> Result<(), Status> {
+        let leadership = self.core.leadership();
+        if leadership.role == Role::Leader {
+            return Ok(());
+        }
+        let refusal = ClientError::NotLeader {
+            leader_hint: leadership.leader_id,
         };
-        match self.inner.write_in(None, command).await? {
-            CommandOutput::AccountCreated { user, .. } => {
-                Ok(Response::new(RegisterResponse { user }))
+        Err(convert::client_error(&refusal, &self.members))
+    }
+
+    fn limiter(&self) -> std::sync::MutexGuard<'_, LoginLimiter> {
+        // A panic while holding the lock leaves at worst one bucket a token off.
+        self.login_limiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes one login attempt from `user`'s and `address`'s allowance, or refuses.
+    fn begin_login(&self, user: &str, address: Option<IpAddr>) -> Result<Attempt, Status> {
+        self.limiter()
+            .begin(user, address, Instant::now())
+            .map_err(|e| convert::login_limited(&e))
+    }
+
+    /// Only a wrong password (or unknown user) spends the attempt; anything else (a right
+    /// password, a busy pool, a lost leader) gives it back.
+    fn end_login<T>(&self, attempt: Attempt, outcome: &Result<T, Status>) {
+        let mut limiter = self.limiter();
+        match outcome {
+            Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                limiter.failed(attempt);
             }
-            other => Err(unexpected(other)),
+            _ => limiter.refund(attempt),
         }
     }
 
-    async fn login(
-        &self,
-        request: Request<LoginRequest>,
-    ) -> Result<Response<LoginResponse>, Status> {
-        let LoginRequest { user, password } = request.into_inner();
-        auth::check_password_size(&password).map_err(|e| convert::auth_error(&e))?;
+    /// Checks `user`'s password against the hash a linearizable read returns; mints a
+    /// token on success.
+    async fn check_login(&self, user: String, password: String) -> Result<LoginResponse, Status> {
         let wrong = || Status::unauthenticated(auth::AuthError::WrongPassword.to_string());
         let query = Query::Credentials { user: user.clone() };
-        let output = match self.inner.read(query, ReadConsistency::Linearizable).await {
+        let output = match self.read(query, ReadConsistency::Linearizable).await {
             // An unknown or impossible name gets the same answer as a wrong password,
             // so login cannot be used to probe which accounts exist.
             Err(status)
@@ -213,18 +206,101 @@ impl Chat for ChatService {
         else {
             return Err(unexpected(output));
         };
-        blocking(move || auth::verify_password(&password, &password_hash)).await?;
-        let expires_at_us = unix_now_us().saturating_add(self.inner.token_ttl_us);
+        self.hashing
+            .verify(password, password_hash)
+            .await
+            .map_err(|e| convert::hash_error(&e))?;
+        let expires_at_us = unix_now_us().saturating_add(self.token_ttl_us);
         let auth = Auth {
             user,
             generation,
             token_epoch,
         };
-        Ok(Response::new(LoginResponse {
-            token: self.inner.secret.mint_token(&auth, expires_at_us),
+        Ok(LoginResponse {
+            token: self.secret.mint_token(&auth, expires_at_us),
             unread_count,
             expires_at_us,
-        }))
+        })
+    }
+}
+
+fn submit_error(error: SubmitError) -> Status {
+    Status::unavailable(error.to_string())
+}
+
+/// Core answered a call with an output of another kind: a bug. The details (which may
+/// hold message bodies) go to the node's log, never to the client.
+fn unexpected(output: impl std::fmt::Debug) -> Status {
+    tracing::error!(?output, "core answered with an output of another kind");
+    Status::internal("internal error: unexpected answer from core; see the node's log")
+}
+
+#[tonic::async_trait]
+impl Chat for ChatService {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let RegisterRequest {
+            user,
+            password,
+            registration_id,
+        } = request.into_inner();
+        let registration = convert::registration(&registration_id)?;
+        // Refuse a bad name before paying for a hash (the leader checks again).
+        ChatState::validate(&Command::CreateAccount {
+            user: user.clone(),
+            password_hash: "-".to_owned(),
+            registration,
+        })
+        .map_err(|e| convert::app_error(&e))?;
+        auth::check_password_size(&password).map_err(|e| convert::auth_error(&e))?;
+        self.inner.require_leader()?;
+        let password_hash = self
+            .inner
+            .hashing
+            .hash(password)
+            .await
+            .map_err(|e| convert::hash_error(&e))?;
+        let command = Command::CreateAccount {
+            user,
+            password_hash,
+            registration,
+        };
+        match self.inner.write_in(None, command).await? {
+            CommandOutput::AccountCreated { user, .. } => {
+                Ok(Response::new(RegisterResponse { user }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
+        let address = request.remote_addr().map(|a| a.ip());
+        let LoginRequest { user, password } = request.into_inner();
+        auth::check_password_size(&password).map_err(|e| convert::auth_error(&e))?;
+        // An impossible name cannot log in: the same answer as a wrong password, and no
+        // limiter entry, so its keys stay within the name length limit.
+        let impossible = Command::CreateAccount {
+            user: user.clone(),
+            password_hash: "-".to_owned(),
+            registration: 0,
+        };
+        if ChatState::validate(&impossible).is_err() {
+            return Err(Status::unauthenticated(
+                auth::AuthError::WrongPassword.to_string(),
+            ));
+        }
+        // Cheapest refusals first: not the leader, then over the limits; only then the
+        // read and the hash.
+        self.inner.require_leader()?;
+        let attempt = self.inner.begin_login(&user, address)?;
+        let outcome = self.inner.check_login(user, password).await;
+        self.inner.end_login(attempt, &outcome);
+        outcome.map(Response::new)
     }
 
     async fn open_session(

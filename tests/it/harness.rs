@@ -1,6 +1,7 @@
 //! The one place the cluster tests touch processes and the API.
 
 use chat_node::client::ClusterClient;
+use chat_proto::chat::chat_client::ChatClient;
 use chat_proto::chat::*;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 pub const PASSWORD: &str = "correct horse";
@@ -185,6 +187,25 @@ impl Cluster {
         assert!(sent.success(), "kill -{signal} {pid}");
     }
 
+    /// Node `id`'s resident memory (VmRSS) in bytes, from `/proc`; None if it does not run.
+    pub fn rss_bytes(&self, id: u64) -> Option<u64> {
+        rss_bytes_of(self.pid(id)?)
+    }
+
+    /// A plain client of node `id` alone: no leader following, no retries, so a test sees
+    /// exactly what that node answers. Its connections come from `source` when given (any
+    /// 127.x.y.z is loopback on Linux), so that one test can be several client addresses.
+    pub fn raw_client(&self, id: u64, source: Option<std::net::IpAddr>) -> ChatClient<Channel> {
+        let scheme = if self.tls { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.address(id)))
+            .expect("valid address")
+            .local_address(source);
+        if let Some(tls) = self.client_tls() {
+            endpoint = endpoint.tls_config(tls).expect("test TLS config");
+        }
+        ChatClient::new(endpoint.connect_lazy())
+    }
+
     /// SIGTERM, then waits for the exit; its status.
     pub fn terminate(&mut self, id: u64) -> std::process::ExitStatus {
         let pid = self.pid(id).expect("node runs");
@@ -295,6 +316,15 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// A process's resident memory (VmRSS) in bytes, from `/proc`; None if it is gone.
+pub fn rss_bytes_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    // "VmRSS:\t   23456 kB"
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1_024)
 }
 
 pub async fn register(client: &mut ClusterClient, user: &str) -> Result<(), Status> {

@@ -10,6 +10,7 @@ mod cli;
 mod failover;
 mod harness;
 mod listen;
+mod login_flood;
 mod sessions;
 mod shutdown;
 mod tls;
