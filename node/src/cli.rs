@@ -32,6 +32,10 @@ enum Command {
         dir: PathBuf,
         #[arg(long, value_name = "P", default_value_t = 7001)]
         base_port: u16,
+        /// Node i serves Prometheus metrics at http://127.0.0.1:M+i-1/metrics
+        /// [default: BASE_PORT + 1000].
+        #[arg(long, value_name = "M")]
+        metrics_base_port: Option<u16>,
     },
 }
 
@@ -68,7 +72,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             nodes,
             dir,
             base_port,
-        }) => crate::local::run(nodes, dir, base_port).await,
+            metrics_base_port,
+        }) => crate::local::run(nodes, dir, base_port, metrics_base_port).await,
         None => {
             let config = NodeConfig::from_args(&cli.node)?;
             let (stop, shutdown) = watch::channel(false);

@@ -54,6 +54,11 @@ pub struct NodeArgs {
     /// How long a login token is valid, in seconds.
     #[arg(long)]
     pub token_ttl_secs: Option<u64>,
+    /// Serve Prometheus metrics over plain HTTP at http://HOST:PORT/metrics, e.g.
+    /// 127.0.0.1:9101. Default: none (the endpoint has no authentication, so exposing
+    /// it is the operator's choice).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +78,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     tls_ca: Option<PathBuf>,
     token_ttl_secs: Option<u64>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +102,8 @@ pub struct NodeConfig {
     pub secret_file: Option<PathBuf>,
     pub tls: Option<TlsFiles>,
     pub token_ttl_secs: u64,
+    /// Where `/metrics` is served (plain HTTP); None: nowhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -177,6 +185,7 @@ impl NodeConfig {
                 .token_ttl_secs
                 .or(file.token_ttl_secs)
                 .unwrap_or(TOKEN_TTL_SECS_DEFAULT),
+            metrics_addr: args.metrics_addr.or(file.metrics_addr),
         })
     }
 
@@ -214,10 +223,34 @@ mod tests {
             ..NodeArgs::default()
         };
         let config = NodeConfig::from_args(&args).expect("valid");
+        assert_eq!(
+            config.metrics_addr, None,
+            "no metrics endpoint unless asked for"
+        );
         assert_eq!(config.id, 2);
         assert_eq!(config.tick_ms, 20);
         assert_eq!(config.peers.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
         assert_eq!(config.members()[&2], "127.0.0.1:7002");
+    }
+
+    #[test]
+    fn metrics_addr_from_the_file_or_a_flag() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "id = 1\nlisten = \"127.0.0.1:7001\"\ndata_dir = \"/tmp/x\"\nmetrics_addr = \"127.0.0.1:9101\"\n",
+        )
+        .expect("write config");
+        let mut args = NodeArgs {
+            config: Some(path),
+            ..NodeArgs::default()
+        };
+        let from_file = NodeConfig::from_args(&args).expect("valid");
+        assert_eq!(from_file.metrics_addr, "127.0.0.1:9101".parse().ok());
+        args.metrics_addr = "0.0.0.0:9200".parse().ok();
+        let from_flag = NodeConfig::from_args(&args).expect("valid");
+        assert_eq!(from_flag.metrics_addr, "0.0.0.0:9200".parse().ok());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use crate::clock::Clock;
 use crate::disk::FsDisk;
+use crate::metrics::{CoreMetrics, CoreObserver};
 use crate::peers::PeerRouter;
 use chat_core::app::Delivery;
 use chat_core::entry::Persist;
@@ -177,6 +178,7 @@ pub fn spawn(
     store: LogStore<FsDisk>,
     clock: Clock,
     router: PeerRouter,
+    metrics: CoreMetrics,
     stopped: oneshot::Sender<()>,
 ) -> std::io::Result<(
     CoreHandle,
@@ -201,7 +203,9 @@ pub fn spawn(
             deliveries,
             persists: 0,
             entries_persisted: 0,
+            metrics: metrics.clone(),
         },
+        observer: CoreObserver::new(metrics),
         next_request_id: 0,
         snapshots_installed: 0,
         counters: Counters::default(),
@@ -229,6 +233,7 @@ struct Core {
     snapshots_installed: u64,
     next_request_id: u64,
     counters: Counters,
+    observer: CoreObserver,
 }
 
 /// What the loop did, logged when it stops: the group-commit ratio in numbers.
@@ -269,6 +274,7 @@ impl Core {
             }
             drive(&mut self.replica, &mut self.shell)?;
             self.publish();
+            self.observer.observe(&self.replica);
             self.counters.batches += 1;
             if stop {
                 tracing::info!(
@@ -339,6 +345,7 @@ struct NodeShell {
     /// Durable writes (each one fsync of the log at most) and the entries they carried.
     persists: u64,
     entries_persisted: u64,
+    metrics: CoreMetrics,
 }
 
 impl Shell for NodeShell {
@@ -347,7 +354,12 @@ impl Shell for NodeShell {
     fn persist(&mut self, persist: &Persist) -> Result<(), StorageError> {
         self.persists += 1;
         self.entries_persisted += persist.entries.len() as u64;
-        self.store.persist(persist)
+        let started = Instant::now();
+        let persisted = self.store.persist(persist);
+        let snapshot_bytes = persist.snapshot.as_ref().map(|s| s.data.len());
+        self.metrics
+            .persisted(persist.entries.len(), snapshot_bytes, started.elapsed());
+        persisted
     }
 
     fn send(&mut self, envelope: Envelope) {

@@ -61,6 +61,8 @@ pub struct Counters {
     pub refused: AtomicU64,
     /// Dropped from the queue because their caller had gone.
     pub abandoned: AtomicU64,
+    /// In the queue now, not yet taken by a worker.
+    pub waiting: AtomicU64,
 }
 
 /// The pool. Dropping it (every clone of the service gone) closes the queue; each
@@ -128,6 +130,7 @@ impl HashPool {
         let (reply, answer) = oneshot::channel();
         let counters = Arc::clone(&self.counters);
         let job: Job = Box::new(move |memory| {
+            counters.waiting.fetch_sub(1, Ordering::Relaxed);
             // The caller gave up (its client hung up or timed out): nobody wants this.
             if reply.is_closed() {
                 counters.abandoned.fetch_add(1, Ordering::Relaxed);
@@ -136,14 +139,19 @@ impl HashPool {
             // It may give up during the work too; then the answer is simply dropped.
             let _ = reply.send(work(memory));
         });
-        self.jobs.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => {
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                PoolError::Busy {
-                    waiting_max: self.waiting_max,
+        // Counted before it can be taken, so that a worker never takes it off first.
+        self.counters.waiting.fetch_add(1, Ordering::Relaxed);
+        self.jobs.try_send(job).map_err(|e| {
+            self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
+            match e {
+                TrySendError::Full(_) => {
+                    self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    PoolError::Busy {
+                        waiting_max: self.waiting_max,
+                    }
                 }
+                TrySendError::Disconnected(_) => PoolError::Stopped,
             }
-            TrySendError::Disconnected(_) => PoolError::Stopped,
         })?;
         Ok(answer)
     }
@@ -202,6 +210,11 @@ mod tests {
             })
         );
         assert_eq!(pool.counters().refused.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            pool.counters().waiting.load(Ordering::Relaxed),
+            WAITING_MAX as u64,
+            "the refused job is not counted as waiting"
+        );
 
         release.send(()).expect("the worker waits");
         first.blocking_recv().expect("first job done");
@@ -212,6 +225,7 @@ mod tests {
         assert_eq!(done, vec![0, 1, 2], "in order, all of them");
         let after = pool.submit(|_| 7).expect("room again");
         assert_eq!(after.blocking_recv(), Ok(7));
+        assert_eq!(pool.counters().waiting.load(Ordering::Relaxed), 0);
     }
 
     #[test]

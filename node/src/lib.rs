@@ -9,6 +9,7 @@
 //!   per account and per address;
 //! - [`client`]: leader-following, retrying client with an exactly-once session;
 //! - [`local`]: a whole cluster on loopback in one process;
+//! - [`metrics`]: Prometheus metrics, served over HTTP at `/metrics`;
 //! - [`cli`], [`ctl`]: the `main` of `chatnode` and of `chatctl`; [`terminal`]: what
 //!   `chatctl` prints, made safe for a terminal.
 
@@ -25,6 +26,7 @@ pub mod hashing;
 pub mod limiter;
 pub mod listen;
 pub mod local;
+pub mod metrics;
 pub mod peers;
 pub mod server;
 pub mod service;

@@ -1,24 +1,40 @@
 //! `chatnode local`: a whole cluster on loopback in one process, for trying it out.
-//! Node i listens on 127.0.0.1:(base_port + i - 1) with its data in DIR/node-i; the
+//! Node i listens on 127.0.0.1:(base_port + i - 1) with its data in DIR/node-i, and
+//! serves its metrics at http://127.0.0.1:(metrics_base_port + i - 1)/metrics; the
 //! cluster secret is generated once into DIR/secret.
 
 use crate::config::{NodeConfig, CLUSTER_ID_DEFAULT, TICK_MS_DEFAULT, TOKEN_TTL_SECS_DEFAULT};
 use anyhow::{bail, Context};
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use tokio::sync::watch;
 
 pub const NODES_MAX: u64 = 9;
+/// Without `--metrics-base-port`, node i serves metrics this far above its own port.
+pub const METRICS_PORT_OFFSET: u16 = 1_000;
+
+/// Node `id`'s port: `base_port + id - 1`.
+fn port_of(base_port: u16, id: u64, flag: &str) -> anyhow::Result<u16> {
+    let port = u64::from(base_port) + id - 1;
+    u16::try_from(port).with_context(|| format!("{flag} too high for that many nodes"))
+}
 
 /// The configs of a local cluster (also used by tests to build the same layout).
-pub fn configs(nodes: u64, dir: &Path, base_port: u16) -> anyhow::Result<Vec<NodeConfig>> {
+pub fn configs(
+    nodes: u64,
+    dir: &Path,
+    base_port: u16,
+    metrics_base_port: u16,
+) -> anyhow::Result<Vec<NodeConfig>> {
     if !(1..=NODES_MAX).contains(&nodes) {
         bail!("--nodes must be between 1 and {NODES_MAX}");
     }
     let address = |id: u64| -> anyhow::Result<String> {
-        let port = u64::from(base_port) + id - 1;
-        let port = u16::try_from(port).context("--base-port too high for that many nodes")?;
-        Ok(format!("127.0.0.1:{port}"))
+        Ok(format!(
+            "127.0.0.1:{}",
+            port_of(base_port, id, "--base-port")?
+        ))
     };
     let mut members = BTreeMap::new();
     for id in 1..=nodes {
@@ -41,6 +57,10 @@ pub fn configs(nodes: u64, dir: &Path, base_port: u16) -> anyhow::Result<Vec<Nod
                 secret_file: Some(secret_file.clone()),
                 tls: None,
                 token_ttl_secs: TOKEN_TTL_SECS_DEFAULT,
+                metrics_addr: Some(SocketAddr::from((
+                    Ipv4Addr::LOCALHOST,
+                    port_of(metrics_base_port, id, "--metrics-base-port")?,
+                ))),
             })
         })
         .collect()
@@ -59,11 +79,25 @@ pub fn ensure_secret(path: &Path) -> anyhow::Result<()> {
     std::fs::write(path, secret).with_context(|| format!("cannot write {}", path.display()))
 }
 
-pub async fn run(nodes: u64, dir: PathBuf, base_port: u16) -> anyhow::Result<()> {
+/// Runs the cluster until Ctrl-C. `metrics_base_port` defaults to `base_port` +
+/// [`METRICS_PORT_OFFSET`].
+pub async fn run(
+    nodes: u64,
+    dir: PathBuf,
+    base_port: u16,
+    metrics_base_port: Option<u16>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     ensure_secret(&dir.join("secret"))?;
-    let configs = configs(nodes, &dir, base_port)?;
+    let metrics_base_port = match metrics_base_port {
+        Some(port) => port,
+        None => base_port.checked_add(METRICS_PORT_OFFSET).context(
+            "--base-port too high for the default metrics ports; give --metrics-base-port",
+        )?,
+    };
+    let configs = configs(nodes, &dir, base_port, metrics_base_port)?;
     let addresses: Vec<String> = configs.iter().map(|c| c.advertise.clone()).collect();
+    let metrics: Vec<Option<SocketAddr>> = configs.iter().map(|c| c.metrics_addr).collect();
     let (stop, shutdown) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     for config in configs {
@@ -74,8 +108,15 @@ pub async fn run(nodes: u64, dir: PathBuf, base_port: u16) -> anyhow::Result<()>
         let node = tracing::Instrument::instrument(crate::server::run(config, shutdown), span);
         tasks.spawn(async move { (id, node.await) });
     }
-    for (i, address) in addresses.iter().enumerate() {
-        println!("node {} at {address}", i + 1);
+    for (i, (address, metrics)) in addresses.iter().zip(&metrics).enumerate() {
+        match metrics {
+            Some(metrics) => println!(
+                "node {} at {address}, metrics at http://{metrics}{}",
+                i + 1,
+                crate::metrics::endpoint::METRICS_PATH
+            ),
+            None => println!("node {} at {address}", i + 1),
+        }
     }
     println!(
         "try: CHAT_PASSWORD=pw chatctl --cluster {} register --user alice",

@@ -15,6 +15,7 @@
 
 use crate::auth::Secret;
 use crate::driver::{CoreHandle, Input};
+use crate::metrics::{PeerCounters, PeerMetrics};
 use chat_core::{Envelope, NodeId};
 use chat_proto::metadata::{PEER_ID, PEER_PROOF};
 use chat_proto::peer::peer_client::PeerClient;
@@ -52,13 +53,21 @@ fn codec() -> impl bincode::config::Config {
 #[derive(Clone, Default)]
 pub struct PeerRouter {
     queues: BTreeMap<NodeId, mpsc::Sender<Envelope>>,
+    counters: BTreeMap<NodeId, PeerCounters>,
 }
 
 impl PeerRouter {
     pub fn send(&self, envelope: Envelope) {
-        if let Some(queue) = self.queues.get(&envelope.to) {
-            if queue.try_send(envelope).is_err() {
+        let to = envelope.to;
+        if let Some(queue) = self.queues.get(&to) {
+            if let Err(error) = queue.try_send(envelope) {
                 tracing::trace!("peer queue full or closed; message dropped");
+                // Closed only while the node stops: not a drop worth counting.
+                if let (mpsc::error::TrySendError::Full(_), Some(counters)) =
+                    (error, self.counters.get(&to))
+                {
+                    counters.queue_full.inc();
+                }
             }
         }
     }
@@ -70,6 +79,7 @@ pub fn start(
     peers: &BTreeMap<u64, String>,
     secret: &Secret,
     tls: Option<ClientTlsConfig>,
+    metrics: &PeerMetrics,
 ) -> anyhow::Result<PeerRouter> {
     let mut router = PeerRouter::default();
     for (&id, address) in peers {
@@ -88,8 +98,17 @@ pub fn start(
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
         let (queue, receiver) = mpsc::channel(PEER_QUEUE_CAPACITY);
         router.queues.insert(NodeId(id), queue);
+        let counters = metrics.of(NodeId(id));
+        router.counters.insert(NodeId(id), counters.clone());
         let proof = secret.peer_proof(from.0);
-        tokio::spawn(run_sender(from, NodeId(id), client, receiver, proof));
+        tokio::spawn(run_sender(
+            from,
+            NodeId(id),
+            client,
+            receiver,
+            proof,
+            counters,
+        ));
     }
     Ok(router)
 }
@@ -100,6 +119,7 @@ async fn run_sender(
     client: PeerClient<tonic::transport::Channel>,
     mut queue: mpsc::Receiver<Envelope>,
     proof: String,
+    counters: PeerCounters,
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut batch = Vec::with_capacity(BATCH_ENVELOPES_MAX);
@@ -131,12 +151,14 @@ async fn run_sender(
                         .drain(..)
                         .filter_map(|envelope| bincode::serde::encode_to_vec(&envelope, codec()).ok())
                         .collect();
+                    let envelope_count = envelopes.len() as u64;
                     let sent = stream.try_send(PeerBatch { from: from.0, to: to.0, envelopes });
                     match sent {
                         Ok(()) => {}
                         // Raft tolerates loss: a peer that cannot keep up misses messages.
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             tracing::trace!(peer = %to, "peer stream full; batch dropped");
+                            counters.stream_full.inc_by(envelope_count);
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => break,
                     }
@@ -147,6 +169,7 @@ async fn run_sender(
             backoff = BACKOFF_MIN;
         }
         tracing::debug!(peer = %to, "reconnecting in {backoff:?}");
+        counters.reconnects.inc();
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }

@@ -8,6 +8,7 @@ use crate::disk::FsDisk;
 use crate::driver::{self, Input};
 use crate::hashing::HashPool;
 use crate::limiter::LoginLimiter;
+use crate::metrics::{self, Metrics, Sampled};
 use crate::peers::{self, PeerService, PEER_MESSAGE_BYTES_MAX};
 use crate::service::{ChatService, Shared, CLIENT_MESSAGE_BYTES_MAX};
 use crate::stamp;
@@ -77,14 +78,24 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
     );
 
     let (server_tls, client_tls) = tls(&config)?;
-    let router = peers::start(NodeId(config.id), &config.peers, &secret, client_tls)?;
+    let metrics = Metrics::new(config.peers.keys().map(|&id| NodeId(id)));
+    let router = peers::start(
+        NodeId(config.id),
+        &config.peers,
+        &secret,
+        client_tls,
+        &metrics.peers,
+    )?;
     let (core_stopped_tx, core_stopped) = tokio::sync::oneshot::channel();
-    let (core, core_thread) = driver::spawn(replica, store, clock, router, core_stopped_tx)?;
+    let core_metrics = metrics.core.clone();
+    let (core, core_thread) =
+        driver::spawn(replica, store, clock, router, core_metrics, core_stopped_tx)?;
 
     // Turned on when the server stops, whatever the reason, so that listen streams end
     // and graceful shutdown does not wait for them forever.
     let (stop_streams, streams_stopped) = watch::channel(false);
     let peer_streams_stopped = streams_stopped.clone();
+    let metrics_stopped = streams_stopped.clone();
     let hashing = Arc::new(HashPool::start_default().context("start the hash workers")?);
     let shared = Arc::new(Shared {
         core: core.clone(),
@@ -95,7 +106,15 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
         listeners: crate::listen::Listeners::default(),
         hashing: Arc::clone(&hashing),
         login_limiter: Mutex::new(LoginLimiter::default()),
+        metrics: metrics.client.clone(),
     });
+    let rpc_metrics = metrics::rpc::RpcLayer::new(metrics.rpc.clone());
+    let exposition = metrics.finish(Sampled {
+        listeners: shared.listeners.clone(),
+        hashing: Arc::clone(&hashing),
+    });
+    let metrics_server =
+        metrics::endpoint::start(config.metrics_addr, exposition, metrics_stopped).await?;
     let chat = ChatServer::new(ChatService { inner: shared })
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
     let peer = PeerServer::new(PeerService {
@@ -119,6 +138,7 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
     if let Some(tls) = server_tls {
         builder = builder.tls_config(tls)?;
     }
+    let mut builder = builder.layer(rpc_metrics);
     let stop = async move {
         tokio::select! {
             // Either the flag turned true or every sender is gone: stop in both cases.
@@ -135,6 +155,10 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
         .add_service(peer)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
         .await;
+    if let Some(metrics_server) = metrics_server {
+        // It stops with the listen streams (a panic there is no reason to stop less).
+        let _ = metrics_server.await;
+    }
     // Stop the core after the server: the batch in flight (and its fsync) completes.
     let _ = core.submit(Input::Shutdown);
     drop(core);

@@ -8,6 +8,7 @@ use crate::driver::{CoreHandle, Input, StatusSnapshot, SubmitError};
 use crate::hashing::HashPool;
 use crate::limiter::{Attempt, LoginLimiter};
 use crate::listen;
+use crate::metrics::{ClientMetrics, RequestKind};
 use chat_core::app::{
     limits, Auth, ChatState, Command, CommandOutput, MessageId, Query, QueryOutput,
 };
@@ -44,15 +45,22 @@ pub struct Shared {
     pub hashing: Arc<HashPool>,
     /// Wrong passwords per account and per client address (this node's own count).
     pub login_limiter: Mutex<LoginLimiter>,
+    /// Requests handed to the core and their latency; login refusals.
+    pub metrics: ClientMetrics,
 }
 
 impl Shared {
     async fn submit(&self, request: ClientRequest) -> Result<CoreResponse, Status> {
         let (reply, answer) = oneshot::channel();
+        let kind = RequestKind::of(&request);
+        let started = Instant::now();
         self.core
             .submit(Input::Client { request, reply })
             .map_err(submit_error)?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+        self.metrics.submitted(kind);
+        let answered = tokio::time::timeout(REQUEST_TIMEOUT, answer).await;
+        self.metrics.answered(kind, started.elapsed());
+        match answered {
             Err(_) => Err(Status::unavailable(
                 "no answer from the cluster in time (no quorum?); retry",
             )),
@@ -163,7 +171,10 @@ impl Shared {
     fn begin_login(&self, user: &str, address: Option<IpAddr>) -> Result<Attempt, Status> {
         self.limiter()
             .begin(user, address, Instant::now())
-            .map_err(|e| convert::login_limited(&e))
+            .map_err(|e| {
+                self.metrics.login_refused(&e);
+                convert::login_limited(&e)
+            })
     }
 
     /// Only a wrong password (or unknown user) spends the attempt; anything else (a right
