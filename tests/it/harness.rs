@@ -47,6 +47,8 @@ pub fn free_ports(count: usize) -> Vec<u16> {
 pub struct Node {
     pub id: u64,
     pub address: String,
+    /// Where the node serves `/metrics` (plain HTTP).
+    pub metrics_address: String,
     child: Option<Child>,
 }
 
@@ -77,12 +79,14 @@ impl Cluster {
             "test-secret-of-the-cluster-tests",
         )
         .expect("write secret");
-        let ports = free_ports(size as usize);
+        // One port for the node's API and one for its metrics.
+        let ports = free_ports(2 * size as usize);
         let nodes = (1..=size)
-            .zip(ports)
-            .map(|(id, port)| Node {
+            .zip(ports.chunks(2))
+            .map(|(id, ports)| Node {
                 id,
-                address: format!("127.0.0.1:{port}"),
+                address: format!("127.0.0.1:{}", ports[0]),
+                metrics_address: format!("127.0.0.1:{}", ports[1]),
                 child: None,
             })
             .collect();
@@ -145,6 +149,8 @@ impl Cluster {
             .arg(self.secret_file())
             .arg("--tick-ms")
             .arg(TICK_MS)
+            .arg("--metrics-addr")
+            .arg(&self.node(id).metrics_address)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -204,6 +210,15 @@ impl Cluster {
             endpoint = endpoint.tls_config(tls).expect("test TLS config");
         }
         ChatClient::new(endpoint.connect_lazy())
+    }
+
+    /// Node `id`'s `/metrics` page: the body of a 200 answer, or what went wrong.
+    pub async fn scrape(&self, id: u64) -> Result<String, String> {
+        let response = http_get(&self.node(id).metrics_address, "/metrics").await?;
+        match response.status {
+            200 => Ok(response.body),
+            status => Err(format!("HTTP {status}: {}", response.body)),
+        }
     }
 
     /// SIGTERM, then waits for the exit; its status.
@@ -316,6 +331,48 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header lines, as sent.
+    pub head: String,
+    pub body: String,
+}
+
+/// One plain HTTP/1.1 GET over a fresh connection (closed by the server after the
+/// answer): all a test needs to read a metrics page, with no HTTP client library.
+pub async fn http_get(address: &str, path: &str) -> Result<HttpResponse, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("GET {path} from {address}: no answer in {TIMEOUT:?}"))?
+        .map_err(|e| format!("GET {path} from {address}: {e}"))?;
+    let text = String::from_utf8(response).map_err(|e| format!("not UTF-8: {e}"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no end of headers in {text:?}"))?;
+    // "HTTP/1.1 200 OK"
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    Ok(HttpResponse {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    })
 }
 
 /// A process's resident memory (VmRSS) in bytes, from `/proc`; None if it is gone.

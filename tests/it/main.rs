@@ -11,6 +11,7 @@ mod failover;
 mod harness;
 mod listen;
 mod login_flood;
+mod metrics;
 mod sessions;
 mod shutdown;
 mod tls;

@@ -544,12 +544,13 @@ struct OperationLabels {
     operation: &'static str,
 }
 
+/// Help texts end with a period here, as `Registry::register` adds one to the others.
 impl Collector for Sampled {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let streams = ConstGauge::new(self.listeners.count() as i64);
         streams.encode(encoder.encode_descriptor(
             "listen_streams",
-            "Live Listen streams this node serves",
+            "Live Listen streams this node serves.",
             None,
             streams.metric_type(),
         )?)?;
@@ -558,13 +559,13 @@ impl Collector for Sampled {
         let queued = ConstGauge::new(load(&counters.waiting) as i64);
         queued.encode(encoder.encode_descriptor(
             "password_hash_queued",
-            "Password hashes and checks waiting for a hash worker",
+            "Password hashes and checks waiting for a hash worker.",
             None,
             queued.metric_type(),
         )?)?;
         let mut hashes = encoder.encode_descriptor(
             "password_hashes",
-            "Password hashes (register) and checks (login) computed",
+            "Password hashes (register) and checks (login) computed.",
             None,
             prometheus_client::metrics::MetricType::Counter,
         )?;
@@ -578,14 +579,14 @@ impl Collector for Sampled {
         let refused = ConstCounter::new(load(&counters.refused));
         refused.encode(encoder.encode_descriptor(
             "password_hash_refusals",
-            "Password hashes refused because the pool's queue was full (RESOURCE_EXHAUSTED)",
+            "Password hashes refused because the pool's queue was full (RESOURCE_EXHAUSTED).",
             None,
             refused.metric_type(),
         )?)?;
         let abandoned = ConstCounter::new(load(&counters.abandoned));
         abandoned.encode(encoder.encode_descriptor(
             "password_hash_abandoned",
-            "Queued password hashes skipped because their caller had gone",
+            "Queued password hashes skipped because their caller had gone.",
             None,
             abandoned.metric_type(),
         )?)?;
