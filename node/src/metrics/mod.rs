@@ -205,7 +205,7 @@ impl CoreMetrics {
         );
         registry.register(
             "raft_elections",
-            "Elections (pre-votes included) this replica started",
+            "Elections this replica started as a candidate (each after a pre-vote it won)",
             m.elections,
         );
         registry.register(
