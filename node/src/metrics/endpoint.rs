@@ -124,3 +124,81 @@ pub async fn start(
         stop,
     ))))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hashing::HashPool;
+    use crate::metrics::{Metrics, Sampled};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// What the server sends on `stream` after `request`, until it closes.
+    async fn exchange(stream: &mut TcpStream, request: &str) -> std::io::Result<String> {
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+            .await
+            .expect("the server answers and closes in time")?;
+        Ok(String::from_utf8(answer).expect("UTF-8"))
+    }
+
+    async fn get(address: SocketAddr, path: &str) -> String {
+        let mut stream = TcpStream::connect(address).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        exchange(&mut stream, &request).await.expect("an answer")
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_to_a_bounded_number_of_connections_and_stops() {
+        let hashing = Arc::new(HashPool::start(1, 1).expect("hash pool"));
+        let exposition = Metrics::new([]).finish(Sampled {
+            listeners: Default::default(),
+            hashing,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("bound address");
+        let (stop, stopped) = watch::channel(false);
+        let server = tokio::spawn(serve(listener, Arc::new(exposition), stopped));
+
+        let page = get(address, METRICS_PATH).await;
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(page.contains("chat_raft_term 0"), "{page}");
+        assert!(get(address, "/other").await.starts_with("HTTP/1.1 404"));
+
+        // Idle connections hold every slot; one more is closed unanswered.
+        let mut held = Vec::new();
+        for _ in 0..CONNECTIONS_MAX {
+            held.push(TcpStream::connect(address).await.expect("connect"));
+        }
+        let mut extra = TcpStream::connect(address).await.expect("connect");
+        let request = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+        match exchange(&mut extra, request).await {
+            Ok(answer) => assert_eq!(answer, "", "closed unanswered"),
+            // Closed with the request unread, the kernel resets the connection instead.
+            Err(error) => assert!(
+                matches!(
+                    error.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ),
+                "{error}"
+            ),
+        }
+
+        // A slot given back serves again.
+        held.pop();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !get(address, METRICS_PATH).await.starts_with("HTTP/1.1 200") {
+            assert!(tokio::time::Instant::now() < deadline, "no slot came back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        stop.send(true).expect("the server listens");
+        tokio::time::timeout(WAIT, server)
+            .await
+            .expect("stops in time")
+            .expect("did not panic");
+    }
+}
