@@ -60,6 +60,10 @@ pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Concurrent HTTP/2 streams (calls) per connection. A peer uses one long-lived stream;
 /// a client rarely more than a few. hyper's default is 200.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 128;
+/// Connections the kernel completes and queues for `accept` (capped by
+/// net.core.somaxconn). tokio's default is 1,024; a burst beyond the queue has its SYNs
+/// dropped and retried a second later, so a deeper queue rides out a flood's bursts.
+const LISTEN_BACKLOG: u32 = 4_096;
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// The longest the accept loop sleeps after repeated errors (EMFILE, ENFILE, ENOBUFS).
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
@@ -81,12 +85,25 @@ const _: () = assert!(
         <= HALF_OPEN_CLOSED_WITHIN.as_secs()
 );
 
+/// A listener on `address` with a [`LISTEN_BACKLOG`] deep accept queue.
+pub fn listen(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restarted node can bind while old connections of
+    // its previous run linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Raises this process's soft RLIMIT_NOFILE to its hard limit (as Go's runtime does: the
 /// soft limit of 1,024 many systems start with is a relic of `select`) and returns the
 /// connection limit the result allows: [`CONNECTIONS_MAX`], or fewer when descriptors are
 /// short (logged, with what to raise).
 pub fn connection_limit() -> usize {
-    let soft = match rlimit::increase_nofile_limit(u64::MAX) {
+    let soft = match raise_nofile_limit() {
         Ok(soft) => soft,
         Err(error) => {
             tracing::warn!(%error, "cannot read or raise RLIMIT_NOFILE; assuming 1024");
@@ -106,6 +123,11 @@ pub fn connection_limit() -> usize {
         tracing::info!(nofile = soft, limit, "inbound connections bounded");
     }
     limit
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit; the soft limit now.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
 }
 
 /// The bookkeeping shared by every listener of the process.

@@ -105,8 +105,7 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
         .set_serving::<ChatServer<ChatService>>()
         .await;
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = connections::listen(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(id = config.id, listen = %config.listen, "serving");
     // Bounded connections (see `connections`): a silent one is closed after the
