@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use tonic::transport::server::{Connected, TlsConnectInfo};
+use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 
 /// Open inbound connections per process (every node of `chatnode local` shares them, as
@@ -159,20 +159,22 @@ impl Registry {
     fn process(limit: usize) -> Arc<Registry> {
         static PROCESS: OnceLock<Arc<Registry>> = OnceLock::new();
         PROCESS
-            .get_or_init(|| {
-                Arc::new(Registry {
-                    limit,
-                    state: Mutex::new(Counts {
-                        open: 0,
-                        next_id: 0,
-                        pending: BTreeMap::new(),
-                        refused: 0,
-                        evicted: 0,
-                        last_warned: None,
-                    }),
-                })
-            })
+            .get_or_init(|| Arc::new(Registry::new(limit)))
             .clone()
+    }
+
+    fn new(limit: usize) -> Registry {
+        Registry {
+            limit,
+            state: Mutex::new(Counts {
+                open: 0,
+                next_id: 0,
+                pending: BTreeMap::new(),
+                refused: 0,
+                evicted: 0,
+                last_warned: None,
+            }),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Counts> {
@@ -436,8 +438,7 @@ impl AsyncWrite for Connection {
     }
 }
 
-/// What a request knows of its connection (a request extension, inside
-/// `TlsConnectInfo` under TLS).
+/// What a request knows of its connection (a request extension).
 #[derive(Clone)]
 pub struct ConnectionInfo {
     pub remote: SocketAddr,
@@ -455,15 +456,71 @@ impl Connected for Connection {
 
 /// An interceptor for the whole server: a request on a connection makes it established
 /// (no more handshake deadline, never evicted). It runs on the headers, before a body.
+/// Under TLS tonic inserts the inner connection's info too, beside `TlsConnectInfo`.
 pub fn mark_established(request: Request<()>) -> Result<Request<()>, Status> {
-    let extensions = request.extensions();
-    let info = extensions.get::<ConnectionInfo>().or_else(|| {
-        extensions
-            .get::<TlsConnectInfo<ConnectionInfo>>()
-            .map(TlsConnectInfo::get_ref)
-    });
-    if let Some(info) = info {
+    if let Some(info) = request.extensions().get::<ConnectionInfo>() {
         info.registry.establish(&info.slot);
     }
     Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `count` accepted TCP streams (and their client ends, kept open).
+    async fn accepted(count: usize) -> Vec<(TcpStream, SocketAddr, TcpStream)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let mut streams = Vec::new();
+        for _ in 0..count {
+            let client = TcpStream::connect(address).await.expect("connect");
+            let (server, remote) = listener.accept().await.expect("accept");
+            streams.push((server, remote, client));
+        }
+        streams
+    }
+
+    fn is_closed(connection: &mut Connection) -> bool {
+        let waker = std::task::Waker::noop();
+        connection.check(&mut Context::from_waker(waker)).is_err()
+    }
+
+    #[tokio::test]
+    async fn at_the_limit_the_oldest_pending_connection_makes_room() {
+        let registry = Arc::new(Registry::new(2));
+        let mut streams = accepted(4).await.into_iter();
+        let mut admit = || {
+            let (tcp, remote, client) = streams.next().expect("a stream");
+            (registry.admit(tcp, remote), client)
+        };
+        let (first, _c1) = admit();
+        let (second, _c2) = admit();
+        let (mut first, mut second) = (first.expect("admitted"), second.expect("admitted"));
+        mark_established(request_on(&second)).expect("marked");
+        // At the limit: the third evicts the first, the only one still pending.
+        let (third, _c3) = admit();
+        let mut third = third.expect("admitted in exchange for the oldest pending");
+        assert!(is_closed(&mut first));
+        assert!(!is_closed(&mut second));
+        assert!(!is_closed(&mut third));
+        assert_eq!(registry.lock().evicted, 1);
+        // The evicted one is still open (its task has not dropped it): one in flight.
+        assert_eq!(registry.lock().open, 3);
+        drop(first);
+        mark_established(request_on(&third)).expect("marked");
+        // Nothing pending left to evict: the fourth is refused.
+        let (fourth, _c4) = admit();
+        assert!(fourth.is_none());
+        assert_eq!(registry.lock().refused, 1);
+        drop((second, third));
+        assert_eq!(registry.lock().open, 0);
+        assert!(registry.lock().pending.is_empty());
+    }
+
+    fn request_on(connection: &Connection) -> Request<()> {
+        let mut request = Request::new(());
+        request.extensions_mut().insert(connection.connect_info());
+        request
+    }
 }
