@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use tonic::transport::server::Connected;
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Status};
 
 /// Open inbound connections per process (every node of `chatnode local` shares them, as
@@ -348,10 +348,12 @@ impl Connection {
                 () = watched.evict.notified() => Closed::Evicted,
             }
         });
+        let local = tcp.local_addr().ok();
         Connection {
             tcp,
             info: ConnectionInfo {
                 remote,
+                local,
                 slot,
                 registry,
             },
@@ -442,6 +444,7 @@ impl AsyncWrite for Connection {
 #[derive(Clone)]
 pub struct ConnectionInfo {
     pub remote: SocketAddr,
+    pub local: Option<SocketAddr>,
     slot: Arc<Slot>,
     registry: Arc<Registry>,
 }
@@ -457,10 +460,17 @@ impl Connected for Connection {
 /// An interceptor for the whole server: a request on a connection makes it established
 /// (no more handshake deadline, never evicted). It runs on the headers, before a body.
 /// Under TLS tonic inserts the inner connection's info too, beside `TlsConnectInfo`.
-pub fn mark_established(request: Request<()>) -> Result<Request<()>, Status> {
-    if let Some(info) = request.extensions().get::<ConnectionInfo>() {
-        info.registry.establish(&info.slot);
-    }
+/// It also adds the `TcpConnectInfo` that tonic's own listener would have, so that
+/// `Request::remote_addr` keeps answering behind [`Incoming`].
+pub fn mark_established(mut request: Request<()>) -> Result<Request<()>, Status> {
+    let Some(info) = request.extensions().get::<ConnectionInfo>().cloned() else {
+        return Ok(request);
+    };
+    info.registry.establish(&info.slot);
+    request.extensions_mut().insert(TcpConnectInfo {
+        local_addr: info.local,
+        remote_addr: Some(info.remote),
+    });
     Ok(request)
 }
 
@@ -497,7 +507,9 @@ mod tests {
         let (first, _c1) = admit();
         let (second, _c2) = admit();
         let (mut first, mut second) = (first.expect("admitted"), second.expect("admitted"));
-        mark_established(request_on(&second)).expect("marked");
+        let marked = mark_established(request_on(&second)).expect("marked");
+        // What tonic's own listener would tell, for code that asks (login limits).
+        assert_eq!(marked.remote_addr(), Some(second.info.remote));
         // At the limit: the third evicts the first, the only one still pending.
         let (third, _c3) = admit();
         let mut third = third.expect("admitted in exchange for the oldest pending");
