@@ -3,6 +3,7 @@
 //! decides anything lives in core; this crate only performs effects and translates.
 //!
 //! - [`server`]: one member, wired together; [`driver`]: the thread that owns the replica;
+//! - [`connections`]: inbound connections, bounded in number and in silence;
 //! - [`peers`]: replica-to-replica transport; [`service`], [`listen`]: the client API;
 //! - [`auth`]: passwords, tokens, peer proofs; [`convert`]: core ⟷ wire;
 //! - [`hashing`]: the bounded pool that hashes passwords; [`limiter`]: failed logins
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod convert;
 pub mod ctl;
 pub mod disk;

@@ -8,9 +8,10 @@
 //! operation, see BENCHMARKS.md). When the stream ends (the peer stopped, HTTP/2 pings
 //! went unanswered) the task opens a new one, backing off exponentially while it fails.
 //!
-//! Inbound: [`PeerService`] checks the caller's proof of membership (once per stream),
-//! decodes core's bincode envelopes and queues them for the core thread, again dropping
-//! when full. Streams end when the server stops. `Peer.Deliver`, one batch per call,
+//! Inbound: [`PeerAuth`] checks the caller's proof of membership from the call's
+//! metadata, before a byte of its body is read (a non-member cannot make a node buffer a
+//! 64 MiB message), once per call or stream. [`PeerService`] then decodes core's bincode
+//! envelopes and queues them for the core thread, again dropping when full. Streams end when the server stops. `Peer.Deliver`, one batch per call,
 //! stays served for senders of an older build.
 
 use crate::auth::Secret;
@@ -19,12 +20,13 @@ use crate::metrics::{PeerCounters, PeerMetrics};
 use chat_core::{Envelope, NodeId};
 use chat_proto::metadata::{PEER_ID, PEER_PROOF};
 use chat_proto::peer::peer_client::PeerClient;
-use chat_proto::peer::peer_server::Peer;
+use chat_proto::peer::peer_server::{Peer, PeerServer};
 use chat_proto::peer::{PeerAck, PeerBatch};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::{InterceptedService, Interceptor};
 use tonic::transport::{ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -42,7 +44,9 @@ const STREAM_HEALTHY_AFTER: Duration = Duration::from_secs(1);
 /// A stream has no deadline; HTTP/2 pings find a dead peer instead.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Peer calls carry whole AppendEntries batches and snapshot chunks.
+/// Peer calls carry whole AppendEntries batches and snapshot chunks. A larger message is
+/// refused (OUT_OF_RANGE) from its length prefix, before it is buffered; only proven
+/// members get that far.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 fn codec() -> impl bincode::config::Config {
@@ -175,19 +179,47 @@ async fn run_sender(
     }
 }
 
-/// The inbound half of the peer API.
-pub struct PeerService {
-    pub id: NodeId,
-    pub members: Vec<u64>,
-    pub secret: Secret,
-    pub core: CoreHandle,
-    /// Turns true when the server stops, so that open streams end.
-    pub shutdown: watch::Receiver<bool>,
+/// The peer API as served: membership checked on the headers, then [`PeerService`] with
+/// [`PEER_MESSAGE_BYTES_MAX`] enforced on decoding.
+pub fn server(
+    service: PeerService,
+    members: Vec<u64>,
+    secret: Secret,
+) -> InterceptedService<PeerServer<PeerService>, PeerAuth> {
+    let server = PeerServer::new(service).max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    InterceptedService::new(
+        server,
+        PeerAuth {
+            members: members.into(),
+            secret,
+        },
+    )
 }
 
-impl PeerService {
+/// Checks a peer call's proof of membership. tonic runs an interceptor on the request's
+/// headers and answers a refusal without reading the body, so a non-member's call costs
+/// at most the HTTP/2 flow-control window, however large the message it announces.
+#[derive(Clone)]
+pub struct PeerAuth {
+    members: std::sync::Arc<[u64]>,
+    secret: Secret,
+}
+
+/// The member a call comes from, as proven by [`PeerAuth`] (a request extension).
+#[derive(Clone, Copy, Debug)]
+struct ProvenPeer(u64);
+
+impl Interceptor for PeerAuth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let from = self.verify(request.metadata())?;
+        request.extensions_mut().insert(ProvenPeer(from));
+        Ok(request)
+    }
+}
+
+impl PeerAuth {
     /// The member a call comes from, if its metadata proves membership.
-    fn proven_sender(&self, metadata: &tonic::metadata::MetadataMap) -> Result<u64, Status> {
+    fn verify(&self, metadata: &tonic::metadata::MetadataMap) -> Result<u64, Status> {
         let claimed: Option<u64> = metadata
             .get(PEER_ID)
             .and_then(|v| v.to_str().ok())
@@ -204,7 +236,27 @@ impl PeerService {
             )),
         }
     }
+}
 
+/// The sender [`PeerAuth`] proved. Served without it (a wiring mistake), a call is
+/// refused rather than trusted.
+fn proven_peer<T>(request: &Request<T>) -> Result<u64, Status> {
+    request
+        .extensions()
+        .get::<ProvenPeer>()
+        .map(|proven| proven.0)
+        .ok_or_else(|| Status::permission_denied("peer call not checked for membership"))
+}
+
+/// The inbound half of the peer API (behind [`PeerAuth`], see [`server`]).
+pub struct PeerService {
+    pub id: NodeId,
+    pub core: CoreHandle,
+    /// Turns true when the server stops, so that open streams end.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl PeerService {
     /// Queues a batch from `from` for the core; how many envelopes it took.
     fn accept(&self, from: u64, batch: &PeerBatch) -> Result<u32, Status> {
         if batch.from != from {
@@ -238,7 +290,7 @@ impl PeerService {
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn deliver(&self, request: Request<PeerBatch>) -> Result<Response<PeerAck>, Status> {
-        let from = self.proven_sender(request.metadata())?;
+        let from = proven_peer(&request)?;
         let accepted = self.accept(from, request.get_ref())?;
         Ok(Response::new(PeerAck { accepted }))
     }
@@ -247,7 +299,7 @@ impl Peer for PeerService {
         &self,
         request: Request<Streaming<PeerBatch>>,
     ) -> Result<Response<PeerAck>, Status> {
-        let from = self.proven_sender(request.metadata())?;
+        let from = proven_peer(&request)?;
         let mut batches = request.into_inner();
         let mut shutdown = self.shutdown.clone();
         let mut accepted = 0u32;

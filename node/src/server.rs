@@ -4,23 +4,23 @@
 use crate::auth::Secret;
 use crate::clock::Clock;
 use crate::config::{NodeConfig, ELECTION_TICKS};
+use crate::connections::{self, Incoming};
 use crate::disk::FsDisk;
 use crate::driver::{self, Input};
 use crate::hashing::HashPool;
 use crate::limiter::LoginLimiter;
 use crate::metrics::{self, Metrics, Sampled};
-use crate::peers::{self, PeerService, PEER_MESSAGE_BYTES_MAX};
+use crate::peers::{self, PeerService};
 use crate::service::{ChatService, Shared, CLIENT_MESSAGE_BYTES_MAX};
 use crate::stamp;
 use anyhow::Context;
 use chat_core::storage::LogStore;
 use chat_core::{Config, NodeId, Replica};
 use chat_proto::chat::chat_server::ChatServer;
-use chat_proto::peer::peer_server::PeerServer;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::InterceptorLayer;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
 /// Used when no secret file is configured, so that a quick local try needs no setup.
@@ -117,28 +117,33 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
         metrics::endpoint::start(config.metrics_addr, exposition, metrics_stopped).await?;
     let chat = ChatServer::new(ChatService { inner: shared })
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
-    let peer = PeerServer::new(PeerService {
-        id: NodeId(config.id),
-        members: members.keys().copied().collect(),
+    let peer = peers::server(
+        PeerService {
+            id: NodeId(config.id),
+            core: core.clone(),
+            shutdown: peer_streams_stopped,
+        },
+        members.keys().copied().collect(),
         secret,
-        core: core.clone(),
-        shutdown: peer_streams_stopped,
-    })
-    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    );
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<ChatServer<ChatService>>()
         .await;
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = connections::listen(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(id = config.id, listen = %config.listen, "serving");
-    let mut builder = Server::builder().tcp_nodelay(true);
+    // Bounded connections (see `connections`): a silent one is closed after the
+    // handshake timeout, a vanished one by unanswered keep-alive pings.
+    let incoming = Incoming::new(listener, connections::connection_limit());
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(connections::KEEP_ALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(connections::KEEP_ALIVE_TIMEOUT))
+        .max_concurrent_streams(connections::STREAMS_PER_CONNECTION_MAX);
     if let Some(tls) = server_tls {
         builder = builder.tls_config(tls)?;
     }
-    let mut builder = builder.layer(rpc_metrics);
     let stop = async move {
         tokio::select! {
             // Either the flag turned true or every sender is gone: stop in both cases.
@@ -150,10 +155,12 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
         let _ = stop_streams.send(true);
     };
     let served = builder
+        .layer(rpc_metrics)
+        .layer(InterceptorLayer::new(connections::mark_established))
         .add_service(health)
         .add_service(chat)
         .add_service(peer)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+        .serve_with_incoming_shutdown(incoming, stop)
         .await;
     if let Some(metrics_server) = metrics_server {
         // It stops with the listen streams (a panic there is no reason to stop less).

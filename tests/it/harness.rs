@@ -130,11 +130,7 @@ impl Cluster {
             .filter(|n| n.id != id)
             .map(|n| format!("{}={}", n.id, n.address))
             .collect();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("node-{id}.log")))
-            .expect("open node log");
+        let log = self.log_file(id);
         let mut command = Command::new(chatnode());
         command
             .arg("--id")
@@ -165,6 +161,14 @@ impl Cluster {
                 .arg(tls_file("ca.pem"));
         }
         command
+    }
+
+    fn log_file(&self, id: u64) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node-{id}.log")))
+            .expect("open node log")
     }
 
     /// The process id of node `id`, if it runs.
@@ -248,6 +252,26 @@ impl Cluster {
         self.nodes[(id - 1) as usize].child = Some(child);
     }
 
+    /// Stops node `id` and starts it again with RLIMIT_NOFILE `nofile` (soft and hard,
+    /// set by the shell's `ulimit` before it `exec`s the node), so that a test can run
+    /// it short of file descriptors.
+    pub fn restart_with_nofile(&mut self, id: u64, nofile: u64) {
+        self.kill(id);
+        let node = self.command(id);
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+            .arg(node.get_program())
+            .args(node.get_args())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(self.log_file(id));
+        let child = command.spawn().expect("spawn sh for chatnode");
+        self.nodes[(id - 1) as usize].child = Some(child);
+    }
+
     /// SIGKILL: no shutdown, no flush beyond what was already synced.
     pub fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.nodes[(id - 1) as usize].child.take() {
@@ -294,6 +318,29 @@ impl Cluster {
             assert!(Instant::now() < deadline, "no leader within 30 s");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Waits for a leader, then for node `id` to answer a status call; some node other
+    /// than the leader.
+    pub async fn follower(&self) -> u64 {
+        let leader = self.leader().await;
+        let follower = self
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .find(|&id| id != leader)
+            .expect("a cluster of two or more");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self
+            .client()
+            .status_of(&self.address(follower))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "node {follower} silent for 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        follower
     }
 
     /// Waits until every node reports the same commit index, applied index and state
@@ -556,4 +603,35 @@ impl Decoder for RawCodec {
         bytes::Buf::copy_to_slice(buf, &mut bytes);
         Ok(Some(bytes))
     }
+}
+
+/// CPU time (user + system) process `pid` has used, from /proc (Linux).
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    let after_name = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, so 11 and 12 after the name.
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    let per_second = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(100);
+    Duration::from_micros(ticks * 1_000_000 / per_second)
+}
+
+/// A memory figure of process `pid` in KiB, from /proc/PID/status: `VmRSS` (now) or
+/// `VmHWM` (the peak resident set so far).
+pub fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }

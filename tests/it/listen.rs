@@ -298,18 +298,31 @@ fn a_node_serves_a_bounded_number_of_streams() {
         let address = cluster.address(node);
         let pid = cluster.pid(node).expect("node runs");
         let before = rss_kib(pid);
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .expect("address")
-            .connect()
-            .await
-            .expect("connect");
+        // Each connection carries a bounded number of streams (the node's per-connection
+        // limit): spread them over enough connections.
+        const STREAMS_PER_CONNECTION: usize = 100;
+        let mut channels = Vec::new();
+        for _ in 0..=LISTEN_STREAMS_PER_NODE_MAX / STREAMS_PER_CONNECTION {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                .expect("address")
+                .connect()
+                .await
+                .expect("connect");
+            channels.push(channel);
+        }
+        let channel = channels.last().expect("at least one").clone();
         let mut held = Vec::new();
-        for auth in logins.iter().cycle().take(LISTEN_STREAMS_PER_NODE_MAX) {
+        for (n, auth) in logins
+            .iter()
+            .cycle()
+            .take(LISTEN_STREAMS_PER_NODE_MAX)
+            .enumerate()
+        {
             let request = ListenRequest {
                 auth: Some(auth.clone()),
                 after_id: 0,
             };
-            let mut raw = ChatClient::new(channel.clone());
+            let mut raw = ChatClient::new(channels[n / STREAMS_PER_CONNECTION].clone());
             held.push(raw.listen(request).await.expect("under the node limit"));
         }
         let full = rss_kib(pid);
@@ -338,17 +351,18 @@ fn a_node_serves_a_bounded_number_of_streams() {
         let closed = rss_kib(pid);
         // Every slot comes back: the node fills up again, reusing the memory it kept.
         let mut held = vec![reopened];
-        for auth in logins
+        for (n, auth) in logins
             .iter()
             .cycle()
             .skip(1)
             .take(LISTEN_STREAMS_PER_NODE_MAX - 1)
+            .enumerate()
         {
             let request = ListenRequest {
                 auth: Some(auth.clone()),
                 after_id: 0,
             };
-            let mut raw = ChatClient::new(channel.clone());
+            let mut raw = ChatClient::new(channels[n / STREAMS_PER_CONNECTION].clone());
             held.push(
                 raw.listen(request)
                     .await

@@ -7,6 +7,7 @@
 mod bad_input;
 mod basic;
 mod cli;
+mod connections;
 mod failover;
 mod harness;
 mod listen;
