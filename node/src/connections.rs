@@ -154,10 +154,34 @@ struct Slot {
     evict: Notify,
 }
 
+/// The process's registry, made by its first listener.
+static PROCESS: OnceLock<Arc<Registry>> = OnceLock::new();
+
+/// The process's inbound connection counts (for metrics); None before any listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionCounts {
+    pub limit: usize,
+    pub open: usize,
+    pub pending: usize,
+    pub refused: u64,
+    pub evicted: u64,
+}
+
+pub fn counts() -> Option<ConnectionCounts> {
+    let registry = PROCESS.get()?;
+    let counts = registry.lock();
+    Some(ConnectionCounts {
+        limit: registry.limit,
+        open: counts.open,
+        pending: counts.pending.len(),
+        refused: counts.refused,
+        evicted: counts.evicted,
+    })
+}
+
 impl Registry {
     /// The process's registry; the first caller's limit holds for all.
     fn process(limit: usize) -> Arc<Registry> {
-        static PROCESS: OnceLock<Arc<Registry>> = OnceLock::new();
         PROCESS
             .get_or_init(|| Arc::new(Registry::new(limit)))
             .clone()

@@ -209,6 +209,10 @@ fn every_node_reports_what_the_cluster_did() {
                 .filter(|s| s.name == "chat_peer_reconnects_total")
                 .count();
             assert_eq!(peers, (NODES - 1) as usize);
+            // Each other member holds a connection to this node.
+            let open = page.get("chat_connections_open", &[]);
+            assert!(open >= (NODES - 1) as f64, "open connections {open}");
+            assert!(open <= page.get("chat_connections_limit", &[]));
         }
     });
 }

@@ -11,20 +11,19 @@
 
 pub mod endpoint;
 pub mod rpc;
+mod sampled;
 
-use crate::hashing::HashPool;
+pub use sampled::Sampled;
+
 use crate::limiter::Limited;
-use crate::listen::Listeners;
 use chat_core::{ClientRequest, NodeId, ReadConsistency, Replica, Role, Term};
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 /// Every metric name starts with `chat_`.
@@ -524,73 +523,6 @@ impl PeerMetrics {
                 .get_or_create(&PeerLabels { peer: peer.0 })
                 .clone(),
         }
-    }
-}
-
-/// Values other parts keep for themselves, read when `/metrics` is scraped.
-pub struct Sampled {
-    pub listeners: Listeners,
-    pub hashing: Arc<HashPool>,
-}
-
-impl std::fmt::Debug for Sampled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sampled").finish_non_exhaustive()
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OperationLabels {
-    operation: &'static str,
-}
-
-/// Help texts end with a period here, as `Registry::register` adds one to the others.
-impl Collector for Sampled {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let streams = ConstGauge::new(self.listeners.count() as i64);
-        streams.encode(encoder.encode_descriptor(
-            "listen_streams",
-            "Live Listen streams this node serves.",
-            None,
-            streams.metric_type(),
-        )?)?;
-        let counters = self.hashing.counters();
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let queued = ConstGauge::new(load(&counters.waiting) as i64);
-        queued.encode(encoder.encode_descriptor(
-            "password_hash_queued",
-            "Password hashes and checks waiting for a hash worker.",
-            None,
-            queued.metric_type(),
-        )?)?;
-        let mut hashes = encoder.encode_descriptor(
-            "password_hashes",
-            "Password hashes (register) and checks (login) computed.",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
-        )?;
-        for (operation, count) in [
-            ("hash", load(&counters.hashed)),
-            ("verify", load(&counters.verified)),
-        ] {
-            let labels = OperationLabels { operation };
-            ConstCounter::new(count).encode(hashes.encode_family(&labels)?)?;
-        }
-        let refused = ConstCounter::new(load(&counters.refused));
-        refused.encode(encoder.encode_descriptor(
-            "password_hash_refusals",
-            "Password hashes refused because the pool's queue was full (RESOURCE_EXHAUSTED).",
-            None,
-            refused.metric_type(),
-        )?)?;
-        let abandoned = ConstCounter::new(load(&counters.abandoned));
-        abandoned.encode(encoder.encode_descriptor(
-            "password_hash_abandoned",
-            "Queued password hashes skipped because their caller had gone.",
-            None,
-            abandoned.metric_type(),
-        )?)?;
-        Ok(())
     }
 }
 

@@ -1,10 +1,13 @@
 //! The registry as Prometheus reads it: names, types, labels and values.
 
 use super::*;
+use crate::hashing::HashPool;
+use crate::listen::Listeners;
 use chat_core::app::Delivery;
 use chat_core::entry::Persist;
 use chat_core::{drive, Config, Envelope, Reply, Shell, Time};
 use std::convert::Infallible;
+use std::sync::Arc;
 
 /// A shell whose disk and network do nothing: enough for a single-member replica.
 struct NullShell;
