@@ -17,7 +17,7 @@
 
 use crate::app::{AppError, CommandOutput, Delivery, QueryOutput};
 use crate::consensus::message::Envelope;
-use crate::entry::Persist;
+use crate::entry::{Persist, Snapshot};
 use crate::types::{NodeId, RequestId};
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +31,10 @@ pub struct Ready {
     pub messages: Vec<Envelope>,
     pub replies: Vec<Reply>,
     pub deliveries: Vec<Delivery>,
+    /// A snapshot of the replica's own state to save durably, at the shell's pace and on
+    /// any thread; nothing waits for it. Report it with `Replica::handle_snapshot_saved`
+    /// once durable; if the shell crashes first, the report is simply never made.
+    pub snapshot_to_save: Option<Snapshot>,
 }
 
 impl Ready {
@@ -40,6 +44,7 @@ impl Ready {
             && self.messages.is_empty()
             && self.replies.is_empty()
             && self.deliveries.is_empty()
+            && self.snapshot_to_save.is_none()
     }
 }
 
@@ -101,6 +106,9 @@ pub trait Shell {
     fn send(&mut self, envelope: Envelope);
     fn reply(&mut self, reply: Reply);
     fn deliver(&mut self, delivery: Delivery);
+    /// Starts saving a snapshot of the replica's own state (see
+    /// [`Ready::snapshot_to_save`]); returns at once.
+    fn save_snapshot(&mut self, snapshot: Snapshot);
 }
 
 /// Performs one `Ready` in the only allowed order: a leader's replication traffic, then
@@ -120,6 +128,9 @@ pub fn perform<S: Shell>(ready: Ready, shell: &mut S) -> Result<(), S::Error> {
     }
     for delivery in ready.deliveries {
         shell.deliver(delivery);
+    }
+    if let Some(snapshot) = ready.snapshot_to_save {
+        shell.save_snapshot(snapshot);
     }
     Ok(())
 }

@@ -11,8 +11,8 @@ use crate::disk::FsDisk;
 use crate::metrics::{CoreMetrics, CoreObserver};
 use crate::peers::PeerRouter;
 use chat_core::app::Delivery;
-use chat_core::entry::Persist;
-use chat_core::storage::{LogStore, StorageError};
+use chat_core::entry::{Persist, Snapshot, SnapshotMeta};
+use chat_core::storage::{stage_snapshot, LogStore, StorageError};
 use chat_core::{
     drive, ClientError, ClientRequest, Envelope, LogIndex, NodeId, Replica, Reply, RequestId,
     Response, Role, Shell, Term,
@@ -51,6 +51,12 @@ pub enum Input {
         reply: ReplyTx,
     },
     Status(oneshot::Sender<StatusSnapshot>),
+    /// The snapshot writer staged (wrote and synced) the replica's snapshot `meta`, or
+    /// failed to.
+    SnapshotStaged {
+        meta: SnapshotMeta,
+        outcome: Result<(), StorageError>,
+    },
     Shutdown,
 }
 
@@ -187,6 +193,12 @@ pub fn spawn(
     let (inputs, receiver) = std::sync::mpsc::sync_channel(INPUT_QUEUE_CAPACITY);
     let (deliveries, _) = broadcast::channel(DELIVERY_BUFFER);
     let (view_tx, view) = watch::channel(ReplicaView::of(&replica, &clock));
+    let snapshot_writer = spawn_snapshot_writer(
+        replica.id(),
+        FsDisk::open(store.disk().dir()).map_err(std::io::Error::other)?,
+        inputs.clone(),
+        metrics.clone(),
+    )?;
     let handle = CoreHandle {
         inputs,
         deliveries: deliveries.clone(),
@@ -204,6 +216,7 @@ pub fn spawn(
             persists: 0,
             entries_persisted: 0,
             metrics: metrics.clone(),
+            snapshot_writer,
         },
         observer: CoreObserver::new(metrics),
         next_request_id: 0,
@@ -222,6 +235,50 @@ pub fn spawn(
             result
         })?;
     Ok((handle, thread))
+}
+
+/// Starts the thread that writes the replica's own snapshots (the slow part: their bytes
+/// and their fsync) off the core thread, with its own handle on the data dir. It stages
+/// each snapshot and reports back through the core's inputs; the core thread commits
+/// it (a rename) and only then lets the replica compact its log. It ends when the core
+/// drops its sender.
+fn spawn_snapshot_writer(
+    id: NodeId,
+    mut disk: FsDisk,
+    inputs: SyncSender<Input>,
+    metrics: CoreMetrics,
+) -> std::io::Result<SyncSender<Snapshot>> {
+    // The replica saves one snapshot at a time: a slot for it is enough.
+    let (snapshots, receiver) = std::sync::mpsc::sync_channel::<Snapshot>(1);
+    std::thread::Builder::new()
+        .name(format!("snapshots-{}", id.0))
+        .spawn(move || {
+            let mut scratch = Vec::new();
+            for snapshot in receiver {
+                let started = Instant::now();
+                let outcome = stage_snapshot(&mut disk, &snapshot, &mut scratch);
+                metrics.snapshot_staged(snapshot.data.len(), started.elapsed());
+                tracing::info!(
+                    last_index = snapshot.meta.last_index.0,
+                    bytes = snapshot.data.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    ok = outcome.is_ok(),
+                    "snapshot staged"
+                );
+                // The bytes go now; only the meta travels back.
+                let Snapshot { meta, data } = snapshot;
+                drop(data);
+                // Blocking is fine here (this thread has nothing else to do); an error
+                // means the core has stopped, and with it the need for the snapshot.
+                if inputs
+                    .send(Input::SnapshotStaged { meta, outcome })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })?;
+    Ok(snapshots)
 }
 
 struct Core {
@@ -255,9 +312,9 @@ impl Core {
                 let wait = Duration::from_micros(deadline.saturating_since_us(now));
                 match receiver.recv_timeout(wait) {
                     Ok(input) => {
-                        stop |= self.handle(input);
+                        stop |= self.handle(input)?;
                         for input in receiver.try_iter().take(INPUTS_PER_BATCH_MAX) {
-                            stop |= self.handle(input);
+                            stop |= self.handle(input)?;
                         }
                     }
                     Err(RecvTimeoutError::Timeout) => {
@@ -304,8 +361,9 @@ impl Core {
         });
     }
 
-    /// Feeds one input to the replica; true on shutdown.
-    fn handle(&mut self, input: Input) -> bool {
+    /// Feeds one input to the replica; true on shutdown. A snapshot that cannot be
+    /// made durable stops the core (fail-stop), like any other write.
+    fn handle(&mut self, input: Input) -> Result<bool, StorageError> {
         let now = self.clock.now();
         self.counters.inputs += 1;
         match input {
@@ -330,9 +388,14 @@ impl Core {
                     state_hash: r.state_hash(),
                 });
             }
-            Input::Shutdown => return true,
+            Input::SnapshotStaged { meta, outcome } => {
+                outcome?;
+                self.shell.store.commit_staged_snapshot(&meta)?;
+                self.replica.handle_snapshot_saved(now, &meta);
+            }
+            Input::Shutdown => return Ok(true),
         }
-        false
+        Ok(false)
     }
 }
 
@@ -346,6 +409,8 @@ struct NodeShell {
     persists: u64,
     entries_persisted: u64,
     metrics: CoreMetrics,
+    /// Where the replica's own snapshots go to be written (see `spawn_snapshot_writer`).
+    snapshot_writer: SyncSender<Snapshot>,
 }
 
 impl Shell for NodeShell {
@@ -376,5 +441,13 @@ impl Shell for NodeShell {
     fn deliver(&mut self, delivery: Delivery) {
         // No listener at all is the common case, not an error.
         let _ = self.deliveries.send(Live::Delivery(Arc::new(delivery)));
+    }
+
+    fn save_snapshot(&mut self, snapshot: Snapshot) {
+        // One save at a time, so the slot is free. If the writer is gone (it panicked),
+        // the replica simply keeps its log uncompacted; say so loudly.
+        if let Err(error) = self.snapshot_writer.try_send(snapshot) {
+            tracing::error!("the snapshot writer cannot take a snapshot: {error}");
+        }
     }
 }

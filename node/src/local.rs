@@ -3,7 +3,10 @@
 //! serves its metrics at http://127.0.0.1:(metrics_base_port + i - 1)/metrics; the
 //! cluster secret is generated once into DIR/secret.
 
-use crate::config::{NodeConfig, CLUSTER_ID_DEFAULT, TICK_MS_DEFAULT, TOKEN_TTL_SECS_DEFAULT};
+use crate::config::{
+    NodeConfig, CLUSTER_ID_DEFAULT, SNAPSHOT_ENTRIES_DEFAULT, TICK_MS_DEFAULT,
+    TOKEN_TTL_SECS_DEFAULT,
+};
 use anyhow::{bail, Context};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -61,6 +64,7 @@ pub fn configs(
                     Ipv4Addr::LOCALHOST,
                     port_of(metrics_base_port, id, "--metrics-base-port")?,
                 ))),
+                snapshot_entries: SNAPSHOT_ENTRIES_DEFAULT,
             })
         })
         .collect()

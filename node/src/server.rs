@@ -27,13 +27,6 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTls
 /// Anyone can forge tokens with it: production configs must set `secret_file`.
 const INSECURE_DEV_SECRET: &[u8] = b"chat-insecure-development-secret";
 
-/// Applied entries between two snapshots. A snapshot encodes and fsyncs the whole state
-/// on the core thread, so its cost grows with the state: at core's default (4,096) a
-/// node under sustained writes spends most of its time re-writing a state that barely
-/// changed (see BENCHMARKS.md). Memory for the uncompacted log and replay time on restart
-/// grow with this instead; etcd's default (`--snapshot-count`) is 100,000.
-const SNAPSHOT_THRESHOLD_ENTRIES: u64 = 65_536;
-
 pub fn load_secret(config: &NodeConfig) -> anyhow::Result<Secret> {
     let bytes = match &config.secret_file {
         Some(path) => std::fs::read(path)
@@ -66,7 +59,7 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
     core_config.election_timeout_us_min = tick_us * ELECTION_TICKS;
     // Twice the minimum, as before the range was explicit: half the range is jitter.
     core_config.election_timeout_us_max = 2 * core_config.election_timeout_us_min;
-    core_config.snapshot_threshold_entries = SNAPSHOT_THRESHOLD_ENTRIES;
+    core_config.snapshot_threshold_entries = config.snapshot_entries;
     // Different on every start, so that restarted nodes do not time out in lockstep.
     core_config.rng_seed = config.id ^ clock.now().as_micros();
     let replica = Replica::new(core_config, recovered, clock.now())?;

@@ -210,6 +210,8 @@ impl Shell for ElectionShell<'_> {
     }
     fn reply(&mut self, _reply: Reply) {}
     fn deliver(&mut self, _delivery: Delivery) {}
+    // Elections runs no workload: no snapshot ever comes due.
+    fn save_snapshot(&mut self, _snapshot: chat_core::entry::Snapshot) {}
 }
 
 impl Cluster {

@@ -29,6 +29,8 @@ pub struct SimNode {
     pub failed: Option<String>,
     /// Damage was injected on purpose, so a refusal to start is the expected outcome.
     pub corrupted: bool,
+    /// The file the corruption fault damaged.
+    pub corrupted_file: Option<String>,
     /// Disk operations allowed during the next recovery before the disk fails.
     pub recovery_crash_after_ops: Option<u64>,
     /// A torn-write crash is armed: the node goes down for this long when its disk fails.
@@ -55,6 +57,7 @@ impl SimNode {
             timer: None,
             failed: None,
             corrupted: false,
+            corrupted_file: None,
             recovery_crash_after_ops: None,
             torn_write_down_us: None,
             last_role: None,

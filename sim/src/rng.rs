@@ -23,6 +23,9 @@ pub enum Stream {
     Abuse = 10,
     /// The targeted nemeses (which are on, and their schedule), drawn after the rest.
     Nemeses = 11,
+    /// How long a replica's own snapshot takes to become durable (derived, not drawn, so
+    /// that no other stream moves).
+    SnapshotSaves = 12,
 }
 
 /// A portable generator (ChaCha8: the same numbers on every machine and build) for one

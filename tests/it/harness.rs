@@ -57,6 +57,8 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     /// Serve (and reach peers) over TLS with the test certificates.
     pub tls: bool,
+    /// `--snapshot-entries` for every node (None: the default).
+    pub snapshot_entries: Option<u64>,
 }
 
 /// The test certificates: a CA and one certificate for 127.0.0.1 and localhost, shared
@@ -73,6 +75,12 @@ impl Cluster {
     }
 
     pub fn start_with(size: u64, tls: bool) -> Cluster {
+        Cluster::start_configured(size, tls, None)
+    }
+
+    /// A cluster whose nodes snapshot every `snapshot_entries` applied entries (when
+    /// given), so that a test can reach snapshots with a few hundred writes.
+    pub fn start_configured(size: u64, tls: bool, snapshot_entries: Option<u64>) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(
             dir.path().join("secret"),
@@ -90,7 +98,12 @@ impl Cluster {
                 child: None,
             })
             .collect();
-        let mut cluster = Cluster { dir, nodes, tls };
+        let mut cluster = Cluster {
+            dir,
+            nodes,
+            tls,
+            snapshot_entries,
+        };
         for id in 1..=size {
             cluster.restart(id);
         }
@@ -151,6 +164,9 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some(entries) = self.snapshot_entries {
+            command.arg("--snapshot-entries").arg(entries.to_string());
+        }
         if self.tls {
             command
                 .arg("--tls-cert")

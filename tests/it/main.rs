@@ -15,4 +15,5 @@ mod login_flood;
 mod metrics;
 mod sessions;
 mod shutdown;
+mod snapshots;
 mod tls;

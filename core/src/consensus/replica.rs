@@ -106,6 +106,10 @@ pub struct Replica {
     pub(super) log: RaftLog,
     /// The latest snapshot, whose meta equals `log.snapshot_meta()` when the log has one.
     pub(super) snapshot: Option<Snapshot>,
+    /// A snapshot of this replica's own state that the shell is saving
+    /// (`Ready::snapshot_to_save`); the log is compacted to it only once the shell says
+    /// it is durable (`handle_snapshot_saved`). At most one at a time.
+    pub(super) snapshot_saving: Option<Snapshot>,
 
     // Volatile state.
     pub(super) role: Role,
@@ -175,6 +179,7 @@ impl Replica {
             voted_for: recovered.hard_state.voted_for,
             log,
             snapshot: recovered.snapshot,
+            snapshot_saving: None,
             role: Role::Follower,
             leader_id: None,
             commit_index: snapshot_meta.last_index,
@@ -324,6 +329,15 @@ impl Replica {
             ClientRequest::Write { session, command } => self.propose(request_id, session, command),
             ClientRequest::Read { query, consistency } => self.read(request_id, query, consistency),
         }
+        self.check_invariants();
+    }
+
+    /// The shell made the snapshot it was asked to save (`Ready::snapshot_to_save`)
+    /// durable: the log may now be compacted to it. A snapshot overtaken meanwhile (one
+    /// installed from the leader) is ignored.
+    pub fn handle_snapshot_saved(&mut self, now: Time, meta: &SnapshotMeta) {
+        self.advance_clock(now);
+        self.on_snapshot_saved(meta);
         self.check_invariants();
     }
 
@@ -601,6 +615,12 @@ impl Replica {
             self.log.snapshot_meta().last_index <= self.last_applied,
             "snapshot of unapplied state"
         );
+        if let Some(saving) = &self.snapshot_saving {
+            assert!(
+                saving.meta.last_index <= self.last_applied,
+                "saving a snapshot of unapplied state"
+            );
+        }
         if let Some(snapshot) = &self.snapshot {
             assert_eq!(
                 &snapshot.meta,

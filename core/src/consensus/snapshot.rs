@@ -9,8 +9,14 @@ use crate::machine::MachineState;
 use crate::types::{LogIndex, NodeId};
 
 impl Replica {
-    /// Compacts the log once enough applied entries follow the last snapshot.
+    /// Asks the shell to save a snapshot once enough applied entries follow the last
+    /// one. The log is compacted only when the shell reports it durable
+    /// ([`Replica::handle_snapshot_saved`]): until then a crash must find every entry the
+    /// snapshot would cover. One save at a time.
     pub(super) fn maybe_snapshot(&mut self) {
+        if self.snapshot_saving.is_some() {
+            return;
+        }
         let since = self.last_applied.0 - self.log.snapshot_meta().last_index.0;
         if since < self.config.snapshot_threshold_entries {
             return;
@@ -23,13 +29,40 @@ impl Replica {
             last_term,
         };
         let snapshot = Snapshot {
-            meta: meta.clone(),
+            meta,
             data: self.machine.encode(),
         };
-        let kept_suffix = self.log.compact_to(meta);
-        debug_assert!(kept_suffix, "applied entries are in the log");
+        self.ready.snapshot_to_save = Some(snapshot.clone());
+        self.snapshot_saving = Some(snapshot);
+    }
+
+    pub(super) fn on_snapshot_saved(&mut self, meta: &SnapshotMeta) {
+        let in_progress = self
+            .snapshot_saving
+            .as_ref()
+            .is_some_and(|s| s.meta == *meta);
+        // Anything else is a shell bug: a report of a save never asked for, or of one
+        // asked for before a restart (the shell must drop those).
+        debug_assert!(
+            in_progress,
+            "reported saved {meta:?}, not the save in progress"
+        );
+        let Some(saving) = self.snapshot_saving.take_if(|s| s.meta == *meta) else {
+            return;
+        };
+        if meta.last_index <= self.log.snapshot_meta().last_index {
+            // A snapshot from the leader was installed meanwhile; it covers this one.
+            return;
+        }
+        let kept_suffix = self.log.compact_to(meta.clone());
+        debug_assert!(
+            kept_suffix,
+            "applied entries stay in the log until compacted"
+        );
+        self.snapshot = Some(saving);
         self.metrics.snapshots_taken += 1;
-        self.set_persist_snapshot(snapshot);
+        // Applied entries may have passed another threshold while it was saved.
+        self.maybe_snapshot();
     }
 
     /// Records a new snapshot for storage: entries it covers need not be written, and

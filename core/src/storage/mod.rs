@@ -34,7 +34,9 @@ pub use error::{CorruptReason, DiskError, StorageError};
 pub use hard_state::{HARD_STATE_FILE, HARD_STATE_TMP_FILE};
 pub use mem_disk::{CrashReport, DiskOpKind, DiskStats, MemDisk, WriteFate};
 pub use record::FORMAT_VERSION;
-pub use snapshot::{SNAPSHOT_FILE, SNAPSHOT_TMP_FILE};
+pub use snapshot::{
+    stage as stage_snapshot, SNAPSHOT_FILE, SNAPSHOT_STAGED_FILE, SNAPSHOT_TMP_FILE,
+};
 pub use store::{LogStore, Recovered, StoreConfig};
 pub use wal::{
     encode_entry_record, parse_segment_file_name, segment_file_name, ENTRY_BYTES_MAX,

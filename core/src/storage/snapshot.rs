@@ -12,6 +12,10 @@ use crate::storage::record::{
 
 pub const SNAPSHOT_FILE: &str = "snapshot";
 pub const SNAPSHOT_TMP_FILE: &str = "snapshot.tmp";
+/// A replica's own snapshot, written and synced away from the replica's thread, waiting
+/// for [`LogStore::commit_staged_snapshot`](crate::storage::LogStore) to rename it into
+/// place. Removed at recovery: a staged snapshot never committed is not a snapshot.
+pub const SNAPSHOT_STAGED_FILE: &str = "snapshot.staged";
 /// The record length field is 32 bits.
 pub const SNAPSHOT_BYTES_MAX: usize = u32::MAX as usize;
 
@@ -61,14 +65,47 @@ pub fn save<D: Disk>(
     snapshot: &Snapshot,
     buf: &mut Vec<u8>,
 ) -> Result<(), StorageError> {
+    write_synced(disk, SNAPSHOT_TMP_FILE, snapshot, buf)?;
+    disk.rename(SNAPSHOT_TMP_FILE, SNAPSHOT_FILE)?;
+    disk.sync_dir()?;
+    Ok(())
+}
+
+/// Writes `snapshot` to the staged file and syncs it: the slow part of saving a
+/// snapshot (its bytes), which a shell may run on another thread with its own handle on
+/// the directory. It replaces nothing; [`LogStore::commit_staged_snapshot`] does, after.
+///
+/// [`LogStore::commit_staged_snapshot`]: crate::storage::LogStore::commit_staged_snapshot
+pub fn stage<D: Disk>(
+    disk: &mut D,
+    snapshot: &Snapshot,
+    buf: &mut Vec<u8>,
+) -> Result<(), StorageError> {
+    write_synced(disk, SNAPSHOT_STAGED_FILE, snapshot, buf)
+}
+
+fn write_synced<D: Disk>(
+    disk: &mut D,
+    file: &str,
+    snapshot: &Snapshot,
+    buf: &mut Vec<u8>,
+) -> Result<(), StorageError> {
     buf.clear();
     encode_header(buf, MAGIC_SNAPSHOT, snapshot.meta.last_index.0);
     encode_record(buf, snapshot, SNAPSHOT_BYTES_MAX)
         .map_err(|reason| StorageError::InvalidRequest(format!("snapshot {reason}")))?;
-    disk.create(SNAPSHOT_TMP_FILE)?;
-    disk.write_at(SNAPSHOT_TMP_FILE, 0, buf)?;
-    disk.sync(SNAPSHOT_TMP_FILE)?;
-    disk.rename(SNAPSHOT_TMP_FILE, SNAPSHOT_FILE)?;
-    disk.sync_dir()?;
+    disk.create(file)?;
+    disk.write_at(file, 0, buf)?;
+    disk.sync(file)?;
     Ok(())
+}
+
+/// The last index named in the staged file's header, if it holds a whole header.
+pub fn staged_last_index<D: Disk>(disk: &D) -> Result<Option<u64>, StorageError> {
+    let mut header = [0u8; HEADER_BYTES];
+    if disk.len(SNAPSHOT_STAGED_FILE)? < HEADER_BYTES as u64 {
+        return Ok(None);
+    }
+    disk.read_at(SNAPSHOT_STAGED_FILE, 0, &mut header)?;
+    Ok(decode_header(&header, MAGIC_SNAPSHOT).ok())
 }

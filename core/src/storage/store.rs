@@ -6,7 +6,7 @@ use crate::storage::disk::Disk;
 use crate::storage::error::StorageError;
 use crate::storage::hard_state::{HardStateFile, HARD_STATE_TMP_FILE};
 use crate::storage::record::{encode_record, HEADER_BYTES, RECORD_HEADER_BYTES};
-use crate::storage::snapshot::{self, SNAPSHOT_TMP_FILE};
+use crate::storage::snapshot::{self, SNAPSHOT_FILE, SNAPSHOT_STAGED_FILE, SNAPSHOT_TMP_FILE};
 use crate::storage::wal::{Wal, ENTRY_BYTES_MAX, SEGMENT_BYTES_MAX};
 use crate::types::LogIndex;
 
@@ -74,7 +74,7 @@ impl<D: Disk> LogStore<D> {
         }
         let files = disk.list()?;
         let mut leftovers = false;
-        for tmp in [HARD_STATE_TMP_FILE, SNAPSHOT_TMP_FILE] {
+        for tmp in [HARD_STATE_TMP_FILE, SNAPSHOT_TMP_FILE, SNAPSHOT_STAGED_FILE] {
             if files.iter().any(|f| f == tmp) {
                 disk.remove(tmp)?;
                 leftovers = true;
@@ -132,6 +132,53 @@ impl<D: Disk> LogStore<D> {
             self.poisoned = true;
         }
         result
+    }
+
+    /// Puts the snapshot that [`snapshot::stage`] wrote and synced in place of the
+    /// current one, durably, then drops the log segments it covers. `meta` is the staged
+    /// snapshot's; a stage older than the snapshot held (one installed from the leader
+    /// meanwhile) is discarded instead. Returns whether it was committed.
+    ///
+    /// A crash at any point leaves the old snapshot and every segment, or the new
+    /// snapshot: segments are removed only after the rename is durable.
+    pub fn commit_staged_snapshot(&mut self, meta: &SnapshotMeta) -> Result<bool, StorageError> {
+        if self.poisoned {
+            return Err(StorageError::Poisoned);
+        }
+        if meta.last_index <= self.snapshot_last() {
+            self.disk.remove(SNAPSHOT_STAGED_FILE)?;
+            return Ok(false);
+        }
+        let staged = snapshot::staged_last_index(&self.disk)?;
+        if staged != Some(meta.last_index.0) {
+            return Err(StorageError::InvalidRequest(format!(
+                "the staged snapshot is through {staged:?}, not {}",
+                meta.last_index
+            )));
+        }
+        let result = self.commit_staged(meta);
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result.map(|()| true)
+    }
+
+    fn commit_staged(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        self.disk.rename(SNAPSHOT_STAGED_FILE, SNAPSHOT_FILE)?;
+        self.disk.sync_dir()?;
+        self.snapshot_meta = Some(meta.clone());
+        self.wal.compact_through(&mut self.disk, meta.last_index)?;
+        self.wal.sync(&mut self.disk)
+    }
+
+    /// Stages and commits `snapshot` on this store's own disk, in one call: what a shell
+    /// without a second thread (the simulator) does when the replica asks to save one.
+    pub fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<bool, StorageError> {
+        if snapshot.meta.last_index <= self.snapshot_last() {
+            return Ok(false);
+        }
+        snapshot::stage(&mut self.disk, snapshot, &mut self.scratch)?;
+        self.commit_staged_snapshot(&snapshot.meta)
     }
 
     /// Validates `p` against the current state and encodes its entries.

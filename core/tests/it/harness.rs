@@ -49,6 +49,20 @@ impl Durable {
         }
     }
 
+    /// A snapshot the replica asked to save, made durable: newer than the one held, it
+    /// replaces it and the entries it covers.
+    fn save_snapshot(&mut self, snapshot: &Snapshot) {
+        let held = self
+            .snapshot
+            .as_ref()
+            .map_or(LogIndex::ZERO, |s| s.meta.last_index);
+        if snapshot.meta.last_index > held {
+            let last = snapshot.meta.last_index;
+            self.entries.retain(|&i, _| i > last);
+            self.snapshot = Some(snapshot.clone());
+        }
+    }
+
     pub fn recovered(&self) -> Recovered {
         Recovered {
             hard_state: self.hard_state,
@@ -87,6 +101,8 @@ struct HarnessShell<'a> {
     replies: &'a mut BTreeMap<RequestId, Result<Response, ClientError>>,
     deliveries: &'a mut Vec<chat_core::app::Delivery>,
     trace: Option<&'a mut Vec<String>>,
+    /// Snapshots to save, saved (and reported) once the drive is over.
+    to_save: Vec<Snapshot>,
 }
 
 impl Shell for HarnessShell<'_> {
@@ -109,6 +125,9 @@ impl Shell for HarnessShell<'_> {
     }
     fn deliver(&mut self, delivery: chat_core::app::Delivery) {
         self.deliveries.push(delivery);
+    }
+    fn save_snapshot(&mut self, snapshot: Snapshot) {
+        self.to_save.push(snapshot);
     }
 }
 
@@ -218,8 +237,16 @@ impl Cluster {
             } else {
                 None
             },
+            to_save: Vec::new(),
         };
         let Ok(()) = drive(replica, &mut shell);
+        // Saving takes no simulated time here: each snapshot is durable and reported
+        // right after the drive that asked for it (the simulator delays it).
+        while let Some(snapshot) = shell.to_save.pop() {
+            shell.durable.save_snapshot(&snapshot);
+            replica.handle_snapshot_saved(now, &snapshot.meta);
+            let Ok(()) = drive(replica, &mut shell);
+        }
         for envelope in std::mem::take(&mut shell.outbox) {
             self.message_seq += 1;
             self.in_flight.insert(

@@ -21,6 +21,8 @@ impl Shell for NullShell {
     fn send(&mut self, _: Envelope) {}
     fn reply(&mut self, _: Reply) {}
     fn deliver(&mut self, _: Delivery) {}
+    // Far below the snapshot threshold: never asked.
+    fn save_snapshot(&mut self, _: chat_core::entry::Snapshot) {}
 }
 
 /// A single-member replica that has elected itself.

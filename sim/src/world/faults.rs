@@ -405,6 +405,7 @@ impl World<'_> {
                 format!("{id} disk corrupted: {file} byte {offset} ^= {mask:#04x}")
             });
             self.node_mut(id).corrupted = true;
+            self.node_mut(id).corrupted_file = Some(file.clone());
         }
     }
 }

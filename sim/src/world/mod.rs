@@ -14,7 +14,7 @@ use crate::scenario::{FaultAction, Scenario, LEADER};
 use crate::trace::{digest_str, Tracer};
 use crate::workload::{Client, InFlight, REQUEST_TIMEOUT_US};
 use chat_core::app::{Delivery, Query, QueryOutput};
-use chat_core::entry::Persist;
+use chat_core::entry::{Persist, Snapshot};
 use chat_core::storage::{Disk, LogStore, MemDisk, StorageError, SNAPSHOT_FILE};
 use chat_core::{
     drive, ClientError, ClientRequest, Config, Envelope, NodeId, Recovered, Replica, Reply,
@@ -140,6 +140,14 @@ enum Event {
         node: NodeId,
         incarnation: u64,
     },
+    /// The snapshot a replica asked to save (`Ready::snapshot_to_save`) is written, as a
+    /// node's background writer would: at some later time, unless the node crashed
+    /// first (then the save is lost with it).
+    SnapshotSaved {
+        node: NodeId,
+        incarnation: u64,
+        snapshot: Box<Snapshot>,
+    },
 }
 
 /// Deliberate damage, for tests of the end-of-run checkers: each makes a correct cluster
@@ -204,6 +212,7 @@ struct SimShell<'a> {
     outbox: Vec<Envelope>,
     replies: Vec<Reply>,
     deliveries: Vec<Delivery>,
+    snapshot_to_save: Option<Snapshot>,
 }
 
 impl Shell for SimShell<'_> {
@@ -219,6 +228,9 @@ impl Shell for SimShell<'_> {
     }
     fn deliver(&mut self, delivery: Delivery) {
         self.deliveries.push(delivery);
+    }
+    fn save_snapshot(&mut self, snapshot: Snapshot) {
+        self.snapshot_to_save = Some(snapshot);
     }
 }
 
@@ -506,6 +518,11 @@ impl<'a> World<'a> {
             Event::Probe => self.probe(),
             Event::RestoreClock { node } => self.restore_clock(node),
             Event::StrikeLeader { node, incarnation } => self.strike_leader(node, incarnation),
+            Event::SnapshotSaved {
+                node,
+                incarnation,
+                snapshot,
+            } => self.snapshot_saved(node, incarnation, *snapshot),
         }
     }
 
@@ -625,14 +642,19 @@ impl<'a> World<'a> {
             outbox: Vec::new(),
             replies: Vec::new(),
             deliveries: Vec::new(),
+            snapshot_to_save: None,
         };
         let result = drive(replica, &mut shell);
         let SimShell {
             mut outbox,
             replies,
             deliveries,
+            snapshot_to_save,
             ..
         } = shell;
+        if let Some(snapshot) = snapshot_to_save {
+            self.start_snapshot_save(id, snapshot);
+        }
         if !deliveries.is_empty() {
             let mut deliveries = deliveries;
             match self.sabotage {

@@ -2,7 +2,7 @@
 
 use crate::entry::Persist;
 use crate::storage::testing::{entries, test_config, Model};
-use crate::storage::{CorruptReason, DiskError, LogStore, MemDisk, StorageError};
+use crate::storage::{CorruptReason, Disk, DiskError, LogStore, MemDisk, StorageError};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -118,4 +118,66 @@ fn damaged_segment_in_memory_disk_is_reported_with_file_and_offset() {
         }
         other => panic!("expected Corrupt, got {:?}", other.map(|(_, r)| r)),
     }
+}
+
+fn snapshot_through(last: u64) -> crate::entry::Snapshot {
+    crate::entry::Snapshot {
+        meta: crate::entry::SnapshotMeta {
+            last_index: crate::types::LogIndex(last),
+            last_term: crate::types::Term(1),
+        },
+        data: vec![7; 100],
+    }
+}
+
+#[test]
+fn a_staged_snapshot_replaces_nothing_until_committed_and_a_crash_before_loses_nothing() {
+    for crash_seed in 0..20 {
+        let (mut store, _) = LogStore::open_with(MemDisk::new(), test_config()).expect("open");
+        store.persist(&append_persist(1, 10)).expect("persist");
+        let snapshot = snapshot_through(6);
+        crate::storage::stage_snapshot(store.disk_mut(), &snapshot, &mut Vec::new())
+            .expect("stage");
+        // A crash between staging and committing: the staged file is dropped at recovery,
+        // every entry is still there, and there is no snapshot.
+        let mut disk = store.into_disk();
+        disk.crash(&mut ChaCha8Rng::seed_from_u64(crash_seed));
+        let (mut store, recovered) = LogStore::open_with(disk, test_config()).expect("recover");
+        assert!(recovered.snapshot.is_none());
+        assert_eq!(recovered.entries.len(), 10);
+        assert!(!store
+            .disk()
+            .list()
+            .expect("list")
+            .iter()
+            .any(|f| f == crate::storage::SNAPSHOT_STAGED_FILE));
+        // Staged again and committed: durable, and the covered entries are gone.
+        crate::storage::stage_snapshot(store.disk_mut(), &snapshot, &mut Vec::new())
+            .expect("stage");
+        assert!(store
+            .commit_staged_snapshot(&snapshot.meta)
+            .expect("commit"));
+        let mut disk = store.into_disk();
+        disk.crash(&mut ChaCha8Rng::seed_from_u64(crash_seed));
+        let (mut store, recovered) = LogStore::open_with(disk, test_config()).expect("recover");
+        assert_eq!(recovered.snapshot, Some(snapshot.clone()));
+        assert!(recovered.entries.iter().all(|e| e.index.0 > 6));
+        assert_eq!(recovered.entries.last().map(|e| e.index.0), Some(10));
+        // An older stage (overtaken by the snapshot held) is discarded, not committed.
+        let older = snapshot_through(4);
+        crate::storage::stage_snapshot(store.disk_mut(), &older, &mut Vec::new()).expect("stage");
+        assert!(!store.commit_staged_snapshot(&older.meta).expect("discard"));
+    }
+}
+
+#[test]
+fn a_stage_for_another_snapshot_is_refused() {
+    let (mut store, _) = LogStore::open_with(MemDisk::new(), test_config()).expect("open");
+    store.persist(&append_persist(1, 10)).expect("persist");
+    crate::storage::stage_snapshot(store.disk_mut(), &snapshot_through(5), &mut Vec::new())
+        .expect("stage");
+    let error = store
+        .commit_staged_snapshot(&snapshot_through(6).meta)
+        .expect_err("the staged file is through 5");
+    assert!(matches!(error, StorageError::InvalidRequest(_)), "{error}");
 }
