@@ -80,6 +80,15 @@ pub(super) struct PendingRead {
     pub seq: u64,
 }
 
+/// In debug (and simulator) builds the incremental state hash is recomputed from scratch
+/// once at least this many entries, and at least `HASH_CHECK_ENTRIES_PER_ITEM` times as
+/// many as the state has items, were applied since the last check. A recomputation
+/// hashes every item, so spacing checks by the item count costs a fixed fraction of an
+/// item hash per applied entry, amortized, however large the state grows. The core and
+/// simulator tests also check after steps and at the end of every run.
+pub(super) const HASH_CHECK_INTERVAL_ENTRIES_MIN: u64 = 64;
+pub(super) const HASH_CHECK_ENTRIES_PER_ITEM: u64 = 4;
+
 /// A snapshot being received in chunks.
 #[derive(Clone, Debug)]
 pub(super) struct IncomingSnapshot {
@@ -124,6 +133,8 @@ pub struct Replica {
     pub(super) incoming_snapshot: Option<IncomingSnapshot>,
     /// The largest timestamp in the log: new entries are stamped no earlier.
     pub(super) log_time_max: Time,
+    /// Entries applied since the state hash was last recomputed (debug builds).
+    pub(super) entries_since_hash_check: u64,
 
     pub(super) machine: MachineState,
 
@@ -190,6 +201,7 @@ impl Replica {
             replication_requested: false,
             incoming_snapshot: None,
             log_time_max,
+            entries_since_hash_check: 0,
             machine,
             pending_writes: BTreeMap::new(),
             reads_awaiting_term_commit: Vec::new(),
@@ -254,9 +266,15 @@ impl Replica {
     pub fn chat(&self) -> &ChatState {
         &self.machine.chat
     }
-    /// A hash of the replicated state (chat state and session table) as applied so far.
+    /// A hash of the replicated state (chat state, session table, log time) as applied
+    /// so far. O(1): kept up to date by every applied command.
     pub fn state_hash(&self) -> u64 {
         self.machine.state_hash()
+    }
+    /// Recomputes the state hash from scratch and compares it with the incremental one
+    /// ([`MachineState::check_hash`]). Linear in the state: for tests and the simulator.
+    pub fn check_state_hash(&self) -> Result<(), String> {
+        self.machine.check_hash()
     }
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -582,6 +600,27 @@ impl Replica {
             }
         }
         self.check_invariants();
+    }
+
+    /// In debug builds, after an entry is applied: recomputes the state hash when due (see
+    /// [`HASH_CHECK_INTERVAL_ENTRIES_MIN`]) and panics if the incremental one drifted.
+    pub(super) fn sample_state_hash(&mut self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        self.entries_since_hash_check += 1;
+        let interval = HASH_CHECK_INTERVAL_ENTRIES_MIN
+            .max(HASH_CHECK_ENTRIES_PER_ITEM.saturating_mul(self.machine.item_count()));
+        if self.entries_since_hash_check < interval {
+            return;
+        }
+        self.entries_since_hash_check = 0;
+        if let Err(problem) = self.machine.check_hash() {
+            panic!(
+                "{} at applied index {}: {problem}",
+                self.config.id, self.last_applied
+            );
+        }
     }
 
     /// Invariants that hold between inputs. Run in debug and test builds.
