@@ -89,6 +89,10 @@ pub(super) struct PendingRead {
 pub(super) const HASH_CHECK_INTERVAL_ENTRIES_MIN: u64 = 64;
 pub(super) const HASH_CHECK_ENTRIES_PER_ITEM: u64 = 4;
 
+/// The ChaCha stream of `Config::rng_seed` that snapshot jitter draws from (elections
+/// draw from stream 0).
+const SNAPSHOT_RNG_STREAM: u64 = 1;
+
 /// A snapshot being received in chunks.
 #[derive(Clone, Debug)]
 pub(super) struct IncomingSnapshot {
@@ -106,7 +110,15 @@ pub struct Replica {
     pub(super) config: Config,
     /// Members other than this one, sorted.
     pub(super) peers: Vec<NodeId>,
+    /// Election jitter (stream 0 of the seed).
     pub(super) rng: ChaCha8Rng,
+    /// Snapshot jitter: stream [`SNAPSHOT_RNG_STREAM`] of the same seed, so that drawing
+    /// thresholds leaves the election timeouts exactly as they were.
+    pub(super) snapshot_rng: ChaCha8Rng,
+    /// Applied entries after the last snapshot that trigger the next one: the configured
+    /// threshold stretched by this replica's own jitter, drawn afresh after each snapshot
+    /// ([`Replica::draw_snapshot_threshold`]).
+    pub(super) snapshot_threshold_entries: u64,
     pub(super) now: Time,
 
     // Persistent state (mirrored to storage through `Persist`).
@@ -178,8 +190,12 @@ impl Replica {
             .filter(|&m| m != config.id)
             .collect();
         peers.sort();
+        let mut snapshot_rng = ChaCha8Rng::seed_from_u64(config.rng_seed);
+        snapshot_rng.set_stream(SNAPSHOT_RNG_STREAM);
         let mut replica = Replica {
             rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
+            snapshot_rng,
+            snapshot_threshold_entries: config.snapshot_threshold_entries,
             peers,
             now,
             term: recovered.hard_state.term,
@@ -212,6 +228,7 @@ impl Replica {
             config,
         };
         replica.reset_election_deadline();
+        replica.draw_snapshot_threshold();
         replica.check_invariants();
         Ok(replica)
     }
@@ -262,6 +279,11 @@ impl Replica {
     }
     pub fn snapshot_meta(&self) -> &SnapshotMeta {
         self.log.snapshot_meta()
+    }
+    /// Applied entries after the last snapshot at which this replica takes the next one:
+    /// `Config::snapshot_threshold_entries` plus this replica's jitter (up to half again).
+    pub fn snapshot_threshold_entries(&self) -> u64 {
+        self.snapshot_threshold_entries
     }
     pub fn chat(&self) -> &ChatState {
         &self.machine.chat
