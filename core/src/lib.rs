@@ -16,6 +16,7 @@
 
 pub mod app;
 pub mod consensus;
+mod digest;
 pub mod effects;
 pub mod entry;
 pub mod machine;

@@ -25,6 +25,7 @@
 //! changes only by applying the log, so every replica agrees on it.
 
 use crate::app::{AppError, Command, CommandOutput};
+use crate::digest::{Digest, ItemHasher, ItemKind};
 use crate::entry::SessionRef;
 use crate::machine::fnv1a64;
 use crate::types::{SessionId, Time};
@@ -49,6 +50,12 @@ struct Session {
     last_digest: u64,
     last_response: Option<Result<CommandOutput, AppError>>,
     last_active: Time,
+    /// This session's item hash ([`session_hash`]) as of its last change, so that
+    /// recording a response hashes only the new one: a stored `ReadMessages` answer can
+    /// hold many messages. Not serialized; decoding recomputes it
+    /// ([`SessionTableImage`]), and a check recomputes from the fields, never from this.
+    #[serde(skip)]
+    hash: u128,
 }
 
 /// What the table says about a request before it is applied.
@@ -76,7 +83,12 @@ pub enum OpenRefused {
     TableFull,
 }
 
+/// The table. `digest` is the incremental hash of the sessions (see [`crate::digest`]),
+/// kept by every mutation; like `ChatState`'s, it is rebuilt on decoding
+/// ([`SessionTableImage`]) rather than trusted from a snapshot. The two indexes are
+/// derived from `sessions` and are not hashed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "SessionTableImage")]
 pub struct SessionTable {
     sessions: BTreeMap<SessionId, Session>,
     /// Every session ordered by last activity, for expiry.
@@ -86,6 +98,54 @@ pub struct SessionTable {
     sessions_max: usize,
     sessions_per_user_max: usize,
     expiry_us: u64,
+    #[serde(skip)]
+    digest: Digest,
+}
+
+/// What a snapshot holds of a [`SessionTable`]: its fields in the same order, without
+/// the digest. Every decoding of a `SessionTable` goes through it.
+#[derive(Deserialize)]
+struct SessionTableImage {
+    sessions: BTreeMap<SessionId, Session>,
+    by_activity: BTreeSet<(Time, SessionId)>,
+    by_user: BTreeMap<String, BTreeSet<(Time, SessionId)>>,
+    sessions_max: usize,
+    sessions_per_user_max: usize,
+    expiry_us: u64,
+}
+
+impl From<SessionTableImage> for SessionTable {
+    fn from(image: SessionTableImage) -> SessionTable {
+        let mut sessions = image.sessions;
+        for (&id, session) in &mut sessions {
+            session.hash = session_hash(id, session);
+        }
+        let mut table = SessionTable {
+            sessions,
+            by_activity: image.by_activity,
+            by_user: image.by_user,
+            sessions_max: image.sessions_max,
+            sessions_per_user_max: image.sessions_per_user_max,
+            expiry_us: image.expiry_us,
+            digest: Digest::default(),
+        };
+        table.digest = table.recompute_digest();
+        table
+    }
+}
+
+/// The item hash of a session: every field, the stored response in bincode's encoding
+/// (as long as the response, which the command that made it already built).
+fn session_hash(id: SessionId, session: &Session) -> u128 {
+    ItemHasher::new(ItemKind::Session)
+        .u64(id.0)
+        .str(&session.owner.user)
+        .u64(session.owner.generation)
+        .u64(session.last_seq)
+        .u64(session.last_digest)
+        .u64(session.last_active.0)
+        .encoded(&session.last_response)
+        .finish()
 }
 
 /// A digest of a command, stored with its response so that a retry carrying another
@@ -109,7 +169,40 @@ impl SessionTable {
             sessions_max,
             sessions_per_user_max,
             expiry_us,
+            digest: Digest::default(),
         }
+    }
+
+    /// The table's part of the state hash, in O(1): the sessions' digest and the bounds.
+    pub(crate) fn digest_value(&self) -> u128 {
+        ItemHasher::new(ItemKind::SessionTable)
+            .u128(self.digest.value())
+            .u64(self.sessions_max as u64)
+            .u64(self.sessions_per_user_max as u64)
+            .u64(self.expiry_us)
+            .finish()
+    }
+
+    /// The sessions' digest computed from scratch. Linear.
+    fn recompute_digest(&self) -> Digest {
+        let mut digest = Digest::default();
+        for (&id, session) in &self.sessions {
+            digest.add(session_hash(id, session));
+        }
+        digest
+    }
+
+    /// Whether the incremental digest equals a recomputation from scratch. Linear.
+    pub fn check_digest(&self) -> Result<(), String> {
+        let recomputed = self.recompute_digest();
+        if recomputed != self.digest {
+            return Err(format!(
+                "session digest {:032x} but the sessions sum to {:032x}",
+                self.digest.value(),
+                recomputed.value()
+            ));
+        }
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -175,16 +268,17 @@ impl SessionTable {
             .entry(owner.user.clone())
             .or_default()
             .insert((now, id));
-        self.sessions.insert(
-            id,
-            Session {
-                owner,
-                last_seq: 0,
-                last_digest: 0,
-                last_response: None,
-                last_active: now,
-            },
-        );
+        let mut session = Session {
+            owner,
+            last_seq: 0,
+            last_digest: 0,
+            last_response: None,
+            last_active: now,
+            hash: 0,
+        };
+        session.hash = session_hash(id, &session);
+        self.digest.add(session.hash);
+        self.sessions.insert(id, session);
         self.check_bounds();
         Ok(())
     }
@@ -215,6 +309,9 @@ impl SessionTable {
         s.last_digest = digest;
         s.last_response = Some(response);
         s.last_active = now;
+        let old_hash = s.hash;
+        s.hash = session_hash(session.id, s);
+        self.digest.replace(old_hash, s.hash);
         let user = s.owner.user.clone();
         self.by_activity.remove(&previous);
         self.by_activity.insert((now, session.id));
@@ -239,6 +336,7 @@ impl SessionTable {
         let Some(session) = self.sessions.remove(&id) else {
             return;
         };
+        self.digest.remove(session.hash);
         let key = (session.last_active, id);
         self.by_activity.remove(&key);
         if let Some(sessions) = self.by_user.get_mut(&session.owner.user) {
@@ -255,7 +353,7 @@ impl SessionTable {
         debug_assert!(self.sessions.len() <= self.sessions_max);
     }
 
-    /// Full consistency of the three indexes (linear; for tests and snapshots).
+    /// Full consistency of the three indexes and the digest (linear; for tests).
     pub fn check_consistency(&self) -> Result<(), String> {
         let mut counted = 0;
         for (user, sessions) in &self.by_user {
@@ -289,7 +387,7 @@ impl SessionTable {
                 self.sessions_max
             ));
         }
-        Ok(())
+        self.check_digest()
     }
 }
 

@@ -2,7 +2,7 @@
 //! then mutates, so a refused command leaves the state exactly as it was.
 
 use super::limits::{DELETE_IDS_MAX, INBOX_MESSAGES_MAX, USERS_MAX};
-use super::state::{Account, ChatState, Inbox, StoredMessage};
+use super::state::{account_hash, Account, ChatState, Inbox, StoredMessage};
 use super::validate;
 use super::{
     AppError, ApplyContext, Auth, Command, CommandOutput, Delivery, MessageId, MessageView,
@@ -96,6 +96,7 @@ impl ChatState {
             created_at: ctx.timestamp,
             inbox: Inbox::default(),
         };
+        self.digest.add(account_hash(user, &account));
         self.users.insert(user.to_owned(), account);
         Ok(CommandOutput::AccountCreated {
             user: user.to_owned(),
@@ -104,10 +105,12 @@ impl ChatState {
     }
 
     fn logout(&mut self, auth: &Auth) -> Result<CommandOutput, AppError> {
-        let account = self.authenticate_mut(auth)?;
+        let account = Self::authenticate_in(&mut self.users, auth)?;
+        let old = account_hash(&auth.user, account);
         // One log entry per logout: the epoch cannot realistically reach u64::MAX, and
         // saturating keeps even that case free of panics.
         account.token_epoch = account.token_epoch.saturating_add(1);
+        self.digest.replace(old, account_hash(&auth.user, account));
         Ok(CommandOutput::LoggedOut)
     }
 
@@ -145,7 +148,7 @@ impl ChatState {
             timestamp: message.timestamp,
             read: false,
         };
-        if recipient.inbox.insert(id, message) {
+        if recipient.inbox.insert(to, id, message, &mut self.digest) {
             self.message_count += 1;
         }
         deliveries.push(Delivery { message: delivered });
@@ -168,9 +171,11 @@ impl ChatState {
             .take(limit)
             .map(|(id, message)| self.view(&auth.user, *id, message))
             .collect();
-        let account = self.authenticate_mut(auth)?;
+        let account = Self::authenticate_in(&mut self.users, auth)?;
         for view in &mut views {
-            account.inbox.mark_read(view.id);
+            account
+                .inbox
+                .mark_read(&auth.user, view.id, &mut self.digest);
             view.read = true;
         }
         Ok(CommandOutput::Messages(views))
@@ -183,14 +188,18 @@ impl ChatState {
         auth: &Auth,
         ids: &[MessageId],
     ) -> Result<CommandOutput, AppError> {
-        let account = self.authenticate_mut(auth)?;
+        let account = Self::authenticate_in(&mut self.users, auth)?;
         if let Some(missing) = ids.iter().find(|id| !account.inbox.contains(**id)) {
             return Err(AppError::MessageNotFound(missing.0));
         }
         // A repeated id finds its message already gone, so it is counted once.
         let mut count: u32 = 0;
         for id in ids {
-            if account.inbox.remove(*id).is_some() {
+            if account
+                .inbox
+                .remove(&auth.user, *id, &mut self.digest)
+                .is_some()
+            {
                 count = count.saturating_add(1);
             }
         }
@@ -208,6 +217,9 @@ impl ChatState {
             self.message_count = self
                 .message_count
                 .saturating_sub(account.inbox.len() as u64);
+            self.digest.remove(account_hash(&auth.user, &account));
+            // Linear in the inbox, which is being dropped anyway.
+            self.digest.remove(account.inbox.digest(&auth.user).value());
         }
         Ok(CommandOutput::AccountDeleted)
     }

@@ -5,17 +5,46 @@
 use super::limits::INBOX_MESSAGES_MAX;
 use super::validate;
 use super::{AppError, Auth, MessageId, MessageView};
+use crate::digest::{fold64, Digest, ItemHasher, ItemKind};
 use crate::types::Time;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Every account and every inbox. Only ordered maps, so that iteration order, the
-/// encoding and therefore [`ChatState::state_hash`] are the same on every replica.
+/// Every account and every inbox. Only ordered maps, so that iteration order and the
+/// encoding are the same on every replica.
+///
+/// `digest` is the incremental hash of every account and stored message (see
+/// [`crate::digest`]): every mutation below updates it, so [`ChatState::state_hash`]
+/// costs O(1). It is not serialized: decoding rebuilds it from the items
+/// ([`ChatStateImage`]), so a snapshot cannot carry a digest that hides a divergence.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "ChatStateImage")]
 pub struct ChatState {
     pub(super) users: BTreeMap<String, Account>,
     /// The sum of all inbox sizes, kept so that counting is not a scan.
     pub(super) message_count: u64,
+    #[serde(skip)]
+    pub(super) digest: Digest,
+}
+
+/// What a snapshot holds of a [`ChatState`]: its fields in the same order, without the
+/// digest. Every decoding of a `ChatState` goes through it.
+#[derive(Deserialize)]
+struct ChatStateImage {
+    users: BTreeMap<String, Account>,
+    message_count: u64,
+}
+
+impl From<ChatStateImage> for ChatState {
+    fn from(image: ChatStateImage) -> ChatState {
+        let mut state = ChatState {
+            users: image.users,
+            message_count: image.message_count,
+            digest: Digest::default(),
+        };
+        state.digest = state.recompute_digest();
+        state
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,12 +99,22 @@ impl Inbox {
         self.messages.contains_key(&id)
     }
 
+    // The mutations take the inbox's owner and the state's digest, so that no message
+    // can change without its hash changing in the digest.
+
     /// Returns whether the inbox grew. Ids are log indexes, so a collision means the caller
-    /// applied the same log index twice; the counters stay right even then.
-    pub(super) fn insert(&mut self, id: MessageId, message: StoredMessage) -> bool {
+    /// applied the same log index twice; the counters and digest stay right even then.
+    pub(super) fn insert(
+        &mut self,
+        owner: &str,
+        id: MessageId,
+        message: StoredMessage,
+        digest: &mut Digest,
+    ) -> bool {
         if !message.read {
             self.unread_count += 1;
         }
+        digest.add(message_hash(owner, id, &message));
         let replaced = self.messages.insert(id, message);
         debug_assert!(replaced.is_none(), "message id {id:?} applied twice");
         match replaced {
@@ -83,28 +122,72 @@ impl Inbox {
                 if !old.read {
                     self.unread_count = self.unread_count.saturating_sub(1);
                 }
+                digest.remove(message_hash(owner, id, &old));
                 false
             }
             None => true,
         }
     }
 
-    pub(super) fn mark_read(&mut self, id: MessageId) {
+    pub(super) fn mark_read(&mut self, owner: &str, id: MessageId, digest: &mut Digest) {
         if let Some(message) = self.messages.get_mut(&id) {
             if !message.read {
+                let old = message_hash(owner, id, message);
                 message.read = true;
+                digest.replace(old, message_hash(owner, id, message));
                 self.unread_count = self.unread_count.saturating_sub(1);
             }
         }
     }
 
-    pub(super) fn remove(&mut self, id: MessageId) -> Option<StoredMessage> {
+    pub(super) fn remove(
+        &mut self,
+        owner: &str,
+        id: MessageId,
+        digest: &mut Digest,
+    ) -> Option<StoredMessage> {
         let removed = self.messages.remove(&id)?;
         if !removed.read {
             self.unread_count = self.unread_count.saturating_sub(1);
         }
+        digest.remove(message_hash(owner, id, &removed));
         Some(removed)
     }
+
+    /// The sum of the hashes of every message in the inbox of `owner`. Linear.
+    pub(super) fn digest(&self, owner: &str) -> Digest {
+        let mut digest = Digest::default();
+        for (&id, message) in &self.messages {
+            digest.add(message_hash(owner, id, message));
+        }
+        digest
+    }
+}
+
+/// The item hash of an account: every field but its inbox, whose messages are items of
+/// their own.
+pub(super) fn account_hash(name: &str, account: &Account) -> u128 {
+    ItemHasher::new(ItemKind::Account)
+        .str(name)
+        .str(&account.password_hash)
+        .u64(account.generation)
+        .u64(account.token_epoch)
+        .u128(account.registration)
+        .u64(account.created_at.0)
+        .finish()
+}
+
+/// The item hash of a stored message, keyed by its recipient and id.
+fn message_hash(recipient: &str, id: MessageId, message: &StoredMessage) -> u128 {
+    ItemHasher::new(ItemKind::Message)
+        .str(recipient)
+        .u64(id.0)
+        .str(&message.sender)
+        .u64(message.sender_generation)
+        .str(&message.body)
+        .u64(message.timestamp.0)
+        .bool(message.read)
+        .finish()
 }
 
 impl ChatState {
@@ -121,18 +204,44 @@ impl ChatState {
         usize::try_from(self.message_count).unwrap_or(usize::MAX)
     }
 
-    /// A deterministic 64-bit digest of the whole state: FNV-1a over its bincode encoding
-    /// (standard config). Replicas that applied the same log prefix have equal hashes, so
-    /// the simulator can compare replicas without shipping whole states around. The bytes
-    /// stream straight into the hash; the encoding is never materialized.
+    /// A deterministic 64-bit hash of the whole chat state, in O(1): the incremental
+    /// digest of every account and message, with the message count. Replicas that applied
+    /// the same log prefix have equal hashes, so the simulator can compare replicas
+    /// without shipping whole states around.
     pub fn state_hash(&self) -> u64 {
-        let mut hasher = Fnv1a::new();
-        // Encoding fails only for serde shapes bincode cannot express (sequences of
-        // unknown length); derived maps, vectors and strings always report their length,
-        // and the writer itself never fails.
-        bincode::serde::encode_into_writer(self, &mut hasher, bincode::config::standard())
-            .expect("chat state is always encodable");
-        hasher.finish()
+        fold64(self.digest_value())
+    }
+
+    /// The 128-bit form of [`ChatState::state_hash`], which `MachineState` combines.
+    pub(crate) fn digest_value(&self) -> u128 {
+        ItemHasher::new(ItemKind::ChatState)
+            .u128(self.digest.value())
+            .u64(self.message_count)
+            .finish()
+    }
+
+    /// The digest computed from scratch, item by item. Linear in the whole state: decoding
+    /// uses it, and checks compare it with the incremental one.
+    pub(crate) fn recompute_digest(&self) -> Digest {
+        let mut digest = Digest::default();
+        for (name, account) in &self.users {
+            digest.add(account_hash(name, account));
+            digest.add(account.inbox.digest(name).value());
+        }
+        digest
+    }
+
+    /// Whether the incremental digest equals a recomputation from scratch. Linear.
+    pub fn check_digest(&self) -> Result<(), String> {
+        let recomputed = self.recompute_digest();
+        if recomputed != self.digest {
+            return Err(format!(
+                "chat digest {:032x} but the items sum to {:032x}",
+                self.digest.value(),
+                recomputed.value()
+            ));
+        }
+        Ok(())
     }
 
     /// The account if `auth` is a live token for it: the name exists with the same
@@ -151,8 +260,13 @@ impl ChatState {
             .ok_or(AppError::Unauthenticated)
     }
 
-    pub(super) fn authenticate_mut(&mut self, auth: &Auth) -> Result<&mut Account, AppError> {
-        self.users
+    /// The account of a live token, borrowed from `users` alone so that the caller can
+    /// update `digest` (a sibling field) while it holds the account.
+    pub(super) fn authenticate_in<'a>(
+        users: &'a mut BTreeMap<String, Account>,
+        auth: &Auth,
+    ) -> Result<&'a mut Account, AppError> {
+        users
             .get_mut(&auth.user)
             .filter(|account| account.accepts(auth))
             .ok_or(AppError::Unauthenticated)
@@ -196,6 +310,9 @@ impl ChatState {
             message_count, self.message_count,
             "total message count drifted"
         );
+        if let Err(problem) = self.check_digest() {
+            panic!("{problem}");
+        }
     }
 
     /// The invariants of one account that cost no scan. `apply` runs this in debug builds
@@ -246,41 +363,4 @@ impl Account {
     fn accepts(&self, auth: &Auth) -> bool {
         self.generation == auth.generation && self.token_epoch == auth.token_epoch
     }
-}
-
-/// 64-bit FNV-1a, fed by bincode as it encodes.
-struct Fnv1a(u64);
-
-impl Fnv1a {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-
-    fn new() -> Fnv1a {
-        Fnv1a(Self::OFFSET_BASIS)
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-impl bincode::enc::write::Writer for Fnv1a {
-    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
-        for &byte in bytes {
-            self.0 ^= u64::from(byte);
-            self.0 = self.0.wrapping_mul(Self::PRIME);
-        }
-        Ok(())
-    }
-}
-
-/// FNV-1a over a byte slice, for tests that check the streamed hash against the
-/// materialized encoding.
-#[cfg(test)]
-pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
-    use bincode::enc::write::Writer;
-    let mut hasher = Fnv1a::new();
-    // Writing into the hasher cannot fail.
-    hasher.write(bytes).expect("the hasher never fails");
-    hasher.finish()
 }

@@ -238,6 +238,7 @@ impl Replica {
             self.apply_entry(&entry);
             self.last_applied = index;
             self.metrics.entries_applied += 1;
+            self.sample_state_hash();
         }
         self.serve_applied_reads();
         self.maybe_snapshot();

@@ -80,6 +80,19 @@ pub(super) struct PendingRead {
     pub seq: u64,
 }
 
+/// In debug (and simulator) builds the incremental state hash is recomputed from scratch
+/// once at least this many entries, and at least `HASH_CHECK_ENTRIES_PER_ITEM` times as
+/// many as the state has items, were applied since the last check. A recomputation
+/// hashes every item, so spacing checks by the item count costs a fixed fraction of an
+/// item hash per applied entry, amortized, however large the state grows. The core and
+/// simulator tests also check after steps and at the end of every run.
+pub(super) const HASH_CHECK_INTERVAL_ENTRIES_MIN: u64 = 64;
+pub(super) const HASH_CHECK_ENTRIES_PER_ITEM: u64 = 4;
+
+/// The ChaCha stream of `Config::rng_seed` that snapshot jitter draws from (elections
+/// draw from stream 0).
+const SNAPSHOT_RNG_STREAM: u64 = 1;
+
 /// A snapshot being received in chunks.
 #[derive(Clone, Debug)]
 pub(super) struct IncomingSnapshot {
@@ -97,7 +110,15 @@ pub struct Replica {
     pub(super) config: Config,
     /// Members other than this one, sorted.
     pub(super) peers: Vec<NodeId>,
+    /// Election jitter (stream 0 of the seed).
     pub(super) rng: ChaCha8Rng,
+    /// Snapshot jitter: stream [`SNAPSHOT_RNG_STREAM`] of the same seed, so that drawing
+    /// thresholds leaves the election timeouts exactly as they were.
+    pub(super) snapshot_rng: ChaCha8Rng,
+    /// Applied entries after the last snapshot that trigger the next one: the configured
+    /// threshold stretched by this replica's own jitter, drawn afresh after each snapshot
+    /// ([`Replica::draw_snapshot_threshold`]).
+    pub(super) snapshot_threshold_entries: u64,
     pub(super) now: Time,
 
     // Persistent state (mirrored to storage through `Persist`).
@@ -128,6 +149,8 @@ pub struct Replica {
     pub(super) incoming_snapshot: Option<IncomingSnapshot>,
     /// The largest timestamp in the log: new entries are stamped no earlier.
     pub(super) log_time_max: Time,
+    /// Entries applied since the state hash was last recomputed (debug builds).
+    pub(super) entries_since_hash_check: u64,
 
     pub(super) machine: MachineState,
 
@@ -171,8 +194,12 @@ impl Replica {
             .filter(|&m| m != config.id)
             .collect();
         peers.sort();
+        let mut snapshot_rng = ChaCha8Rng::seed_from_u64(config.rng_seed);
+        snapshot_rng.set_stream(SNAPSHOT_RNG_STREAM);
         let mut replica = Replica {
             rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
+            snapshot_rng,
+            snapshot_threshold_entries: config.snapshot_threshold_entries,
             peers,
             now,
             term: recovered.hard_state.term,
@@ -195,6 +222,7 @@ impl Replica {
             replication_requested: false,
             incoming_snapshot: None,
             log_time_max,
+            entries_since_hash_check: 0,
             machine,
             pending_writes: BTreeMap::new(),
             reads_awaiting_term_commit: Vec::new(),
@@ -205,6 +233,7 @@ impl Replica {
             config,
         };
         replica.reset_election_deadline();
+        replica.draw_snapshot_threshold();
         replica.check_invariants();
         Ok(replica)
     }
@@ -256,12 +285,23 @@ impl Replica {
     pub fn snapshot_meta(&self) -> &SnapshotMeta {
         self.log.snapshot_meta()
     }
+    /// Applied entries after the last snapshot at which this replica takes the next one:
+    /// `Config::snapshot_threshold_entries` plus this replica's jitter (up to half again).
+    pub fn snapshot_threshold_entries(&self) -> u64 {
+        self.snapshot_threshold_entries
+    }
     pub fn chat(&self) -> &ChatState {
         &self.machine.chat
     }
-    /// A hash of the replicated state (chat state and session table) as applied so far.
+    /// A hash of the replicated state (chat state, session table, log time) as applied
+    /// so far. O(1): kept up to date by every applied command.
     pub fn state_hash(&self) -> u64 {
         self.machine.state_hash()
+    }
+    /// Recomputes the state hash from scratch and compares it with the incremental one
+    /// ([`MachineState::check_hash`]). Linear in the state: for tests and the simulator.
+    pub fn check_state_hash(&self) -> Result<(), String> {
+        self.machine.check_hash()
     }
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -596,6 +636,27 @@ impl Replica {
             }
         }
         self.check_invariants();
+    }
+
+    /// In debug builds, after an entry is applied: recomputes the state hash when due (see
+    /// [`HASH_CHECK_INTERVAL_ENTRIES_MIN`]) and panics if the incremental one drifted.
+    pub(super) fn sample_state_hash(&mut self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        self.entries_since_hash_check += 1;
+        let interval = HASH_CHECK_INTERVAL_ENTRIES_MIN
+            .max(HASH_CHECK_ENTRIES_PER_ITEM.saturating_mul(self.machine.item_count()));
+        if self.entries_since_hash_check < interval {
+            return;
+        }
+        self.entries_since_hash_check = 0;
+        if let Err(problem) = self.machine.check_hash() {
+            panic!(
+                "{} at applied index {}: {problem}",
+                self.config.id, self.last_applied
+            );
+        }
     }
 
     /// Invariants that hold between inputs. Run in debug and test builds.

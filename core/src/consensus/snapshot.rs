@@ -7,6 +7,7 @@ use super::replica::{IncomingSnapshot, Replica, Role};
 use crate::entry::{Snapshot, SnapshotMeta};
 use crate::machine::MachineState;
 use crate::types::{LogIndex, NodeId};
+use rand::Rng;
 
 impl Replica {
     /// Asks the shell to save a snapshot once enough applied entries follow the last
@@ -18,7 +19,7 @@ impl Replica {
             return;
         }
         let since = self.last_applied.0 - self.log.snapshot_meta().last_index.0;
-        if since < self.config.snapshot_threshold_entries {
+        if since < self.snapshot_threshold_entries {
             return;
         }
         let Some(last_term) = self.log.term_at(self.last_applied) else {
@@ -61,8 +62,23 @@ impl Replica {
         );
         self.snapshot = Some(saving);
         self.metrics.snapshots_taken += 1;
-        // Applied entries may have passed another threshold while it was saved.
+        self.draw_snapshot_threshold();
+        // Applied entries may have passed the next threshold while it was saved.
         self.maybe_snapshot();
+    }
+
+    /// Draws the next snapshot threshold, uniformly from the configured one to half again
+    /// as much (both included), from this replica's own seeded stream. A snapshot encodes and writes the
+    /// whole state; at one shared threshold every replica did so at the same applied
+    /// index, so a whole cluster stalled at once. With a threshold per replica, drawn
+    /// anew after each snapshot, the stalls spread out, and the cluster still has a
+    /// quorum that is not snapshotting. The threshold never falls below the configured
+    /// one, so the log grows by at most half again.
+    pub(super) fn draw_snapshot_threshold(&mut self) {
+        let base = self.config.snapshot_threshold_entries;
+        let spread = base / 2;
+        self.snapshot_threshold_entries =
+            base.saturating_add(self.snapshot_rng.random_range(0..=spread));
     }
 
     /// Records a new snapshot for storage: entries it covers need not be written, and

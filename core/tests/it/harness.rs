@@ -224,6 +224,7 @@ impl Cluster {
         let Some(replica) = self.replicas.get_mut(&id) else {
             return;
         };
+        let applied_before = replica.last_applied();
         input(replica, now);
         let mut shell = HarnessShell {
             id,
@@ -246,6 +247,13 @@ impl Cluster {
             shell.durable.save_snapshot(&snapshot);
             replica.handle_snapshot_saved(now, &snapshot.meta);
             let Ok(()) = drive(replica, &mut shell);
+        }
+        // After every input that moved the applied state (applied entries or installed a
+        // snapshot), its incremental hash must equal a recomputation from scratch.
+        if replica.last_applied() != applied_before {
+            if let Err(problem) = replica.check_state_hash() {
+                panic!("{id}: {problem}");
+            }
         }
         for envelope in std::mem::take(&mut shell.outbox) {
             self.message_seq += 1;

@@ -51,3 +51,56 @@ fn a_follower_behind_the_compacted_prefix_catches_up_by_snapshot() {
     cluster.run_for(ms(1_000));
     cluster.assert_converged();
 }
+
+#[test]
+fn replicas_with_different_seeds_snapshot_at_different_indexes() {
+    let threshold = 100;
+    let configs = (1..=3)
+        .map(|id| {
+            let mut c = config(id, 3);
+            c.snapshot_threshold_entries = threshold;
+            c
+        })
+        .collect();
+    let mut cluster = Cluster::with_configs(configs);
+    cluster.wait_for_leader();
+    let alice = match cluster.write_ok(1, 1, create("alice")) {
+        CommandOutput::AccountCreated { generation, .. } => auth("alice", generation),
+        other => panic!("{other:?}"),
+    };
+    let session = cluster.open(&alice);
+    // Past every replica's first threshold (at most 1.5 x 100), short of any second one
+    // (at least 2 x 100).
+    for seq in 2..=170 {
+        cluster.write_ok(session, seq, send(&alice, "alice", &format!("note {seq}")));
+    }
+    cluster.run_for(ms(200));
+    cluster.assert_converged();
+    let mut indexes = Vec::new();
+    for id in 1..=3 {
+        let replica = cluster.replica(id);
+        assert_eq!(
+            replica.metrics().snapshots_taken,
+            1,
+            "n{id} snapshotted once"
+        );
+        let index = replica.snapshot_meta().last_index.0;
+        assert!(
+            (threshold..=threshold * 3 / 2).contains(&index),
+            "n{id} snapshotted at {index}, outside its jitter"
+        );
+        indexes.push(index);
+    }
+    // At one shared threshold all three would snapshot at index 100. Each draws from 51
+    // values, so two seeds may draw alike: with these, n1 and n3 both draw 144, n2 130.
+    assert_eq!(indexes, [144, 130, 144]);
+    indexes.sort();
+    indexes.dedup();
+    assert!(indexes.len() >= 2, "not every replica snapshots at once");
+
+    // Restarted with the same seed, a replica draws the same thresholds again from the
+    // start of its stream: the jitter is a function of the seed alone.
+    cluster.crash(2);
+    cluster.restart(2);
+    assert_eq!(cluster.replica(2).snapshot_threshold_entries(), 130);
+}

@@ -390,6 +390,7 @@ impl<'a> World<'a> {
             }
         }
         self.stats.simulated_us = self.now.0;
+        self.check_state_hashes();
         let final_digest: Vec<u64> = self
             .nodes
             .iter()
@@ -424,6 +425,23 @@ impl<'a> World<'a> {
             coverage: self.observer.finish(),
         };
         (outcome, self.history)
+    }
+
+    /// Every live replica's incremental state hash equals a recomputation from scratch.
+    /// Linear in each state, so once per run; replicas also sample it as they apply (in
+    /// the `sim` profile, which keeps debug assertions).
+    fn check_state_hashes(&mut self) {
+        let problem = self.nodes.iter().find_map(|node| {
+            let replica = node.replica.as_ref()?;
+            let problem = replica.check_state_hash().err()?;
+            Some(format!("{}: {problem}", node.id))
+        });
+        if let Some(detail) = problem {
+            self.fail(Violation {
+                check: "state-hash",
+                detail,
+            });
+        }
     }
 
     /// Whether this seed has used up its budget: too many events, too much virtual time,

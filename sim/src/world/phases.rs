@@ -68,8 +68,20 @@ impl World<'_> {
             if replica.last_applied() != leader.commit_index()
                 || replica.state_hash() != leader.state_hash()
             {
+                // At the same index, unequal hashes mean diverged states or a hash that
+                // drifted from its state: say which (linear, so only in that case).
+                let same_index = replica.last_applied() == leader.commit_index();
+                let drift = [replica, leader]
+                    .iter()
+                    .filter(|_| same_index)
+                    .find_map(|r| {
+                        r.check_state_hash()
+                            .err()
+                            .map(|e| format!("; {}: {e}", r.id()))
+                    })
+                    .unwrap_or_default();
                 return Some(format!(
-                    "{} applied {} (state {:016x}) but leader {} committed {} (state {:016x})",
+                    "{} applied {} (state {:016x}) but leader {} committed {} (state {:016x}){drift}",
                     replica.id(),
                     replica.last_applied(),
                     replica.state_hash(),
