@@ -105,13 +105,13 @@ struct SimArgs {
     nodes: u64,
     /// Fault kinds to draw from: `all`, `none`, or a comma-separated list of crash,
     /// torn-write, recovery-crash, corruption, drop, duplicate, delay, partition,
-    /// clock-drift, pause, and the targeted nemeses leader-isolation, leader-pause,
-    /// slow-clock, election-burst, persist-crash, disk-op-crash. Each seed turns on a
-    /// random subset (swarm testing). Two kinds are opt-in, not in `all`: `large-state`
-    /// (big state on a disk whose time grows with the bytes written; its seeds run about
-    /// five times slower per virtual second, which would take the default sweep below
-    /// 1,000x; it passed seeds 0..600 when added) and `client-abuse` (misbehaving
-    /// clients: today's core fails it, issue #10). Ask: `--faults all,large-state`.
+    /// clock-drift, pause, the targeted nemeses leader-isolation, leader-pause,
+    /// slow-clock, election-burst, persist-crash, disk-op-crash, and client-abuse
+    /// (misbehaving clients: session churn, made-up and foreign sessions, mismatched
+    /// retries, late replays). Each seed turns on a random subset (swarm testing). One
+    /// kind is opt-in, not in `all`: `large-state` (big state on a disk whose time grows
+    /// with the bytes written; its seeds run about five times slower per virtual second,
+    /// which would take the default sweep below 1,000x). Ask: `--faults all,large-state`.
     #[arg(long, default_value = "all")]
     faults: FaultSet,
     /// Simulated clients.
