@@ -1,7 +1,7 @@
 //! Simulated chat clients: each has an account, a session, and a plan of operations it
 //! performs one at a time, retrying with backoff and following leader hints.
 //!
-//! **Misbehaving clients** (`client-abuse`, opt-in). [`plan_abuse`] adds to some
+//! **Misbehaving clients** (`client-abuse`, in `all`, drawn for half the seeds). [`plan_abuse`] adds to some
 //! clients' plans operations a polite client never sends (`OpPlan::FreshSession`,
 //! `OpenSession` churn, `ForeignSession`, `Replay`, `SeqJump`, `Mismatch`) and bursts
 //! of linearizable reads; the scenario also shrinks the session table's bounds and
