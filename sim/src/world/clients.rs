@@ -151,7 +151,32 @@ impl World<'_> {
                 // (or the session lost) and the mismatched request cannot be new.
                 let seq = c.seq_acked.filter(|&acked| acked == c.seq)?;
                 let id = c.session?;
+                // The command the number was answered for: the same command again would
+                // be an honest retry, rightly answered, not a mismatch.
+                let original = c
+                    .sent
+                    .iter()
+                    .rev()
+                    .find_map(|(request, of)| match request {
+                        ClientRequest::Write {
+                            session: Some(s),
+                            command,
+                        } if s.id == id
+                            && s.seq == seq
+                            && matches!(
+                                self.history.ops[*of].abuse,
+                                None | Some(Abuse::SeqJump)
+                            ) =>
+                        {
+                            Some(command.clone())
+                        }
+                        _ => None,
+                    })?;
                 let (request, kind) = inner(self, op)?;
+                if matches!(&request, ClientRequest::Write { command, .. } if *command == original)
+                {
+                    return None;
+                }
                 let session = SessionRef { id, seq };
                 Some((with_session(request, session), kind, Some(Abuse::Mismatch)))
             }
