@@ -38,17 +38,14 @@ impl Replica {
     }
 
     pub(super) fn on_snapshot_saved(&mut self, meta: &SnapshotMeta) {
-        let in_progress = self
-            .snapshot_saving
-            .as_ref()
-            .is_some_and(|s| s.meta == *meta);
+        let saving = self.snapshot_saving.take_if(|s| s.meta == *meta);
         // Anything else is a shell bug: a report of a save never asked for, or of one
         // asked for before a restart (the shell must drop those).
         debug_assert!(
-            in_progress,
+            saving.is_some(),
             "reported saved {meta:?}, not the save in progress"
         );
-        let Some(saving) = self.snapshot_saving.take_if(|s| s.meta == *meta) else {
+        let Some(saving) = saving else {
             return;
         };
         if meta.last_index <= self.log.snapshot_meta().last_index {
