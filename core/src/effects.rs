@@ -18,6 +18,7 @@
 use crate::app::{AppError, CommandOutput, Delivery, QueryOutput};
 use crate::consensus::message::Envelope;
 use crate::entry::{Persist, Snapshot};
+use crate::membership::{Membership, MembershipError};
 use crate::types::{NodeId, RequestId};
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +60,8 @@ pub struct Reply {
 pub enum Response {
     Command(CommandOutput),
     Query(QueryOutput),
+    /// A membership change committed and applied: the membership now in force.
+    Membership(Membership),
 }
 
 /// Why a client request was not (or not certainly) carried out.
@@ -95,6 +98,9 @@ pub enum ClientError {
     /// command that takes none, or none on one that needs it).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A membership change the leader refused; nothing changed.
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
 }
 
 /// How a shell performs a [`Ready`]. `persist` returns only once the write is durable

@@ -2,6 +2,7 @@
 //! produces it) and storage (which encodes it), so neither depends on the other.
 
 use crate::app::Command;
+use crate::membership::Membership;
 use crate::types::{LogIndex, NodeId, SessionId, Term, Time};
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,13 @@ pub enum EntryPayload {
         timestamp: Time,
     },
     Command(Proposal),
+    /// The whole membership from this entry on (see [`crate::membership`]). In force on
+    /// every replica from the moment it is in its log, committed or not; index 1 of a
+    /// founded cluster's log holds the founding members, at term 0.
+    Membership {
+        timestamp: Time,
+        membership: Membership,
+    },
 }
 
 impl EntryPayload {
@@ -38,6 +46,7 @@ impl EntryPayload {
         match self {
             EntryPayload::Noop { timestamp } => *timestamp,
             EntryPayload::Command(proposal) => proposal.timestamp,
+            EntryPayload::Membership { timestamp, .. } => *timestamp,
         }
     }
 }
@@ -66,6 +75,14 @@ impl Entry {
             + match &self.payload {
                 EntryPayload::Noop { .. } => 0,
                 EntryPayload::Command(proposal) => proposal.command.size_bytes_estimate(),
+                EntryPayload::Membership { membership, .. } => {
+                    membership
+                        .members()
+                        .values()
+                        .map(|m| 16 + m.address.len())
+                        .sum::<usize>()
+                        + 8 * membership.removed().len()
+                }
             }
     }
 }

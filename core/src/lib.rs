@@ -5,6 +5,7 @@
 //!
 //! - [`app`]: the chat state machine (accounts, inboxes) that the log is applied to;
 //! - [`session`]: exactly-once client sessions;
+//! - [`membership`]: voters, learners and removed ids, changed one server at a time;
 //! - [`consensus`]: Raft (pre-vote, check-quorum, pipelining, snapshots, read index),
 //!   on the type [`Replica`];
 //! - [`effects`]: what a replica asks its shell to do, and the one rule on the order;
@@ -20,12 +21,15 @@ mod digest;
 pub mod effects;
 pub mod entry;
 pub mod machine;
+pub mod membership;
 pub mod session;
 pub mod storage;
 pub mod types;
 
 pub use consensus::message::{Envelope, Message};
-pub use consensus::{ClientRequest, Config, Metrics, ReadConsistency, Replica, ReplicaError, Role};
+pub use consensus::{
+    ClientRequest, Config, Metrics, ReadConsistency, Replica, ReplicaError, Role, TransferError,
+};
 pub use effects::{drive, perform, ClientError, Ready, Reply, Response, Shell};
 pub use storage::Recovered;
 pub use types::{LogIndex, NodeId, RequestId, SessionId, Term, Time};

@@ -4,6 +4,7 @@
 use crate::app::ChatState;
 use crate::consensus::Config;
 use crate::digest::{fold64, ItemHasher, ItemKind};
+use crate::membership::Membership;
 use crate::session::SessionTable;
 use crate::types::Time;
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,9 @@ pub struct MachineState {
     pub sessions: SessionTable,
     /// The timestamp of the last applied entry.
     pub log_time: Time,
+    /// The membership as of the last applied entry (the one in force may be newer: see
+    /// [`crate::membership`]). Empty until the founding entry is applied.
+    pub membership: Membership,
 }
 
 impl MachineState {
@@ -26,6 +30,7 @@ impl MachineState {
                 config.session_expiry_us,
             ),
             log_time: Time(0),
+            membership: Membership::default(),
         }
     }
 
@@ -48,7 +53,8 @@ impl MachineState {
     }
 
     /// A hash of the whole replicated state, stable across machines and builds, in O(1):
-    /// the chat state's and the session table's incremental digests with the log time
+    /// the chat state's and the session table's incremental digests with the log time and
+    /// the membership
     /// (see [`crate::digest`]). Decoding rebuilds the digests from the items, so a state
     /// and its snapshot image have the same hash.
     pub fn state_hash(&self) -> u64 {
@@ -57,6 +63,7 @@ impl MachineState {
                 .u128(self.chat.digest_value())
                 .u128(self.sessions.digest_value())
                 .u64(self.log_time.0)
+                .encoded(&self.membership)
                 .finish(),
         )
     }

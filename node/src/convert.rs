@@ -5,6 +5,7 @@ use crate::hashing::{HashError, PoolError};
 use crate::limiter::Limited;
 use chat_core::app::{AppError, MessageView};
 use chat_core::entry::SessionRef;
+use chat_core::membership::MembershipError;
 use chat_core::{ClientError, NodeId, Role, SessionId};
 use chat_proto::chat::{ChatMessage, Session};
 use chat_proto::metadata::{LEADER_ADDR, LEADER_ID};
@@ -111,6 +112,31 @@ pub fn client_error(error: &ClientError, members: &BTreeMap<u64, String>) -> Sta
         ClientError::RetryMismatch { .. } | ClientError::InvalidRequest(_) => {
             Status::invalid_argument(error.to_string())
         }
+        ClientError::Membership(membership) => membership_error(membership),
+    }
+}
+
+/// A refused membership change: one that may succeed on a retry (the leader is settling,
+/// another change or a transfer is under way) is UNAVAILABLE; one the cluster's state
+/// refuses is FAILED_PRECONDITION; a malformed one INVALID_ARGUMENT.
+pub fn membership_error(error: &MembershipError) -> Status {
+    match error {
+        MembershipError::LeaderNotReady
+        | MembershipError::ChangeInProgress { .. }
+        | MembershipError::TransferInProgress(_) => Status::unavailable(error.to_string()),
+        MembershipError::InvalidAddress { .. } | MembershipError::ReservedId => {
+            Status::invalid_argument(error.to_string())
+        }
+        MembershipError::AlreadyMember(_)
+        | MembershipError::IdRemoved(_)
+        | MembershipError::DuplicateAddress { .. }
+        | MembershipError::UnknownMember(_)
+        | MembershipError::AlreadyVoter(_)
+        | MembershipError::LastVoter(_)
+        | MembershipError::TooManyMembers { .. }
+        | MembershipError::TooManyRemoved { .. }
+        | MembershipError::LearnerLagging { .. }
+        | MembershipError::BelowQuorum { .. } => Status::failed_precondition(error.to_string()),
     }
 }
 

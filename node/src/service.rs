@@ -93,6 +93,7 @@ impl Shared {
         {
             CoreResponse::Command(output) => Ok(output),
             CoreResponse::Query(output) => Err(unexpected(output)),
+            CoreResponse::Membership(output) => Err(unexpected(output)),
         }
     }
 
@@ -107,6 +108,7 @@ impl Shared {
         {
             CoreResponse::Query(output) => Ok(output),
             CoreResponse::Command(output) => Err(unexpected(output)),
+            CoreResponse::Membership(output) => Err(unexpected(output)),
         }
     }
 

@@ -29,7 +29,7 @@ impl Replica {
         }
     }
 
-    fn admit(&mut self, request_id: RequestId) -> bool {
+    pub(super) fn admit(&mut self, request_id: RequestId) -> bool {
         if self.role != Role::Leader {
             let error = self.not_leader();
             self.reply_err(request_id, error);
@@ -57,6 +57,12 @@ impl Replica {
         }
         if !self.admit(request_id) {
             return;
+        }
+        if let Some(transfer) = &self.transfer {
+            let error = ClientError::NotLeader {
+                leader_hint: Some(transfer.target),
+            };
+            return self.reply_err(request_id, error);
         }
         // What the session table already says for certain is answered without another
         // trip through the log: a retry of an applied request (a committed fact), and
@@ -150,7 +156,7 @@ impl Replica {
         };
         self.reads_awaiting_quorum.push_back(read);
         self.heartbeat_requested = true;
-        if self.peers.is_empty() {
+        if self.voter_peers().is_empty() {
             self.heartbeat_requested = false;
             self.broadcast_heartbeat();
         }
@@ -168,14 +174,10 @@ impl Replica {
         if self.role != Role::Leader {
             return;
         }
-        let mut acked: Vec<u64> = self
-            .progress
-            .values()
-            .map(|p| p.heartbeat_seq_acked)
-            .collect();
-        acked.push(self.heartbeat_seq);
-        acked.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed_seq = acked[self.quorum() - 1];
+        let Some(confirmed_seq) = self.quorum_value(self.heartbeat_seq, |p| p.heartbeat_seq_acked)
+        else {
+            return;
+        };
         while self
             .reads_awaiting_quorum
             .front()
@@ -248,8 +250,12 @@ impl Replica {
         let timestamp = entry.payload.timestamp();
         self.machine.log_time = self.machine.log_time.max(timestamp);
         self.machine.sessions.expire(self.machine.log_time);
-        let EntryPayload::Command(proposal) = &entry.payload else {
-            return;
+        let proposal = match &entry.payload {
+            EntryPayload::Noop { .. } => return,
+            EntryPayload::Membership { membership, .. } => {
+                return self.apply_membership(entry, membership);
+            }
+            EntryPayload::Command(proposal) => proposal,
         };
         let ctx = ApplyContext {
             index: entry.index,
@@ -317,7 +323,7 @@ impl Replica {
         result
     }
 
-    fn answer_pending_write(
+    pub(super) fn answer_pending_write(
         &mut self,
         index: LogIndex,
         term: Term,

@@ -5,7 +5,10 @@ use crate::types::NodeId;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub id: NodeId,
-    /// Every member of the cluster, this replica included.
+    /// The founding voters, this replica included, or none for a node that joins a
+    /// running cluster (it waits for a leader to replicate to it). Used only to found:
+    /// once the log or a snapshot holds a membership, that one is in force (see
+    /// [`crate::membership`]). Every founder must list the same members.
     pub members: Vec<NodeId>,
     /// A follower or candidate that hears from no leader times out after a duration drawn
     /// uniformly from `[election_timeout_us_min, election_timeout_us_max]` (both ends
@@ -40,13 +43,16 @@ pub struct Config {
     pub session_expiry_us: u64,
     /// Client writes and reads waiting on this replica before it answers `Busy`.
     pub pending_requests_max: usize,
+    /// A learner is promoted to voter only if its log is at most this many entries behind
+    /// the leader's, so that a promotion never makes a quorum wait for a slow catch-up.
+    pub promotion_lag_entries_max: u64,
     /// Seeds election jitter. Different replicas should get different seeds.
     pub rng_seed: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("members must include this replica's id {0}")]
+    #[error("founding members must include this replica's id {0}")]
     SelfNotMember(NodeId),
     #[error("member {0} is listed twice")]
     DuplicateMember(NodeId),
@@ -78,12 +84,13 @@ impl Config {
             sessions_per_user_max: 16,
             session_expiry_us: 3_600 * 1_000_000,
             pending_requests_max: 4096,
+            promotion_lag_entries_max: 1024,
             rng_seed: id.0,
         }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.members.contains(&self.id) {
+        if !self.members.is_empty() && !self.members.contains(&self.id) {
             return Err(ConfigError::SelfNotMember(self.id));
         }
         let mut sorted = self.members.clone();
@@ -132,10 +139,6 @@ impl Config {
         self.election_timeout_us_min = min;
         self.election_timeout_us_max = max;
         self
-    }
-
-    pub fn quorum(&self) -> usize {
-        self.members.len() / 2 + 1
     }
 }
 

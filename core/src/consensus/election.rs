@@ -36,6 +36,10 @@ impl Replica {
     }
 
     pub(super) fn on_election_timeout(&mut self) {
+        if !self.is_voter() {
+            // Learners, removed nodes and nodes waiting to join never campaign.
+            return self.reset_election_deadline();
+        }
         self.become_pre_candidate();
     }
 
@@ -50,6 +54,7 @@ impl Replica {
             self.fail_pending_requests(leader);
         }
         self.role = Role::Follower;
+        self.transfer = None;
         self.leader_id = leader;
         if leader.is_some() {
             self.last_leader_contact = Some(self.now);
@@ -66,15 +71,15 @@ impl Replica {
         self.leader_id = None;
         self.votes = BTreeSet::from([self.config.id]);
         self.reset_election_deadline();
-        if self.votes.len() >= self.quorum() {
-            return self.become_candidate();
+        if self.membership().is_quorum(&self.votes) {
+            return self.become_candidate(false);
         }
         let (term, last_log_index, last_log_term) = (
             Term(self.term.0 + 1),
             self.log.last_index(),
             self.log.last_term(),
         );
-        for peer in self.peers.clone() {
+        for peer in self.voter_peers() {
             self.send(
                 peer,
                 Message::PreVote {
@@ -86,7 +91,10 @@ impl Replica {
         }
     }
 
-    fn become_candidate(&mut self) {
+    /// `leadership_transfer`: the leader asked for this election (`TimeoutNow`), so the
+    /// vote requests say so and voters answer them despite their leader lease.
+    pub(super) fn become_candidate(&mut self, leadership_transfer: bool) {
+        debug_assert!(self.is_voter(), "only a voter campaigns");
         self.metrics.elections_started += 1;
         self.role = Role::Candidate;
         self.term = Term(self.term.0 + 1);
@@ -95,18 +103,19 @@ impl Replica {
         self.leader_id = None;
         self.votes = BTreeSet::from([self.config.id]);
         self.reset_election_deadline();
-        if self.votes.len() >= self.quorum() {
+        if self.membership().is_quorum(&self.votes) {
             return self.become_leader();
         }
         let (term, last_log_index, last_log_term) =
             (self.term, self.log.last_index(), self.log.last_term());
-        for peer in self.peers.clone() {
+        for peer in self.voter_peers() {
             self.send(
                 peer,
                 Message::RequestVote {
                     term,
                     last_log_index,
                     last_log_term,
+                    leadership_transfer,
                 },
             );
         }
@@ -117,6 +126,7 @@ impl Replica {
         self.role = Role::Leader;
         self.leader_id = Some(self.config.id);
         self.votes.clear();
+        self.transfer = None;
         let next_index = self.log.last_index().next();
         self.progress = self
             .peers
@@ -140,11 +150,18 @@ impl Replica {
     /// Steps down if a quorum has not been heard from in an election timeout, so that a
     /// partitioned leader stops accepting requests it cannot commit.
     pub(super) fn check_quorum(&mut self) {
-        let active = 1 + self.progress.values().filter(|p| p.recently_active).count();
+        let id = self.config.id;
+        let active: Vec<_> = self
+            .progress
+            .iter()
+            .filter(|(_, p)| p.recently_active)
+            .map(|(&peer, _)| peer)
+            .chain(std::iter::once(id))
+            .collect();
         for progress in self.progress.values_mut() {
             progress.recently_active = false;
         }
-        if active < self.quorum() {
+        if !self.membership().is_quorum(&active) {
             self.become_follower(self.term, None);
         }
     }
@@ -178,8 +195,8 @@ impl Replica {
             return;
         }
         self.votes.insert(from);
-        if self.votes.len() >= self.quorum() {
-            self.become_candidate();
+        if self.membership().is_quorum(&self.votes) {
+            self.become_candidate(false);
         }
     }
 
@@ -214,7 +231,7 @@ impl Replica {
             return;
         }
         self.votes.insert(from);
-        if self.votes.len() >= self.quorum() {
+        if self.membership().is_quorum(&self.votes) {
             self.become_leader();
         }
     }
@@ -234,7 +251,11 @@ impl Replica {
             payload,
         };
         self.log_time_max = self.log_time_max.max(entry.payload.timestamp());
+        let membership = matches!(entry.payload, EntryPayload::Membership { .. });
         self.ready.persist.entries.push(entry.clone());
+        if membership {
+            self.note_appended_memberships(std::iter::once(&entry));
+        }
         self.log.append(entry);
         self.replication_requested = true;
         index

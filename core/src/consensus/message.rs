@@ -38,6 +38,9 @@ pub enum Message {
         term: Term,
         last_log_index: LogIndex,
         last_log_term: Term,
+        /// Sent on the leader's request (`TimeoutNow`): voters answer it even while they
+        /// hear from that leader, which check-quorum would otherwise make them ignore.
+        leadership_transfer: bool,
     },
     RequestVoteResponse {
         term: Term,
@@ -87,6 +90,17 @@ pub enum Message {
         next_offset: u64,
         installed: bool,
     },
+    /// Leadership transfer (Raft thesis §3.10): the leader tells a caught-up voter to
+    /// start an election at once, without pre-vote.
+    TimeoutNow {
+        term: Term,
+    },
+    /// The answer to a vote request from a node that the sender's committed membership
+    /// lists as removed. Removal is for good (ids are never reused), so the receiver
+    /// stops campaigning and its shell stops serving.
+    Removed {
+        term: Term,
+    },
 }
 
 impl Message {
@@ -101,7 +115,9 @@ impl Message {
             | Message::Heartbeat { term, .. }
             | Message::HeartbeatResponse { term, .. }
             | Message::InstallSnapshot { term, .. }
-            | Message::InstallSnapshotResponse { term, .. } => *term,
+            | Message::InstallSnapshotResponse { term, .. }
+            | Message::TimeoutNow { term }
+            | Message::Removed { term } => *term,
         }
     }
 
@@ -117,6 +133,8 @@ impl Message {
             Message::HeartbeatResponse { .. } => "HeartbeatResponse",
             Message::InstallSnapshot { .. } => "InstallSnapshot",
             Message::InstallSnapshotResponse { .. } => "InstallSnapshotResponse",
+            Message::TimeoutNow { .. } => "TimeoutNow",
+            Message::Removed { .. } => "Removed",
         }
     }
 }
@@ -126,12 +144,17 @@ impl Message {
 impl fmt::Display for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Message::PreVote { term, last_log_index, last_log_term }
-            | Message::RequestVote { term, last_log_index, last_log_term } => write!(
+            Message::PreVote { term, last_log_index, last_log_term } => write!(
                 f,
-                "{}{{term:{term} last:{last_log_index}/{last_log_term}}}",
-                self.kind()
+                "PreVote{{term:{term} last:{last_log_index}/{last_log_term}}}",
             ),
+            Message::RequestVote { term, last_log_index, last_log_term, leadership_transfer } => {
+                write!(f, "RequestVote{{term:{term} last:{last_log_index}/{last_log_term}")?;
+                if *leadership_transfer {
+                    write!(f, " transfer")?;
+                }
+                write!(f, "}}")
+            }
             Message::PreVoteResponse { term, granted }
             | Message::RequestVoteResponse { term, granted } => {
                 write!(f, "{}{{term:{term} granted:{granted}}}", self.kind())
@@ -171,6 +194,8 @@ impl fmt::Display for Message {
                 f,
                 "InstallSnapshotResponse{{term:{term} last:{last_index} next:{next_offset} installed:{installed}}}"
             ),
+            Message::TimeoutNow { term } => write!(f, "TimeoutNow{{term:{term}}}"),
+            Message::Removed { term } => write!(f, "Removed{{term:{term}}}"),
         }
     }
 }

@@ -7,11 +7,14 @@ mod client;
 mod config;
 mod election;
 pub mod log;
+mod membership;
 pub mod message;
 mod progress;
 mod replica;
 mod replication;
 mod snapshot;
+mod transfer;
 
 pub use config::{Config, ConfigError};
 pub use replica::{ClientRequest, Metrics, ReadConsistency, Replica, ReplicaError, Role};
+pub use transfer::TransferError;

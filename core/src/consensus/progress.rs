@@ -29,6 +29,9 @@ pub struct Progress {
     pub in_flight: VecDeque<(LogIndex, Time)>,
     /// Heard from since the last check-quorum round.
     pub recently_active: bool,
+    /// When this leader last heard from the follower (`None`: not in this term). Decides
+    /// whether removing a voter would leave a reachable quorum.
+    pub last_heard: Option<Time>,
     /// Highest heartbeat sequence this follower acknowledged in the current term.
     pub heartbeat_seq_acked: u64,
 }
@@ -41,8 +44,15 @@ impl Progress {
             state: ReplicationState::Probe { in_flight: false },
             in_flight: VecDeque::new(),
             recently_active: false,
+            last_heard: None,
             heartbeat_seq_acked: 0,
         }
+    }
+
+    /// The follower answered something at `now`.
+    pub fn heard(&mut self, now: Time) {
+        self.recently_active = true;
+        self.last_heard = Some(now);
     }
 
     pub fn become_probe(&mut self) {

@@ -6,10 +6,12 @@ use super::config::{Config, ConfigError};
 use super::log::{LogError, RaftLog};
 use super::message::{Envelope, Message};
 use super::progress::Progress;
+use super::transfer::Transfer;
 use crate::app::{ChatState, Command, Query};
 use crate::effects::Ready;
 use crate::entry::{Entry, HardState, Snapshot, SnapshotMeta};
 use crate::machine::MachineState;
+use crate::membership::{Membership, MembershipChange};
 use crate::storage::Recovered;
 use crate::types::{LogIndex, NodeId, RequestId, Term, Time};
 use rand::SeedableRng;
@@ -45,6 +47,10 @@ pub enum ClientRequest {
         query: Query,
         consistency: ReadConsistency,
     },
+    /// An operator's membership change: answered `Response::Membership` with the new
+    /// membership once it is committed and applied, or `ClientError::Membership` if the
+    /// leader refuses it.
+    ChangeMembership(MembershipChange),
 }
 
 /// Counters a shell may export. They never influence decisions.
@@ -58,6 +64,7 @@ pub struct Metrics {
     pub snapshots_installed: u64,
     pub snapshot_chunks_sent: u64,
     pub entries_applied: u64,
+    pub leadership_transfers: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,8 +115,16 @@ pub(super) struct IncomingSnapshot {
 /// [`Replica::poll_timeout`].
 pub struct Replica {
     pub(super) config: Config,
-    /// Members other than this one, sorted.
+    /// Members (voters and learners) of the configuration in force other than this one,
+    /// sorted: whom a leader replicates to.
     pub(super) peers: Vec<NodeId>,
+    /// Membership entries of the log above the applied index, in log order: the last one
+    /// is the configuration in force (see `Replica::membership`).
+    pub(super) membership_unapplied: Vec<(LogIndex, Membership)>,
+    /// A member answered our vote request with `Message::Removed`.
+    pub(super) removed_notice: bool,
+    /// A leadership transfer this leader is carrying out.
+    pub(super) transfer: Option<Transfer>,
     /// Election jitter (stream 0 of the seed).
     pub(super) rng: ChaCha8Rng,
     /// Snapshot jitter: stream [`SNAPSHOT_RNG_STREAM`] of the same seed, so that drawing
@@ -182,25 +197,40 @@ impl Replica {
             }
             None => MachineState::new(&config),
         };
-        let log = RaftLog::new(snapshot_meta.clone(), recovered.entries)?;
+        let mut log = RaftLog::new(snapshot_meta.clone(), recovered.entries)?;
+        // A founding member with nothing on disk writes the founding membership as entry
+        // 1, at term 0, identical on every founder; a node that joins an existing cluster
+        // (no founding members) waits for the leader's log instead.
+        let mut founding_persist = Vec::new();
+        if recovered.snapshot.is_none()
+            && log.last_index() == LogIndex::ZERO
+            && !config.members.is_empty()
+        {
+            let entry = Entry {
+                term: Term(0),
+                index: LogIndex(1),
+                payload: crate::entry::EntryPayload::Membership {
+                    timestamp: Time(0),
+                    membership: Membership::founding(&config.members),
+                },
+            };
+            log.append(entry.clone());
+            founding_persist.push(entry);
+        }
         let log_time_max = (snapshot_meta.last_index.0..=log.last_index().0)
             .filter_map(|i| log.entry(LogIndex(i)))
             .map(|e| e.payload.timestamp())
             .fold(machine.log_time, Time::max);
-        let mut peers: Vec<NodeId> = config
-            .members
-            .iter()
-            .copied()
-            .filter(|&m| m != config.id)
-            .collect();
-        peers.sort();
         let mut snapshot_rng = ChaCha8Rng::seed_from_u64(config.rng_seed);
         snapshot_rng.set_stream(SNAPSHOT_RNG_STREAM);
         let mut replica = Replica {
             rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
             snapshot_rng,
             snapshot_threshold_entries: config.snapshot_threshold_entries,
-            peers,
+            peers: Vec::new(),
+            membership_unapplied: Vec::new(),
+            removed_notice: false,
+            transfer: None,
             now,
             term: recovered.hard_state.term,
             voted_for: recovered.hard_state.voted_for,
@@ -232,6 +262,14 @@ impl Replica {
             metrics: Metrics::default(),
             config,
         };
+        replica.ready.persist.entries = founding_persist;
+        let log_entries: Vec<Entry> = (replica.last_applied.0 + 1..=replica.log.last_index().0)
+            .filter_map(|i| replica.log.entry(LogIndex(i)))
+            .filter(|e| matches!(e.payload, crate::entry::EntryPayload::Membership { .. }))
+            .cloned()
+            .collect();
+        replica.note_appended_memberships(log_entries.iter());
+        replica.refresh_membership();
         replica.reset_election_deadline();
         replica.draw_snapshot_threshold();
         replica.check_invariants();
@@ -334,6 +372,7 @@ impl Replica {
                 self.heartbeat_deadline = now.saturating_add_us(self.config.heartbeat_interval_us);
                 self.on_heartbeat_tick();
             }
+            self.expire_transfer();
             if now >= self.check_quorum_deadline {
                 self.check_quorum_deadline =
                     now.saturating_add_us(self.config.election_timeout_us_min);
@@ -350,7 +389,9 @@ impl Replica {
     pub fn handle_message(&mut self, now: Time, envelope: Envelope) {
         self.advance_clock(now);
         let Envelope { from, to, message } = envelope;
-        if to != self.config.id || !self.peers.contains(&from) {
+        // Any other node may write: a leader not yet in this replica's configuration
+        // (it is joining), or a removed node that has yet to hear it was removed.
+        if to != self.config.id || from == self.config.id {
             self.metrics.messages_rejected += 1;
             return;
         }
@@ -368,6 +409,9 @@ impl Replica {
         match request {
             ClientRequest::Write { session, command } => self.propose(request_id, session, command),
             ClientRequest::Read { query, consistency } => self.read(request_id, query, consistency),
+            ClientRequest::ChangeMembership(change) => {
+                self.propose_membership_change(request_id, change)
+            }
         }
         self.check_invariants();
     }
@@ -460,14 +504,25 @@ impl Replica {
 
     // Internals shared by the protocol modules.
 
-    fn advance_clock(&mut self, now: Time) {
+    pub(super) fn advance_clock(&mut self, now: Time) {
         // A shell's clock never goes back; if one does, time simply stands still.
         self.now = self.now.max(now);
     }
 
     fn dispatch(&mut self, from: NodeId, message: Message) {
         let term = message.term();
+        if matches!(
+            message,
+            Message::PreVote { .. } | Message::RequestVote { .. }
+        ) && self.machine.membership.is_removed(from)
+        {
+            // Removal is committed here and for good: tell the node instead of letting it
+            // campaign forever.
+            let term = self.term;
+            return self.send(from, Message::Removed { term });
+        }
         match message {
+            Message::Removed { .. } => return self.handle_removed(from),
             Message::PreVote {
                 term,
                 last_log_index,
@@ -481,7 +536,14 @@ impl Replica {
             _ => {}
         }
         if term > self.term {
-            if matches!(message, Message::RequestVote { .. }) && self.in_leader_lease() {
+            if matches!(
+                message,
+                Message::RequestVote {
+                    leadership_transfer: false,
+                    ..
+                }
+            ) && self.in_leader_lease()
+            {
                 // Check-quorum: while a leader is known to be alive, a higher-term vote
                 // request comes from a disruptive node and is ignored.
                 return;
@@ -544,7 +606,8 @@ impl Replica {
                 installed,
                 ..
             } => self.handle_install_snapshot_response(from, last_index, next_offset, installed),
-            Message::PreVote { .. } | Message::PreVoteResponse { .. } => {
+            Message::TimeoutNow { .. } => self.handle_timeout_now(from),
+            Message::PreVote { .. } | Message::PreVoteResponse { .. } | Message::Removed { .. } => {
                 unreachable!("handled above")
             }
         }
@@ -610,10 +673,6 @@ impl Replica {
 
     pub(super) fn reject(&mut self) {
         self.metrics.messages_rejected += 1;
-    }
-
-    pub(super) fn quorum(&self) -> usize {
-        self.config.quorum()
     }
 
     /// Work deferred to the end of a batch of inputs so that it is done once per batch:
@@ -718,5 +777,24 @@ impl Replica {
             }
         }
         assert!(self.pending_request_count() <= self.config.pending_requests_max + 1);
+        if self.transfer.is_some() {
+            assert_eq!(
+                self.role,
+                Role::Leader,
+                "only a leader transfers leadership"
+            );
+        }
+        self.check_membership_invariants();
+    }
+
+    /// A member says our removal is committed. Ids are never reused, so this is final.
+    fn handle_removed(&mut self, from: NodeId) {
+        if !self.membership().contains(from) {
+            return self.reject();
+        }
+        self.removed_notice = true;
+        if self.role != Role::Follower {
+            self.become_follower(self.term, None);
+        }
     }
 }

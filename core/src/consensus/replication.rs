@@ -114,6 +114,11 @@ impl Replica {
             if entry.index != expected_index || entry.term < min_term || entry.term > self.term {
                 return false;
             }
+            if let crate::entry::EntryPayload::Membership { membership, .. } = &entry.payload {
+                if membership.check_well_formed().is_err() {
+                    return false;
+                }
+            }
             expected_index = expected_index.next();
             min_term = entry.term;
         }
@@ -140,11 +145,15 @@ impl Replica {
             );
             self.truncate_log_from(first_index);
         }
+        let appended_from = self.ready.persist.entries.len();
         for entry in new_entries {
             self.log_time_max = self.log_time_max.max(entry.payload.timestamp());
             self.ready.persist.entries.push(entry.clone());
             self.log.append(entry);
         }
+        let appended = std::mem::take(&mut self.ready.persist.entries);
+        self.note_appended_memberships(appended[appended_from..].iter());
+        self.ready.persist.entries = appended;
     }
 
     fn truncate_log_from(&mut self, index: LogIndex) {
@@ -152,6 +161,7 @@ impl Replica {
         let persist = &mut self.ready.persist;
         persist.entries.retain(|e| e.index < index);
         persist.truncate_from = Some(persist.truncate_from.map_or(index, |t| t.min(index)));
+        self.note_log_truncated(index);
     }
 
     pub(super) fn handle_append_entries_response(
@@ -168,7 +178,7 @@ impl Replica {
         let Some(progress) = self.progress.get_mut(&from) else {
             return;
         };
-        progress.recently_active = true;
+        progress.heard(self.now);
         if index > last_index {
             return self.reject();
         }
@@ -180,6 +190,9 @@ impl Replica {
                 // Keep pipelining.
             }
             self.maybe_commit();
+            if self.transfer.as_ref().is_some_and(|t| t.target == from) {
+                return self.continue_transfer();
+            }
         } else {
             if index < progress.match_index {
                 return; // A stale rejection of something already acknowledged.
@@ -324,7 +337,7 @@ impl Replica {
         let Some(progress) = self.progress.get_mut(&from) else {
             return;
         };
-        progress.recently_active = true;
+        progress.heard(self.now);
         progress.heartbeat_seq_acked = progress.heartbeat_seq_acked.max(seq);
         if last_log_index < last_index || progress.match_index < last_index {
             if matches!(progress.state, ReplicationState::Probe { .. })
@@ -344,11 +357,9 @@ impl Replica {
     /// of the current term (Raft §5.4.2: counting replicas of an older term's entry is how
     /// the Figure 8 anomaly commits an entry that is later overwritten).
     pub(super) fn maybe_commit(&mut self) {
-        let mut match_indexes: Vec<LogIndex> =
-            self.progress.values().map(|p| p.match_index).collect();
-        match_indexes.push(self.log.last_index());
-        match_indexes.sort_unstable_by(|a, b| b.cmp(a));
-        let quorum_index = match_indexes[self.quorum() - 1];
+        let Some(quorum_index) = self.quorum_value(self.log.last_index(), |p| p.match_index) else {
+            return;
+        };
         if quorum_index > self.commit_index && self.log.term_at(quorum_index) == Some(self.term) {
             self.advance_commit_index(quorum_index);
             self.apply_committed();

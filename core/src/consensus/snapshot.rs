@@ -261,6 +261,7 @@ impl Replica {
         self.log_time_max = self.log_time_max.max(self.machine.log_time);
         self.advance_commit_index(meta.last_index);
         self.last_applied = meta.last_index;
+        self.note_snapshot_installed(meta.last_index, kept_suffix);
         self.metrics.snapshots_installed += 1;
     }
 
@@ -278,7 +279,7 @@ impl Replica {
         let Some(progress) = self.progress.get_mut(&from) else {
             return;
         };
-        progress.recently_active = true;
+        progress.heard(self.now);
         if installed {
             if last_index > log_last_index {
                 return self.reject();

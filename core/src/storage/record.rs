@@ -11,8 +11,9 @@ use serde::Serialize;
 
 /// Bumped on any change to the bytes a file holds; a reader refuses other versions.
 /// 2: sessions registered in the log (session ids, owners, command digests) and
-/// registration numbers on accounts.
-pub const FORMAT_VERSION: u32 = 2;
+/// registration numbers on accounts. 3: membership entries in the log and the
+/// membership in snapshots.
+pub const FORMAT_VERSION: u32 = 3;
 pub const HEADER_BYTES: usize = 24;
 pub const RECORD_HEADER_BYTES: usize = 8;
 

@@ -5,9 +5,11 @@
 
 use chat_core::app::{Auth, Command, CommandOutput, Query};
 use chat_core::entry::{Entry, HardState, Persist, SessionRef, Snapshot};
+use chat_core::membership::MembershipChange;
 use chat_core::{
     drive, ClientError, ClientRequest, Config, Envelope, LogIndex, NodeId, ReadConsistency,
     Recovered, Replica, Reply, RequestId, Response, Role, SessionId, Shell, Term, Time,
+    TransferError,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -167,6 +169,38 @@ impl Cluster {
             cluster.restart(id.0);
         }
         cluster
+    }
+
+    /// Starts a node that joins the running cluster: no founding members, an empty disk.
+    pub fn join(&mut self, id: u64) {
+        let mut config = Config::new(NodeId(id), Vec::new());
+        config.rng_seed = 0x5eed_0000 + id;
+        self.join_with(config);
+    }
+
+    pub fn join_with(&mut self, config: Config) {
+        let id = config.id;
+        self.members.push(id);
+        self.configs.insert(id, config);
+        self.durable.insert(id, Durable::default());
+        self.restart(id.0);
+    }
+
+    /// An operator's membership change through whichever node leads, waiting for the
+    /// answer.
+    pub fn change(&mut self, change: MembershipChange) -> Result<Response, ClientError> {
+        let leader = self.wait_for_ready_leader();
+        let request_id = self.request(leader, ClientRequest::ChangeMembership(change));
+        self.outcome(request_id)
+    }
+
+    /// Asks `node` to hand its leadership over.
+    pub fn transfer(&mut self, node: NodeId, target: Option<u64>) -> Result<NodeId, TransferError> {
+        let mut outcome = None;
+        self.with_replica(node, |r, now| {
+            outcome = Some(r.transfer_leadership(now, target.map(NodeId)));
+        });
+        outcome.expect("the node is up")
     }
 
     pub fn replica(&self, id: u64) -> &Replica {
@@ -369,6 +403,19 @@ impl Cluster {
         self.leader().expect("checked")
     }
 
+    /// A leader that committed an entry of its term: it knows the commit index, and may
+    /// propose a membership change.
+    pub fn wait_for_ready_leader(&mut self) -> NodeId {
+        let ready = self.run_until(ms(10_000), |c| {
+            c.leader().is_some_and(|leader| {
+                let r = &c.replicas[&leader];
+                r.term_at(r.commit_index()) == Some(r.term())
+            })
+        });
+        assert!(ready, "no leader committed an entry of its term within 10s");
+        self.leader().expect("checked")
+    }
+
     pub fn request(&mut self, node: NodeId, request: ClientRequest) -> RequestId {
         self.next_request += 1;
         let request_id = RequestId(self.next_request);
@@ -419,10 +466,10 @@ impl Cluster {
         }
     }
 
-    /// Every live replica holds the same log up to its commit index and the same state
-    /// once applied to the same point.
+    /// Every live member holds the same log up to its commit index and the same state
+    /// once applied to the same point (removed nodes stopped following).
     pub fn assert_converged(&self) {
-        let replicas: Vec<&Replica> = self.replicas.values().collect();
+        let replicas: Vec<&Replica> = self.replicas.values().filter(|r| !r.is_removed()).collect();
         let reference = replicas[0];
         for replica in &replicas[1..] {
             assert_eq!(

@@ -4,6 +4,7 @@ mod chaos;
 mod election;
 mod figure8;
 mod harness;
+mod membership;
 mod reads;
 mod restart;
 mod robustness;

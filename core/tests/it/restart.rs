@@ -74,8 +74,9 @@ fn a_restarted_replica_keeps_the_vote_it_gave() {
         let mut replica = Replica::new(config(1, 3), recovered, Time(0)).unwrap();
         let request = |term| Message::RequestVote {
             term: Term(term),
-            last_log_index: LogIndex(0),
+            last_log_index: LogIndex(1),
             last_log_term: Term(0),
+            leadership_transfer: false,
         };
         let sent = handle(&mut replica, &mut store, 10, 2, request(5));
         assert_eq!(vote_granted(&sent), Some(true), "n1 votes for n2 in term 5");

@@ -333,7 +333,8 @@ pub enum RequestKind {
 impl RequestKind {
     pub fn of(request: &ClientRequest) -> RequestKind {
         match request {
-            ClientRequest::Write { .. } => RequestKind::Write,
+            // A membership change is a replicated write like any other.
+            ClientRequest::Write { .. } | ClientRequest::ChangeMembership(_) => RequestKind::Write,
             ClientRequest::Read {
                 consistency: ReadConsistency::Linearizable,
                 ..

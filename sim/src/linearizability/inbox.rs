@@ -388,7 +388,9 @@ pub(super) fn known_outcome(op: &OpRecord) -> Option<Result<&Response, &AppError
             | ClientError::StaleRequest { .. }
             | ClientError::SessionNotOwned
             | ClientError::RetryMismatch { .. }
-            | ClientError::InvalidRequest(_),
+            | ClientError::InvalidRequest(_)
+            // Chat operations never get it: membership changes are not in the chat model.
+            | ClientError::Membership(_),
         ) => None,
     }
 }

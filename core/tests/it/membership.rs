@@ -1,0 +1,375 @@
+//! Membership changes one server at a time, learners, removal and leadership transfer,
+//! through the in-memory cluster harness (whose safety check runs after every input).
+
+use crate::harness::*;
+use chat_core::entry::EntryPayload;
+use chat_core::membership::{MemberRole, Membership, MembershipChange, MembershipError};
+use chat_core::{ClientError, ClientRequest, LogIndex, NodeId, Response, Role, TransferError};
+
+fn add(id: u64) -> MembershipChange {
+    MembershipChange::AddLearner {
+        id: NodeId(id),
+        address: format!("10.0.0.{id}:7000"),
+    }
+}
+
+fn promote(id: u64) -> MembershipChange {
+    MembershipChange::Promote { id: NodeId(id) }
+}
+
+fn remove(id: u64) -> MembershipChange {
+    MembershipChange::Remove { id: NodeId(id) }
+}
+
+fn applied(outcome: Result<Response, ClientError>) -> Membership {
+    match outcome {
+        Ok(Response::Membership(membership)) => membership,
+        other => panic!("membership change answered {other:?}"),
+    }
+}
+
+fn refused(outcome: Result<Response, ClientError>) -> MembershipError {
+    match outcome {
+        Err(ClientError::Membership(error)) => error,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn voters(membership: &Membership) -> Vec<u64> {
+    membership.voters().map(|id| id.0).collect()
+}
+
+/// Writes `count` accounts through the leader.
+fn fill(cluster: &mut Cluster, prefix: &str, count: usize) {
+    for n in 0..count {
+        cluster.write_ok(0, 0, create(&format!("{prefix}{n}")));
+    }
+}
+
+#[test]
+fn a_founded_cluster_logs_its_founding_members_at_index_1() {
+    let mut cluster = Cluster::new(3);
+    cluster.wait_for_leader();
+    for replica in cluster.replicas.values() {
+        let entry = replica.log_entry(LogIndex(1)).expect("entry 1");
+        assert_eq!(entry.term.0, 0, "the founding entry precedes every term");
+        assert!(matches!(entry.payload, EntryPayload::Membership { .. }));
+        assert_eq!(voters(replica.membership()), vec![1, 2, 3]);
+        assert!(replica.is_voter());
+    }
+}
+
+#[test]
+fn a_learner_catches_up_without_voting_and_is_promoted() {
+    let mut cluster = Cluster::new(3);
+    fill(&mut cluster, "before", 5);
+    cluster.join(4);
+    let joined = applied(cluster.change(add(4)));
+    assert_eq!(joined.members()[&NodeId(4)].role, MemberRole::Learner);
+    assert_eq!(joined.quorum(), 2, "a learner counts toward no quorum");
+    fill(&mut cluster, "after", 3);
+    cluster.run_for(ms(500));
+    let learner = cluster.replica(4);
+    assert!(!learner.is_voter());
+    assert_eq!(learner.role(), Role::Follower);
+    assert_eq!(learner.last_applied(), cluster.replica(1).last_applied());
+    cluster.assert_converged();
+
+    let promoted = applied(cluster.change(promote(4)));
+    assert_eq!(voters(&promoted), vec![1, 2, 3, 4]);
+    assert_eq!(promoted.quorum(), 3);
+    cluster.run_for(ms(200));
+    assert!(cluster.replica(4).is_voter());
+
+    // Four voters need three: with two of them down, nothing commits.
+    let leader = cluster.wait_for_leader();
+    let down: Vec<u64> = [1, 2, 3, 4]
+        .into_iter()
+        .filter(|&id| NodeId(id) != leader)
+        .take(2)
+        .collect();
+    for &id in &down {
+        cluster.crash(id);
+    }
+    let commit = cluster.replicas[&leader].commit_index();
+    let request = cluster.write(leader, 0, 0, create("needs-three"));
+    cluster.run_for(ms(2_000));
+    assert!(
+        !cluster.replies.contains_key(&request)
+            || matches!(
+                cluster.replies[&request],
+                Err(ClientError::NotLeader { .. })
+            ),
+        "a write committed without a quorum of four voters"
+    );
+    assert!(cluster
+        .replicas
+        .values()
+        .all(|r| r.commit_index() <= commit.next()));
+    for id in down {
+        cluster.restart(id);
+    }
+    cluster.write_ok(0, 0, create("with-three"));
+    cluster.run_for(ms(500));
+    cluster.assert_converged();
+}
+
+#[test]
+fn a_lagging_learner_is_not_promoted() {
+    let mut configs: Vec<_> = (1..=3).map(|id| config(id, 3)).collect();
+    for config in &mut configs {
+        config.promotion_lag_entries_max = 4;
+    }
+    let mut cluster = Cluster::with_configs(configs);
+    cluster.wait_for_leader();
+    cluster.join(4);
+    applied(cluster.change(add(4)));
+    cluster.isolate(4);
+    fill(&mut cluster, "while-away", 8);
+    match refused(cluster.change(promote(4))) {
+        MembershipError::LearnerLagging {
+            id,
+            behind_entries,
+            bound,
+        } => {
+            assert_eq!(id, NodeId(4));
+            assert!(behind_entries > 4, "{behind_entries}");
+            assert_eq!(bound, 4);
+        }
+        other => panic!("{other:?}"),
+    }
+    cluster.heal();
+    cluster.run_for(ms(500));
+    applied(cluster.change(promote(4)));
+}
+
+#[test]
+fn one_change_at_a_time() {
+    let mut cluster = Cluster::new(3);
+    let leader = cluster.wait_for_ready_leader();
+    cluster.join(4);
+    cluster.join(5);
+    // Followers hear nothing more: the first change cannot commit.
+    let leader_id = leader;
+    cluster.set_filter(move |e| e.from == leader_id);
+    let first = cluster.request(leader, ClientRequest::ChangeMembership(add(4)));
+    cluster.run_for(ms(10));
+    let second = cluster.request(leader, ClientRequest::ChangeMembership(add(5)));
+    match refused(cluster.outcome(second)) {
+        MembershipError::ChangeInProgress { .. } => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(!cluster.replies.contains_key(&first));
+    cluster.heal();
+    cluster.run_for(ms(3_000));
+    applied(cluster.change(add(5)));
+}
+
+#[test]
+fn structural_refusals_are_typed() {
+    let mut cluster = Cluster::new(3);
+    cluster.wait_for_leader();
+    assert_eq!(
+        refused(cluster.change(promote(9))),
+        MembershipError::UnknownMember(NodeId(9))
+    );
+    assert_eq!(
+        refused(cluster.change(promote(2))),
+        MembershipError::AlreadyVoter(NodeId(2))
+    );
+    cluster.join(4);
+    applied(cluster.change(add(4)));
+    assert!(matches!(
+        refused(cluster.change(MembershipChange::AddLearner {
+            id: NodeId(5),
+            address: "10.0.0.4:7000".into(),
+        })),
+        MembershipError::DuplicateAddress { .. }
+    ));
+    applied(cluster.change(remove(4)));
+    assert_eq!(
+        refused(cluster.change(add(4))),
+        MembershipError::IdRemoved(NodeId(4))
+    );
+}
+
+#[test]
+fn removing_below_a_reachable_quorum_is_refused() {
+    let mut cluster = Cluster::new(5);
+    let leader = cluster.wait_for_leader();
+    let others: Vec<u64> = (1..=5).filter(|&id| NodeId(id) != leader).collect();
+    cluster.crash(others[0]);
+    cluster.crash(others[1]);
+    cluster.run_for(ms(1_000));
+    // Four voters would remain, two of them down: a quorum of three is not reachable.
+    match refused(cluster.change(remove(others[2]))) {
+        MembershipError::BelowQuorum {
+            reachable,
+            voters,
+            quorum,
+            ..
+        } => assert_eq!((reachable, voters, quorum), (2, 4, 3)),
+        other => panic!("{other:?}"),
+    }
+    // Removing a dead one leaves three reachable of four.
+    applied(cluster.change(remove(others[0])));
+}
+
+#[test]
+fn a_removed_follower_stops_and_does_not_disrupt_the_cluster() {
+    let mut cluster = Cluster::new(5);
+    let leader = cluster.wait_for_leader();
+    let victim = (1..=5)
+        .find(|&id| NodeId(id) != leader)
+        .expect("a follower");
+    // The victim misses its own removal: it will campaign, and must be told.
+    cluster.isolate(victim);
+    let membership = applied(cluster.change(remove(victim)));
+    assert!(membership.is_removed(NodeId(victim)));
+    let term = cluster.replicas[&leader].term();
+    cluster.heal();
+    cluster.run_for(ms(5_000));
+    assert!(cluster.replica(victim).is_removed(), "told it was removed");
+    assert_ne!(cluster.replica(victim).role(), Role::Leader);
+    assert_eq!(cluster.leader(), Some(leader), "the leader kept its place");
+    assert_eq!(
+        cluster.replicas[&leader].term(),
+        term,
+        "no election was forced"
+    );
+    cluster.write_ok(0, 0, create("after-removal"));
+    cluster.run_for(ms(300));
+    cluster.assert_converged();
+}
+
+#[test]
+fn a_removed_leader_steps_down_and_hands_over_at_once() {
+    let mut cluster = Cluster::new(5);
+    let leader = cluster.wait_for_leader();
+    fill(&mut cluster, "x", 3);
+    let membership = applied(cluster.change(remove(leader.0)));
+    assert_eq!(membership.voter_count(), 4);
+    let removed_at = cluster.now;
+    assert!(cluster.replicas[&leader].is_removed());
+    assert_ne!(cluster.replicas[&leader].role(), Role::Leader);
+    let successor = cluster.wait_for_leader();
+    assert_ne!(successor, leader);
+    let handover_us = cluster.now.0 - removed_at.0;
+    assert!(
+        handover_us
+            < cluster.replicas[&successor]
+                .config()
+                .election_timeout_us_min,
+        "took {handover_us} µs: the leader should have handed over with TimeoutNow"
+    );
+    cluster.write_ok(0, 0, create("after"));
+    cluster.run_for(ms(300));
+    cluster.assert_converged();
+}
+
+#[test]
+fn leadership_moves_to_the_named_voter_without_an_election_timeout() {
+    let mut cluster = Cluster::new(5);
+    let leader = cluster.wait_for_leader();
+    fill(&mut cluster, "a", 3);
+    let term = cluster.replicas[&leader].term();
+    let target = (1..=5).find(|&id| NodeId(id) != leader).expect("another");
+    assert_eq!(cluster.transfer(leader, Some(target)), Ok(NodeId(target)));
+    let write = cluster.write(leader, 0, 0, create("during"));
+    assert_eq!(
+        cluster.replies.get(&write),
+        Some(&Err(ClientError::NotLeader {
+            leader_hint: Some(NodeId(target))
+        })),
+        "writes are turned to the target during a transfer"
+    );
+    let started = cluster.now;
+    assert!(cluster.run_until(ms(100), |c| c.leader() == Some(NodeId(target))));
+    assert!(cluster.now.0 - started.0 < ms(20), "one round trip or two");
+    assert_eq!(cluster.replica(target).term().0, term.0 + 1);
+    fill(&mut cluster, "b", 2);
+
+    // Refusals.
+    let new_leader = NodeId(target);
+    assert_eq!(
+        cluster.transfer(new_leader, Some(target)),
+        Err(TransferError::AlreadyLeader(new_leader))
+    );
+    assert_eq!(
+        cluster.transfer(new_leader, Some(9)),
+        Err(TransferError::NotAVoter(NodeId(9)))
+    );
+    assert!(matches!(
+        cluster.transfer(leader, None),
+        Err(TransferError::NotLeader { .. })
+    ));
+    // To whoever is most up to date.
+    let chosen = cluster.transfer(new_leader, None).expect("a voter");
+    assert!(cluster.run_until(ms(100), |c| c.leader() == Some(chosen)));
+}
+
+#[test]
+fn a_change_that_did_not_commit_is_undone_with_the_log() {
+    let mut cluster = Cluster::new(5);
+    let old = cluster.wait_for_ready_leader();
+    cluster.join(6);
+    cluster.isolate(old.0);
+    let stranded = cluster.request(old, ClientRequest::ChangeMembership(add(6)));
+    cluster.run_for(ms(10));
+    assert!(
+        cluster.replicas[&old].membership().contains(NodeId(6)),
+        "in force once logged"
+    );
+    let successor = cluster.run_until(ms(5_000), |c| c.leader().is_some_and(|l| l != old));
+    assert!(successor);
+    cluster.write_ok(0, 0, create("new-era"));
+    cluster.heal();
+    cluster.run_for(ms(1_000));
+    assert!(matches!(
+        cluster.replies.get(&stranded),
+        Some(Err(ClientError::NotLeader { .. }))
+    ));
+    assert!(
+        !cluster.replicas[&old].membership().contains(NodeId(6)),
+        "the overwritten change is no longer in force"
+    );
+}
+
+#[test]
+fn a_learner_behind_the_snapshot_installs_it_and_everyone_recovers_the_membership() {
+    let mut configs: Vec<_> = (1..=3).map(|id| config(id, 3)).collect();
+    for config in &mut configs {
+        config.snapshot_threshold_entries = 8;
+    }
+    let mut cluster = Cluster::with_configs(configs);
+    fill(&mut cluster, "old", 30);
+    cluster.run_for(ms(200));
+    assert!(
+        cluster.replica(1).first_log_index() > LogIndex(2),
+        "compacted"
+    );
+    let mut joiner = chat_core::Config::new(NodeId(4), Vec::new());
+    joiner.snapshot_threshold_entries = 8;
+    cluster.join_with(joiner);
+    applied(cluster.change(add(4)));
+    cluster.run_for(ms(1_000));
+    assert!(cluster.replica(4).metrics().snapshots_installed >= 1);
+    assert!(cluster.replica(4).membership().contains(NodeId(4)));
+    applied(cluster.change(promote(4)));
+    cluster.run_for(ms(300));
+    let expected = cluster.replica(1).membership().clone();
+    for id in 1..=4 {
+        cluster.crash(id);
+    }
+    for id in 1..=4 {
+        cluster.restart(id);
+        assert_eq!(
+            cluster.replica(id).membership(),
+            &expected,
+            "n{id} recovered it"
+        );
+    }
+    cluster.write_ok(0, 0, create("after-restart"));
+    cluster.run_for(ms(300));
+    cluster.assert_converged();
+}
