@@ -59,8 +59,6 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// An upper-bound estimate of the encoded size, used to bound batches without
-    /// encoding them twice.
     /// A stable 64-bit digest of the whole entry, for checkers comparing logs.
     pub fn digest(&self) -> u64 {
         // Encoding plain data into a Vec cannot fail.
@@ -69,6 +67,8 @@ impl Entry {
         crate::machine::fnv1a64(&bytes)
     }
 
+    /// An upper-bound estimate of the encoded size, used to bound batches and the
+    /// in-memory log without encoding entries twice.
     pub fn size_bytes_estimate(&self) -> usize {
         const ENTRY_OVERHEAD_BYTES: usize = 64;
         ENTRY_OVERHEAD_BYTES

@@ -27,8 +27,12 @@ pub struct Config {
     pub append_entries_count_max: usize,
     /// AppendEntries messages in flight to one follower in the Replicate state.
     pub in_flight_messages_max: usize,
-    /// Take a snapshot once this many applied entries follow the last one.
+    /// Take a snapshot once this many applied entries follow the last one...
     pub snapshot_threshold_entries: u64,
+    /// ... or once the applied entries held in memory after it reach this many bytes
+    /// (estimated), whichever comes first: the bound on the in-memory log, whatever the
+    /// size of the entries. Both are stretched by the same per-replica jitter.
+    pub snapshot_threshold_bytes: u64,
     pub snapshot_chunk_bytes: usize,
     /// A snapshot larger than this is refused while receiving it.
     pub snapshot_bytes_max: u64,
@@ -78,6 +82,7 @@ impl Config {
             append_entries_count_max: 1024,
             in_flight_messages_max: 8,
             snapshot_threshold_entries: 4096,
+            snapshot_threshold_bytes: 64 << 20,
             snapshot_chunk_bytes: 64 * 1024,
             snapshot_bytes_max: 1 << 30,
             sessions_max: 65_536,
@@ -123,6 +128,7 @@ impl Config {
             ));
         }
         if self.snapshot_threshold_entries == 0
+            || self.snapshot_threshold_bytes == 0
             || self.sessions_max == 0
             || self.sessions_per_user_max == 0
             || self.pending_requests_max == 0

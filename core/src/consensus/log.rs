@@ -25,6 +25,13 @@ pub struct RaftLog {
     snapshot: SnapshotMeta,
     /// `entries[i].index == snapshot.last_index + 1 + i`.
     entries: Vec<Entry>,
+    /// `entries_end_bytes[i]`: the estimated size ([`Entry::size_bytes_estimate`]) of
+    /// every entry ever appended up to and including `entries[i]`, counted from an
+    /// arbitrary origin; `base_bytes` is the same count at the snapshot point. So the
+    /// bytes of any prefix of the log cost a subtraction: what snapshots bound the
+    /// in-memory log by.
+    entries_end_bytes: Vec<u64>,
+    base_bytes: u64,
 }
 
 impl RaftLog {
@@ -48,7 +55,30 @@ impl RaftLog {
             prev_index = entry.index;
             prev_term = entry.term;
         }
-        Ok(RaftLog { snapshot, entries })
+        let entries_end_bytes = entries
+            .iter()
+            .scan(0u64, |end, e| {
+                *end += e.size_bytes_estimate() as u64;
+                Some(*end)
+            })
+            .collect();
+        Ok(RaftLog {
+            snapshot,
+            entries,
+            entries_end_bytes,
+            base_bytes: 0,
+        })
+    }
+
+    /// The estimated bytes of the entries held after the snapshot up to and including
+    /// `index` (all of them if `index` is past the end).
+    pub fn entries_bytes_through(&self, index: LogIndex) -> u64 {
+        if index <= self.snapshot.last_index || self.entries.is_empty() {
+            return 0;
+        }
+        let offset =
+            ((index.0 - self.snapshot.last_index.0 - 1) as usize).min(self.entries.len() - 1);
+        self.entries_end_bytes[offset] - self.base_bytes
     }
 
     pub fn snapshot_meta(&self) -> &SnapshotMeta {
@@ -111,6 +141,13 @@ impl RaftLog {
             "log append must be contiguous"
         );
         debug_assert!(entry.term >= self.last_term());
+        let end = self
+            .entries_end_bytes
+            .last()
+            .copied()
+            .unwrap_or(self.base_bytes);
+        self.entries_end_bytes
+            .push(end + entry.size_bytes_estimate() as u64);
         self.entries.push(entry);
     }
 
@@ -122,6 +159,7 @@ impl RaftLog {
         );
         let keep = (index.0 - self.snapshot.last_index.0 - 1) as usize;
         self.entries.truncate(keep);
+        self.entries_end_bytes.truncate(keep);
     }
 
     /// Moves the snapshot point forward to `meta`, keeping the entries after it if they
@@ -134,9 +172,15 @@ impl RaftLog {
         let keeps_suffix = self.term_at(meta.last_index) == Some(meta.last_term);
         if keeps_suffix {
             let drop = (meta.last_index.0 - self.snapshot.last_index.0) as usize;
+            if drop > 0 {
+                self.base_bytes = self.entries_end_bytes[drop - 1];
+            }
             self.entries.drain(..drop);
+            self.entries_end_bytes.drain(..drop);
         } else {
             self.entries.clear();
+            self.entries_end_bytes.clear();
+            self.base_bytes = 0;
         }
         self.snapshot = meta;
         keeps_suffix
@@ -167,5 +211,50 @@ impl RaftLog {
     /// least as up to date as this one?
     pub fn is_up_to_date(&self, last_index: LogIndex, last_term: Term) -> bool {
         (last_term, last_index) >= (self.last_term(), self.last_index())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::EntryPayload;
+    use crate::types::Time;
+
+    fn noop(index: u64, term: u64) -> Entry {
+        Entry {
+            term: Term(term),
+            index: LogIndex(index),
+            payload: EntryPayload::Noop { timestamp: Time(0) },
+        }
+    }
+
+    #[test]
+    fn prefix_bytes_follow_appends_truncations_and_compactions() {
+        let size = noop(1, 1).size_bytes_estimate() as u64;
+        let base = SnapshotMeta {
+            last_index: LogIndex::ZERO,
+            last_term: Term(0),
+        };
+        let mut log = RaftLog::new(base, (1..=3).map(|i| noop(i, 1)).collect()).expect("valid");
+        assert_eq!(log.entries_bytes_through(LogIndex(2)), 2 * size);
+        assert_eq!(log.entries_bytes_through(LogIndex(99)), 3 * size);
+        log.append(noop(4, 1));
+        log.truncate_from(LogIndex(3));
+        assert_eq!(log.entries_bytes_through(LogIndex(99)), 2 * size);
+        log.append(noop(3, 2));
+        let kept = log.compact_to(SnapshotMeta {
+            last_index: LogIndex(2),
+            last_term: Term(1),
+        });
+        assert!(kept);
+        assert_eq!(log.entries_bytes_through(LogIndex(2)), 0);
+        assert_eq!(log.entries_bytes_through(LogIndex(3)), size);
+        assert!(!log.compact_to(SnapshotMeta {
+            last_index: LogIndex(9),
+            last_term: Term(3),
+        }));
+        assert_eq!(log.entries_bytes_through(LogIndex(99)), 0);
+        log.append(noop(10, 3));
+        assert_eq!(log.entries_bytes_through(LogIndex(10)), size);
     }
 }

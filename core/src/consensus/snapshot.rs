@@ -18,8 +18,7 @@ impl Replica {
         if self.snapshot_saving.is_some() {
             return;
         }
-        let since = self.last_applied.0 - self.log.snapshot_meta().last_index.0;
-        if since < self.snapshot_threshold_entries {
+        if !self.snapshot_due() {
             return;
         }
         let Some(last_term) = self.log.term_at(self.last_applied) else {
@@ -35,6 +34,20 @@ impl Replica {
         };
         self.ready.snapshot_to_save = Some(snapshot.clone());
         self.snapshot_saving = Some(snapshot);
+    }
+
+    /// Enough applied entries, or enough of their bytes, follow the last snapshot.
+    fn snapshot_due(&self) -> bool {
+        let since_entries = self.last_applied.0 - self.log.snapshot_meta().last_index.0;
+        if since_entries == 0 {
+            return false;
+        }
+        // The drawn threshold's jitter, applied to the byte bound too.
+        let threshold_bytes = u128::from(self.config.snapshot_threshold_bytes)
+            * u128::from(self.snapshot_threshold_entries)
+            / u128::from(self.config.snapshot_threshold_entries.max(1));
+        since_entries >= self.snapshot_threshold_entries
+            || u128::from(self.log.entries_bytes_through(self.last_applied)) >= threshold_bytes
     }
 
     pub(super) fn on_snapshot_saved(&mut self, meta: &SnapshotMeta) {

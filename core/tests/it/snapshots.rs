@@ -104,3 +104,41 @@ fn replicas_with_different_seeds_snapshot_at_different_indexes() {
     cluster.restart(2);
     assert_eq!(cluster.replica(2).snapshot_threshold_entries(), 130);
 }
+
+#[test]
+fn large_entries_are_compacted_by_bytes_before_the_entry_threshold() {
+    const THRESHOLD_BYTES: u64 = 16 * 1024;
+    let configs = (1..=3)
+        .map(|id| {
+            let mut c = config(id, 3);
+            c.snapshot_threshold_entries = 10_000;
+            c.snapshot_threshold_bytes = THRESHOLD_BYTES;
+            c
+        })
+        .collect();
+    let mut cluster = Cluster::with_configs(configs);
+    let alice = match cluster.write_ok(1, 1, create("alice")) {
+        CommandOutput::AccountCreated { generation, .. } => auth("alice", generation),
+        other => panic!("{other:?}"),
+    };
+    let session = cluster.open(&alice);
+    let body = "x".repeat(4_000);
+    for seq in 2..=40 {
+        cluster.write_ok(session, seq, send(&alice, "alice", &body));
+    }
+    cluster.run_for(ms(200));
+    for replica in cluster.replicas.values() {
+        assert!(
+            replica.metrics().snapshots_taken >= 2,
+            "{}: 39 entries of 4 KB against a 16 KB bound",
+            replica.id()
+        );
+        // At most the jittered bound (half again) plus one entry stays in memory.
+        let held = (replica.last_log_index().0 + 1 - replica.first_log_index().0) as usize;
+        assert!(
+            held * 4_000 <= 3 * THRESHOLD_BYTES as usize / 2 + 8_192,
+            "{held} entries held"
+        );
+    }
+    cluster.assert_converged();
+}
