@@ -97,8 +97,9 @@ impl ChatBench {
         ChatBench::login(endpoints, user, payload_bytes, RETRY_BUDGET).await
     }
 
-    /// Logs in as `user`, an account that exists (created by a [`Registrar`]); each
-    /// operation afterwards retries for up to `retry_budget`.
+    /// Logs in as `user`, an account that exists (created by a [`Registrar`]); the
+    /// login and each operation afterwards retry for up to `retry_budget` (a login
+    /// refused by the node's login limiter is waited out longer).
     pub async fn login(
         endpoints: &[String],
         user: String,
@@ -109,7 +110,7 @@ impl ChatBench {
             bail!("no chat endpoint given");
         }
         let mut cluster = ClusterClient::new(endpoints.to_vec(), None);
-        cluster.retry_budget = SETUP_RETRY_BUDGET;
+        cluster.retry_budget = retry_budget;
         let login = LoginRequest {
             user: user.clone(),
             password: PASSWORD.to_owned(),
@@ -135,7 +136,6 @@ impl ChatBench {
                 Err(status) => return Err(status).with_context(|| format!("login {user}")),
             }
         };
-        cluster.retry_budget = retry_budget;
         Ok(ChatBench {
             cluster,
             credentials: Credentials {

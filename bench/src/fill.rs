@@ -80,6 +80,8 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 const CLIENTS_MAX: usize = 4_096;
 const REGISTER_CONCURRENCY_MAX: usize = 64;
 const WINDOW_SECS_MIN: f64 = 0.1;
+/// How often each server's RSS is read for its maximum.
+const RSS_SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// One fill client: what it writes with and where its writes go.
 enum Writer {
@@ -363,17 +365,52 @@ struct Observer {
     views_first: Vec<Option<MemberView>>,
     /// Each member's last view that answered.
     views_last: Vec<Option<MemberView>>,
-    rss_bytes_max: Vec<u64>,
+    /// Each server's highest RSS, sampled every [`RSS_SAMPLE_INTERVAL`] by `rss_sampler`
+    /// (a snapshot's copies may come and go between two window ends).
+    rss_bytes_max: Arc<Mutex<Vec<u64>>>,
+    rss_sampler: tokio::task::JoinHandle<()>,
     usage_last: Option<procstat::Usage>,
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        self.rss_sampler.abort();
+    }
+}
+
+/// Reads every server's RSS now (None: its process is gone) and raises the maxima.
+fn sample_rss(pids: &[u32], maxima: &Mutex<Vec<u64>>) -> Vec<Option<u64>> {
+    let rss: Vec<Option<u64>> = pids
+        .iter()
+        .map(|&pid| procstat::rss_bytes(pid).ok())
+        .collect();
+    let mut maxima = maxima.lock().unwrap_or_else(PoisonError::into_inner);
+    for (max, now) in maxima.iter_mut().zip(&rss) {
+        *max = (*max).max(now.unwrap_or(0));
+    }
+    rss
 }
 
 impl Observer {
     async fn start(args: &FillArgs) -> Observer {
         let views = scrape::scrape_all(args.system, &args.metrics_endpoints).await;
+        let rss_bytes_max = Arc::new(Mutex::new(vec![0; args.server_pids.len()]));
+        let rss_sampler = {
+            let maxima = Arc::clone(&rss_bytes_max);
+            let pids = args.server_pids.clone();
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(RSS_SAMPLE_INTERVAL);
+                loop {
+                    interval.tick().await;
+                    sample_rss(&pids, &maxima);
+                }
+            })
+        };
         Observer {
             views_first: views.clone(),
             views_last: views,
-            rss_bytes_max: vec![0; args.server_pids.len()],
+            rss_bytes_max,
+            rss_sampler,
             usage_last: procstat::sample(&args.server_pids).ok(),
         }
     }
@@ -395,7 +432,7 @@ impl Observer {
                 *last = *view;
             }
         }
-        let rss_bytes = self.sample_rss(&args.server_pids);
+        let rss_bytes = sample_rss(&args.server_pids, &self.rss_bytes_max);
         let elapsed_secs = (to - from).as_secs_f64().max(1e-9);
         let usage = procstat::sample(&args.server_pids).ok();
         let server_cpus = match (usage, self.usage_last) {
@@ -417,18 +454,6 @@ impl Observer {
             rss_bytes,
             server_cpus,
         }
-    }
-
-    /// Each server's RSS now (None: its process is gone), and the maxima so far.
-    fn sample_rss(&mut self, pids: &[u32]) -> Vec<Option<u64>> {
-        let rss: Vec<Option<u64>> = pids
-            .iter()
-            .map(|&pid| procstat::rss_bytes(pid).ok())
-            .collect();
-        for (max, now) in self.rss_bytes_max.iter_mut().zip(&rss) {
-            *max = (*max).max(now.unwrap_or(0));
-        }
-        rss
     }
 
     fn total(
@@ -463,7 +488,11 @@ impl Observer {
             leader_changes: leader_changes(&self.views_first, &self.views_last),
             term_first: terms(&self.views_first),
             term_last: terms(&self.views_last),
-            rss_bytes_max: self.rss_bytes_max.clone(),
+            rss_bytes_max: self
+                .rss_bytes_max
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
             stored_payload_bytes: ops * args.payload_bytes as u64,
             data_dir_bytes,
         })

@@ -53,7 +53,7 @@ pub struct FillTotal {
     pub leader_changes: Option<u64>,
     pub term_first: Option<u64>,
     pub term_last: Option<u64>,
-    /// Each server's highest RSS at the ends of the windows.
+    /// Each server's highest RSS, sampled every half second.
     pub rss_bytes_max: Vec<u64>,
     /// Bodies (values) acknowledged: ops x payload.
     pub stored_payload_bytes: u64,
@@ -69,6 +69,11 @@ pub struct FirstWrite {
     pub first_write_ms: u64,
     /// Calls made before the one acknowledged.
     pub attempts: u64,
+    /// Ours: when the login, then the session (a write itself), were acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_ms: Option<u64>,
 }
 
 fn mb(bytes: u64) -> String {
@@ -372,6 +377,8 @@ mod tests {
             system: "chat".to_owned(),
             first_write_ms: 2_500,
             attempts: 3,
+            login_ms: None,
+            session_ms: None,
         };
         let rows = scale_rows(&ours, &etcd, Some(&first), None).join("\n");
         assert!(

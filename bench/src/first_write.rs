@@ -55,24 +55,48 @@ pub async fn first_write(args: FirstWriteArgs) -> anyhow::Result<()> {
         None => unix_ms()?,
     };
     let deadline = Instant::now() + timeout;
+    let mut steps = Steps {
+        started_unix_ms,
+        login_ms: None,
+        session_ms: None,
+    };
     let attempts = match args.system {
-        System::Chat => chat_first_write(&args, deadline).await?,
+        System::Chat => chat_first_write(&args, deadline, &mut steps).await?,
         System::Etcd => etcd_first_write(&args, deadline).await?,
     };
     let result = FirstWrite {
         system: system_name(args.system).to_owned(),
-        first_write_ms: unix_ms()?.saturating_sub(started_unix_ms),
+        first_write_ms: steps.now_ms()?,
         attempts,
+        login_ms: steps.login_ms,
+        session_ms: steps.session_ms,
     };
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
         println!(
-            "{}: first write acknowledged after {} ms ({} failed attempts before)",
-            result.system, result.first_write_ms, result.attempts
+            "{}: first write acknowledged after {} ms ({} failed attempts before; login {} ms, session {} ms)",
+            result.system,
+            result.first_write_ms,
+            result.attempts,
+            result.login_ms.map_or_else(|| "-".to_owned(), |ms| ms.to_string()),
+            result.session_ms.map_or_else(|| "-".to_owned(), |ms| ms.to_string()),
         );
     }
     Ok(())
+}
+
+/// When each step of ours was acknowledged, in ms from the start.
+struct Steps {
+    started_unix_ms: u64,
+    login_ms: Option<u64>,
+    session_ms: Option<u64>,
+}
+
+impl Steps {
+    fn now_ms(&self) -> anyhow::Result<u64> {
+        Ok(unix_ms()?.saturating_sub(self.started_unix_ms))
+    }
 }
 
 fn unix_ms() -> anyhow::Result<u64> {
@@ -101,7 +125,11 @@ async fn again(
     Ok(())
 }
 
-async fn chat_first_write(args: &FirstWriteArgs, deadline: Instant) -> anyhow::Result<u64> {
+async fn chat_first_write(
+    args: &FirstWriteArgs,
+    deadline: Instant,
+    steps: &mut Steps,
+) -> anyhow::Result<u64> {
     let Some(user) = &args.user else {
         bail!("--user is required for --system chat (an account of the fill)");
     };
@@ -118,6 +146,7 @@ async fn chat_first_write(args: &FirstWriteArgs, deadline: Instant) -> anyhow::R
             Err(error) => again("login", deadline, &mut attempts, format!("{error:#}")).await?,
         }
     };
+    steps.login_ms = Some(steps.now_ms()?);
     // One stamp for every try of the one write, as a client must: exactly-once.
     let session = loop {
         match bench.session().await {
@@ -125,6 +154,7 @@ async fn chat_first_write(args: &FirstWriteArgs, deadline: Instant) -> anyhow::R
             Err(status) => again("open session", deadline, &mut attempts, status).await?,
         }
     };
+    steps.session_ms = Some(steps.now_ms()?);
     let body = "x".repeat(args.payload_bytes);
     while let Err(status) = bench.send_to(session, user, &body).await {
         again("send", deadline, &mut attempts, status).await?;
