@@ -30,48 +30,12 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bin="$root/target/release"
 
-log() { printf '== %s\n' "$*" >&2; }
-
-# -- processes -----------------------------------------------------------------------
-groups=()
-# Starts a command in a new session (its own process group); remembers the group.
-spawn() {
-    local logfile=$1
-    shift
-    setsid "$@" >"$logfile" 2>&1 </dev/null &
-    groups+=("$!")
-}
-# Stops every group started so far: TERM, a grace period, then KILL.
-stop_all() {
-    local group
-    [ ${#groups[@]} -eq 0 ] && return 0
-    for group in "${groups[@]}"; do kill -TERM -- "-$group" 2>/dev/null || true; done
-    for _ in $(seq 50); do
-        local alive=0
-        for group in "${groups[@]}"; do kill -0 -- "-$group" 2>/dev/null && alive=1; done
-        [ $alive -eq 0 ] && break
-        sleep 0.1
-    done
-    for group in "${groups[@]}"; do kill -KILL -- "-$group" 2>/dev/null || true; done
-    for group in "${groups[@]}"; do wait "$group" 2>/dev/null || true; done
-    groups=()
-}
-cleanup() {
-    stop_all
-    if [ "$KEEP" = 1 ]; then
-        log "data kept in $dir"
-    else
-        rm -rf "$dir"
-    fi
-}
+# Processes, cleanup and the two clusters' setup, shared with bench/scale.sh.
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 
 # -- setup ---------------------------------------------------------------------------
-if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
-    log "installing etcd-server and etcd-client from Debian"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null
-fi
-etcd_bin=$(command -v etcd)
+ensure_etcd
 
 log "building chatnode, chatbench, chatsim (release)"
 cargo build --release -q -p chat-node -p chat-bench -p chat-sim
@@ -96,55 +60,19 @@ run_bench() { # system endpoints clients output server-pids
 }
 
 # -- etcd ----------------------------------------------------------------------------
-etcd_cluster=""
-etcd_endpoints=""
-for i in $(seq $NODES); do
-    etcd_cluster+="${etcd_cluster:+,}e$i=http://127.0.0.1:$((ETCD_PEER_BASE_PORT + i - 1))"
-    etcd_endpoints+="${etcd_endpoints:+,}127.0.0.1:$((ETCD_CLIENT_BASE_PORT + i - 1))"
-done
 log "starting 5 etcd members ($($etcd_bin --version | head -1)) in $dir"
-for i in $(seq $NODES); do
-    client_url="http://127.0.0.1:$((ETCD_CLIENT_BASE_PORT + i - 1))"
-    peer_url="http://127.0.0.1:$((ETCD_PEER_BASE_PORT + i - 1))"
-    # Default durability: the WAL is fsynced before entries are acknowledged.
-    spawn "$dir/etcd-$i.log" "$etcd_bin" --name "e$i" --data-dir "$dir/etcd-$i" \
-        --listen-client-urls "$client_url" --advertise-client-urls "$client_url" \
-        --listen-peer-urls "$peer_url" --initial-advertise-peer-urls "$peer_url" \
-        --initial-cluster "$etcd_cluster" --initial-cluster-token chatbench \
-        --initial-cluster-state new --logger zap --log-level warn
-done
-for _ in $(seq 100); do
-    etcdctl --endpoints "$etcd_endpoints" endpoint health >/dev/null 2>&1 && break
-    sleep 0.2
-done
-etcdctl --endpoints "$etcd_endpoints" endpoint health >/dev/null 2>&1 || { log "etcd did not become healthy; see $dir/etcd-*.log"; exit 1; }
+start_etcd
+wait_etcd_healthy
 etcd_targets=$etcd_endpoints
 if [ "$ETCD_TARGET" = leader ]; then
-    etcd_targets=$(ETCDCTL_API=3 etcdctl --endpoints "$etcd_endpoints" endpoint status -w simple |
-        awk -F', ' '$5 == "true" { sub("^http://", "", $1); print $1 }')
+    etcd_targets=$(etcd_leader)
     [ -n "$etcd_targets" ] || { log "no etcd leader found"; exit 1; }
 fi
 log "etcd clients call $etcd_targets"
-etcd_pids=$(IFS=,; echo "${groups[*]}")
 
 # -- chat ----------------------------------------------------------------------------
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/secret"
-chat_endpoints=""
-for i in $(seq $NODES); do
-    chat_endpoints+="${chat_endpoints:+,}127.0.0.1:$((CHAT_BASE_PORT + i - 1))"
-done
 log "starting 5 chatnodes in $dir"
-for i in $(seq $NODES); do
-    peers=""
-    for j in $(seq $NODES); do
-        [ "$j" = "$i" ] && continue
-        peers+="${peers:+,}$j=127.0.0.1:$((CHAT_BASE_PORT + j - 1))"
-    done
-    RUST_LOG=${RUST_LOG:-warn} spawn "$dir/chat-$i.log" "$bin/chatnode" --id "$i" \
-        --listen "127.0.0.1:$((CHAT_BASE_PORT + i - 1))" --peers "$peers" \
-        --data-dir "$dir/chat-$i" --secret-file "$dir/secret"
-done
-chat_pids=$(IFS=,; echo "${groups[*]}" | cut -d, -f$((NODES + 1))-)
+start_chat
 
 # -- load ----------------------------------------------------------------------------
 # Both clusters stay up (an idle one costs a few hundredths of a core) and the two take

@@ -10,7 +10,7 @@ use anyhow::Context;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct EtcdBench {
@@ -26,17 +26,7 @@ impl EtcdBench {
         key: String,
         payload_bytes: usize,
     ) -> anyhow::Result<EtcdBench> {
-        let channel = Endpoint::from_shared(format!("http://{endpoint}"))
-            .with_context(|| format!("bad etcd endpoint {endpoint:?}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(CALL_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let mut bench = EtcdBench {
-            kv: KvClient::new(channel),
-            key: key.into_bytes(),
-            value: vec![b'x'; payload_bytes],
-        };
+        let mut bench = EtcdBench::new(endpoint, key, payload_bytes, CALL_TIMEOUT)?;
         bench
             .write()
             .await
@@ -44,10 +34,37 @@ impl EtcdBench {
         Ok(bench)
     }
 
+    /// A client of `endpoint` that has not called it yet (the connection is made on the
+    /// first call); each call fails after `call_timeout`.
+    pub fn new(
+        endpoint: &str,
+        key: String,
+        payload_bytes: usize,
+        call_timeout: Duration,
+    ) -> anyhow::Result<EtcdBench> {
+        let channel = Endpoint::from_shared(format!("http://{endpoint}"))
+            .with_context(|| format!("bad etcd endpoint {endpoint:?}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(call_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(EtcdBench {
+            kv: KvClient::new(channel),
+            key: key.into_bytes(),
+            value: vec![b'x'; payload_bytes],
+        })
+    }
+
     pub async fn write(&mut self) -> Result<(), tonic::Status> {
+        let (key, value) = (self.key.clone(), self.value.clone());
+        self.put(key, value).await
+    }
+
+    /// `KV.Put` of `value` under `key`.
+    pub async fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), tonic::Status> {
         let request = PutRequest {
-            key: self.key.clone(),
-            value: self.value.clone(),
+            key,
+            value,
             lease: 0,
             prev_kv: false,
         };

@@ -7,12 +7,21 @@
 //!   as text or (`--json`) one JSON document per line.
 //! - `chatbench compare --ours FILE --etcd FILE [--sim FILE]`: the side-by-side table,
 //!   with the ratios ours/etcd, as Markdown.
+//! - `chatbench fill --system chat|etcd ...`: grows the state to N messages (or keys)
+//!   and reports each window and the totals (the scale benchmark, `bench/scale.sh`).
+//! - `chatbench first-write --system chat|etcd ...`: retries one write until it is
+//!   acknowledged and prints how long that took (after a restart of every server).
+//! - `chatbench scale-report --ours FILE --etcd FILE ...`: the scale table, Markdown.
 
 mod chat;
 mod etcd;
+mod fill;
+mod fill_report;
+mod first_write;
 mod load;
 mod procstat;
 mod report;
+mod scrape;
 mod stats;
 
 /// Our copy of etcd's KV service (see `proto/etcd_kv.proto`).
@@ -52,6 +61,22 @@ enum Command {
         /// The JSON summary of `chatsim run --json`.
         #[arg(long, value_name = "FILE")]
         sim: Option<PathBuf>,
+    },
+    /// Grows the state to N messages (keys) and reports each window and the totals.
+    Fill(fill::FillArgs),
+    /// Retries a write until it is acknowledged; prints how long that took.
+    FirstWrite(first_write::FirstWriteArgs),
+    /// Prints the scale benchmark's side-by-side table (Markdown) from `fill --json`
+    /// and `first-write --json` outputs.
+    ScaleReport {
+        #[arg(long, value_name = "FILE")]
+        ours: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        etcd: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        ours_first_write: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        etcd_first_write: Option<PathBuf>,
     },
 }
 
@@ -104,10 +129,21 @@ const CLIENTS_MAX: usize = 4_096;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => tokio::runtime::Runtime::new()
-            .context("cannot start the async runtime")
-            .and_then(|runtime| runtime.block_on(run(args))),
+        Command::Run(args) => block_on(run(args)),
         Command::Compare { ours, etcd, sim } => report::compare(&ours, &etcd, sim.as_deref()),
+        Command::Fill(args) => block_on(fill::fill(args)),
+        Command::FirstWrite(args) => block_on(first_write::first_write(args)),
+        Command::ScaleReport {
+            ours,
+            etcd,
+            ours_first_write,
+            etcd_first_write,
+        } => fill_report::scale_report(&fill_report::ScaleFiles {
+            ours: &ours,
+            etcd: &etcd,
+            ours_first_write: ours_first_write.as_deref(),
+            etcd_first_write: etcd_first_write.as_deref(),
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,6 +152,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")?
+        .block_on(work)
 }
 
 fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {

@@ -1,7 +1,8 @@
 //! What the servers spent during a measurement window, read from Linux's `/proc`: CPU
 //! time (user + system) and context switches of every thread, summed over the server
 //! processes. Divided by the operations done, these say what an operation costs a
-//! cluster, which is what bounds throughput when the cluster shares its cores.
+//! cluster, which is what bounds throughput when the cluster shares its cores. Also the
+//! resident memory of one server, for the scale benchmark (`chatbench fill`).
 
 use anyhow::Context;
 use std::time::Duration;
@@ -62,6 +63,20 @@ fn cpu_of_stat(stat: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_micros(ticks * 1_000_000 / USER_HZ))
 }
 
+/// The resident set size of `pid` now (`VmRSS` of `/proc/<pid>/status`).
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("cannot read /proc/{pid}/status (is server {pid} running?)"))?;
+    rss_bytes_of_status(&status).with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// `VmRSS:` is given in kB (KiB, whatever the unit's spelling).
+fn rss_bytes_of_status(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1_024)
+}
+
 fn switches_of_status(status: &str) -> u64 {
     status
         .lines()
@@ -87,6 +102,14 @@ mod tests {
     fn both_kinds_of_switches_add_up() {
         let status = "Name:\tx\nvoluntary_ctxt_switches:\t10\nnonvoluntary_ctxt_switches:\t5\n";
         assert_eq!(switches_of_status(status), 15);
+    }
+
+    #[test]
+    fn rss_is_read_in_kib() {
+        let status = "Name:\tx\nVmRSS:\t    2048 kB\nThreads:\t3\n";
+        assert_eq!(rss_bytes_of_status(status), Some(2 * 1_024 * 1_024));
+        assert_eq!(rss_bytes_of_status("Name:\tx\n"), None);
+        assert!(rss_bytes(std::process::id()).expect("own /proc entry") > 0);
     }
 
     #[test]
