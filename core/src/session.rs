@@ -31,6 +31,7 @@ use crate::machine::fnv1a64;
 use crate::types::{SessionId, Time};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// The account a session is bound to: a name and the generation (log index of the
 /// account's creation), so that a session dies with its account even if the name is
@@ -87,10 +88,14 @@ pub enum OpenRefused {
 /// kept by every mutation; like `ChatState`'s, it is rebuilt on decoding
 /// ([`SessionTableImage`]) rather than trusted from a snapshot. The two indexes are
 /// derived from `sessions` and are not hashed.
+///
+/// Each session sits behind an `Arc` and changes through `Arc::make_mut`, so cloning the
+/// table for a snapshot copies no stored response (a `ReadMessages` answer can hold many
+/// messages); see [`crate::app::ChatState`] for the same scheme.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "SessionTableImage")]
 pub struct SessionTable {
-    sessions: BTreeMap<SessionId, Session>,
+    sessions: BTreeMap<SessionId, Arc<Session>>,
     /// Every session ordered by last activity, for expiry.
     by_activity: BTreeSet<(Time, SessionId)>,
     /// Each account name's sessions ordered by last activity, for the per-user bound.
@@ -106,7 +111,7 @@ pub struct SessionTable {
 /// the digest. Every decoding of a `SessionTable` goes through it.
 #[derive(Deserialize)]
 struct SessionTableImage {
-    sessions: BTreeMap<SessionId, Session>,
+    sessions: BTreeMap<SessionId, Arc<Session>>,
     by_activity: BTreeSet<(Time, SessionId)>,
     by_user: BTreeMap<String, BTreeSet<(Time, SessionId)>>,
     sessions_max: usize,
@@ -118,6 +123,8 @@ impl From<SessionTableImage> for SessionTable {
     fn from(image: SessionTableImage) -> SessionTable {
         let mut sessions = image.sessions;
         for (&id, session) in &mut sessions {
+            // Just decoded, so not shared: this copies nothing.
+            let session = Arc::make_mut(session);
             session.hash = session_hash(id, session);
         }
         let mut table = SessionTable {
@@ -278,7 +285,7 @@ impl SessionTable {
         };
         session.hash = session_hash(id, &session);
         self.digest.add(session.hash);
-        self.sessions.insert(id, session);
+        self.sessions.insert(id, Arc::new(session));
         self.check_bounds();
         Ok(())
     }
@@ -300,6 +307,8 @@ impl SessionTable {
         let Some(s) = self.sessions.get_mut(&session.id) else {
             return;
         };
+        // Copies the session only if a snapshot still shares it.
+        let s = Arc::make_mut(s);
         debug_assert!(
             session.seq > s.last_seq,
             "recorded a request not judged Apply"

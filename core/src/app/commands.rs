@@ -8,6 +8,7 @@ use super::{
     AppError, ApplyContext, Auth, Command, CommandOutput, Delivery, MessageId, MessageView,
 };
 use crate::types::SessionId;
+use std::sync::Arc;
 
 // `Deleted { count }` is a u32 and counts distinct ids from one command.
 const _: () = assert!(DELETE_IDS_MAX <= u32::MAX as usize);
@@ -97,7 +98,7 @@ impl ChatState {
             inbox: Inbox::default(),
         };
         self.digest.add(account_hash(user, &account));
-        self.users.insert(user.to_owned(), account);
+        self.users.insert(user.to_owned(), Arc::new(account));
         Ok(CommandOutput::AccountCreated {
             user: user.to_owned(),
             generation,
@@ -130,6 +131,8 @@ impl ChatState {
         if recipient.inbox.len() >= INBOX_MESSAGES_MAX {
             return Err(AppError::InboxFull(to.to_owned()));
         }
+        // Copies the account only if a snapshot still shares it (see `ChatState`).
+        let recipient = Arc::make_mut(recipient);
         let id = MessageId(ctx.index.0);
         let message = StoredMessage {
             sender: auth.user.clone(),

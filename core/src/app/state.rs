@@ -9,9 +9,17 @@ use crate::digest::{fold64, Digest, ItemHasher, ItemKind};
 use crate::types::Time;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Every account and every inbox. Only ordered maps, so that iteration order and the
 /// encoding are the same on every replica.
+///
+/// Copy-on-write: each account and each stored message sits behind an `Arc`, and every
+/// mutation goes through `Arc::make_mut`. Cloning the state (what a snapshot takes) thus
+/// copies one pointer per account, never a message; the clone and the live state share
+/// everything until the live state changes an account, which then copies that account's
+/// inbox tree (pointers to messages, not the messages). serde's `rc` feature encodes an
+/// `Arc<T>` as its `T`, so the encoding is the one a plain map had.
 ///
 /// `digest` is the incremental hash of every account and stored message (see
 /// [`crate::digest`]): every mutation below updates it, so [`ChatState::state_hash`]
@@ -20,7 +28,7 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "ChatStateImage")]
 pub struct ChatState {
-    pub(super) users: BTreeMap<String, Account>,
+    pub(super) users: BTreeMap<String, Arc<Account>>,
     /// The sum of all inbox sizes, kept so that counting is not a scan.
     pub(super) message_count: u64,
     #[serde(skip)]
@@ -31,7 +39,7 @@ pub struct ChatState {
 /// digest. Every decoding of a `ChatState` goes through it.
 #[derive(Deserialize)]
 struct ChatStateImage {
-    users: BTreeMap<String, Account>,
+    users: BTreeMap<String, Arc<Account>>,
     message_count: u64,
 }
 
@@ -65,7 +73,9 @@ pub(super) struct Account {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Inbox {
     /// Keyed by id, which is the log index of the send, so iteration is oldest first.
-    messages: BTreeMap<MessageId, StoredMessage>,
+    /// Each message behind an `Arc`, so that copying an inbox (the first change to an
+    /// account a snapshot still shares) copies pointers, not bodies.
+    messages: BTreeMap<MessageId, Arc<StoredMessage>>,
     /// Kept in step with `messages` by every mutation below, so unread counts cost no
     /// scan.
     unread_count: u64,
@@ -91,7 +101,7 @@ impl Inbox {
         self.unread_count
     }
 
-    pub(super) fn messages(&self) -> &BTreeMap<MessageId, StoredMessage> {
+    pub(super) fn messages(&self) -> &BTreeMap<MessageId, Arc<StoredMessage>> {
         &self.messages
     }
 
@@ -115,7 +125,7 @@ impl Inbox {
             self.unread_count += 1;
         }
         digest.add(message_hash(owner, id, &message));
-        let replaced = self.messages.insert(id, message);
+        let replaced = self.messages.insert(id, Arc::new(message));
         debug_assert!(replaced.is_none(), "message id {id:?} applied twice");
         match replaced {
             Some(old) => {
@@ -133,6 +143,8 @@ impl Inbox {
         if let Some(message) = self.messages.get_mut(&id) {
             if !message.read {
                 let old = message_hash(owner, id, message);
+                // Copies the message only if a snapshot still shares it.
+                let message = Arc::make_mut(message);
                 message.read = true;
                 digest.replace(old, message_hash(owner, id, message));
                 self.unread_count = self.unread_count.saturating_sub(1);
@@ -145,7 +157,7 @@ impl Inbox {
         owner: &str,
         id: MessageId,
         digest: &mut Digest,
-    ) -> Option<StoredMessage> {
+    ) -> Option<Arc<StoredMessage>> {
         let removed = self.messages.remove(&id)?;
         if !removed.read {
             self.unread_count = self.unread_count.saturating_sub(1);
@@ -256,19 +268,23 @@ impl ChatState {
     pub(super) fn authenticate(&self, auth: &Auth) -> Result<&Account, AppError> {
         self.users
             .get(&auth.user)
+            .map(Arc::as_ref)
             .filter(|account| account.accepts(auth))
             .ok_or(AppError::Unauthenticated)
     }
 
     /// The account of a live token, borrowed from `users` alone so that the caller can
-    /// update `digest` (a sibling field) while it holds the account.
+    /// update `digest` (a sibling field) while it holds the account. Copies the account
+    /// (see [`ChatState`]) only if a snapshot still shares it, and only once it is
+    /// authenticated: a refused command copies nothing.
     pub(super) fn authenticate_in<'a>(
-        users: &'a mut BTreeMap<String, Account>,
+        users: &'a mut BTreeMap<String, Arc<Account>>,
         auth: &Auth,
     ) -> Result<&'a mut Account, AppError> {
         users
             .get_mut(&auth.user)
             .filter(|account| account.accepts(auth))
+            .map(Arc::make_mut)
             .ok_or(AppError::Unauthenticated)
     }
 
