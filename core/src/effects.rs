@@ -17,7 +17,8 @@
 
 use crate::app::{AppError, CommandOutput, Delivery, QueryOutput};
 use crate::consensus::message::Envelope;
-use crate::entry::{Persist, Snapshot};
+use crate::entry::Persist;
+use crate::machine::SnapshotImage;
 use crate::membership::{Membership, MembershipError};
 use crate::types::{NodeId, RequestId};
 use serde::{Deserialize, Serialize};
@@ -32,10 +33,13 @@ pub struct Ready {
     pub messages: Vec<Envelope>,
     pub replies: Vec<Reply>,
     pub deliveries: Vec<Delivery>,
-    /// A snapshot of the replica's own state to save durably, at the shell's pace and on
-    /// any thread; nothing waits for it. Report it with `Replica::handle_snapshot_saved`
-    /// once durable; if the shell crashes first, the report is simply never made.
-    pub snapshot_to_save: Option<Snapshot>,
+    /// A snapshot of the replica's own state to encode and save durably, at the shell's
+    /// pace and on any thread; nothing waits for it. An image, not bytes: encoding is
+    /// linear in the state and must not stall the core thread. Report the encoded
+    /// snapshot with `Replica::handle_snapshot_saved` once durable (the replica keeps
+    /// those bytes to send to followers); if the shell crashes first, the report is simply
+    /// never made.
+    pub snapshot_to_save: Option<SnapshotImage>,
 }
 
 impl Ready {
@@ -112,9 +116,9 @@ pub trait Shell {
     fn send(&mut self, envelope: Envelope);
     fn reply(&mut self, reply: Reply);
     fn deliver(&mut self, delivery: Delivery);
-    /// Starts saving a snapshot of the replica's own state (see
+    /// Starts encoding and saving a snapshot of the replica's own state (see
     /// [`Ready::snapshot_to_save`]); returns at once.
-    fn save_snapshot(&mut self, snapshot: Snapshot);
+    fn save_snapshot(&mut self, image: SnapshotImage);
 }
 
 /// Performs one `Ready` in the only allowed order: a leader's replication traffic, then
@@ -135,8 +139,8 @@ pub fn perform<S: Shell>(ready: Ready, shell: &mut S) -> Result<(), S::Error> {
     for delivery in ready.deliveries {
         shell.deliver(delivery);
     }
-    if let Some(snapshot) = ready.snapshot_to_save {
-        shell.save_snapshot(snapshot);
+    if let Some(image) = ready.snapshot_to_save {
+        shell.save_snapshot(image);
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ use crate::app::Command;
 use crate::membership::Membership;
 use crate::types::{LogIndex, NodeId, SessionId, Term, Time};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Identifies one client request for exactly-once application.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -104,8 +105,11 @@ pub struct SnapshotMeta {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub meta: SnapshotMeta,
-    /// The encoded state machine (chat state and session table).
-    pub data: Vec<u8>,
+    /// The encoded state machine (chat state and session table). Immutable and shared:
+    /// the replica (which streams it to followers in chunks), a `Persist` and the shell
+    /// all hold the one copy. (`Arc<Vec<u8>>` rather than `Arc<[u8]>`: bytes encoded or
+    /// received into a `Vec` become shared without being copied. Encoded as the bytes.)
+    pub data: Arc<Vec<u8>>,
 }
 
 /// One durable write a replica asks of its shell. The parts are applied in field order

@@ -11,7 +11,8 @@ use crate::disk::FsDisk;
 use crate::metrics::{CoreMetrics, CoreObserver};
 use crate::peers::PeerRouter;
 use chat_core::app::Delivery;
-use chat_core::entry::{Persist, Snapshot, SnapshotMeta};
+use chat_core::entry::{Persist, Snapshot};
+use chat_core::machine::SnapshotImage;
 use chat_core::storage::{stage_snapshot, LogStore, StorageError};
 use chat_core::{
     drive, ClientError, ClientRequest, Envelope, LogIndex, NodeId, Replica, Reply, RequestId,
@@ -51,10 +52,11 @@ pub enum Input {
         reply: ReplyTx,
     },
     Status(oneshot::Sender<StatusSnapshot>),
-    /// The snapshot writer staged (wrote and synced) the replica's snapshot `meta`, or
-    /// failed to.
+    /// The snapshot writer encoded the replica's image into `snapshot` and staged
+    /// (wrote and synced) it, or failed to. The bytes come back shared, not copied: the
+    /// replica keeps them to send to followers.
     SnapshotStaged {
-        meta: SnapshotMeta,
+        snapshot: Snapshot,
         outcome: Result<(), StorageError>,
     },
     Shutdown,
@@ -237,48 +239,51 @@ pub fn spawn(
     Ok((handle, thread))
 }
 
-/// Starts the thread that writes the replica's own snapshots (the slow part: their bytes
-/// and their fsync) off the core thread, with its own handle on the data dir. It stages
-/// each snapshot and reports back through the core's inputs; the core thread commits
-/// it (a rename) and only then lets the replica compact its log. It ends when the core
-/// drops its sender.
+/// Starts the thread that saves the replica's own snapshots off the core thread (all
+/// of the slow part: encoding the image, writing the bytes, the fsync), with its own
+/// handle on the data dir. It stages each snapshot and reports back, with its bytes,
+/// through the core's inputs; the core thread commits it (a rename) and only then lets
+/// the replica compact its log. It ends when the core drops its sender.
 fn spawn_snapshot_writer(
     id: NodeId,
     mut disk: FsDisk,
     inputs: SyncSender<Input>,
     metrics: CoreMetrics,
-) -> std::io::Result<SyncSender<Snapshot>> {
+) -> std::io::Result<SyncSender<SnapshotImage>> {
     // The replica saves one snapshot at a time: a slot for it is enough.
-    let (snapshots, receiver) = std::sync::mpsc::sync_channel::<Snapshot>(1);
+    let (images, receiver) = std::sync::mpsc::sync_channel::<SnapshotImage>(1);
     std::thread::Builder::new()
         .name(format!("snapshots-{}", id.0))
         .spawn(move || {
             let mut scratch = Vec::new();
-            for snapshot in receiver {
+            for image in receiver {
                 let started = Instant::now();
+                let snapshot = image.encode();
+                // The image shares accounts with the live state, which copies each one it
+                // changes while the image lives: let go of it as soon as it is encoded.
+                drop(image);
+                let encoded = started.elapsed();
                 let outcome = stage_snapshot(&mut disk, &snapshot, &mut scratch);
                 metrics.snapshot_staged(snapshot.data.len(), started.elapsed());
                 tracing::info!(
                     last_index = snapshot.meta.last_index.0,
                     bytes = snapshot.data.len(),
+                    encode_ms = encoded.as_millis() as u64,
                     ms = started.elapsed().as_millis() as u64,
                     ok = outcome.is_ok(),
                     "snapshot staged"
                 );
-                // The bytes go now; only the meta travels back.
-                let Snapshot { meta, data } = snapshot;
-                drop(data);
                 // Blocking is fine here (this thread has nothing else to do); an error
                 // means the core has stopped, and with it the need for the snapshot.
                 if inputs
-                    .send(Input::SnapshotStaged { meta, outcome })
+                    .send(Input::SnapshotStaged { snapshot, outcome })
                     .is_err()
                 {
                     return;
                 }
             }
         })?;
-    Ok(snapshots)
+    Ok(images)
 }
 
 struct Core {
@@ -388,10 +393,10 @@ impl Core {
                     state_hash: r.state_hash(),
                 });
             }
-            Input::SnapshotStaged { meta, outcome } => {
+            Input::SnapshotStaged { snapshot, outcome } => {
                 outcome?;
-                self.shell.store.commit_staged_snapshot(&meta)?;
-                self.replica.handle_snapshot_saved(now, &meta);
+                self.shell.store.commit_staged_snapshot(&snapshot.meta)?;
+                self.replica.handle_snapshot_saved(now, snapshot);
             }
             Input::Shutdown => return Ok(true),
         }
@@ -410,7 +415,7 @@ struct NodeShell {
     entries_persisted: u64,
     metrics: CoreMetrics,
     /// Where the replica's own snapshots go to be written (see `spawn_snapshot_writer`).
-    snapshot_writer: SyncSender<Snapshot>,
+    snapshot_writer: SyncSender<SnapshotImage>,
 }
 
 impl Shell for NodeShell {
@@ -443,10 +448,10 @@ impl Shell for NodeShell {
         let _ = self.deliveries.send(Live::Delivery(Arc::new(delivery)));
     }
 
-    fn save_snapshot(&mut self, snapshot: Snapshot) {
+    fn save_snapshot(&mut self, image: SnapshotImage) {
         // One save at a time, so the slot is free. If the writer is gone (it panicked),
         // the replica simply keeps its log uncompacted; say so loudly.
-        if let Err(error) = self.snapshot_writer.try_send(snapshot) {
+        if let Err(error) = self.snapshot_writer.try_send(image) {
             tracing::error!("the snapshot writer cannot take a snapshot: {error}");
         }
     }

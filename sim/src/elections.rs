@@ -211,7 +211,7 @@ impl Shell for ElectionShell<'_> {
     fn reply(&mut self, _reply: Reply) {}
     fn deliver(&mut self, _delivery: Delivery) {}
     // Elections runs no workload: no snapshot ever comes due.
-    fn save_snapshot(&mut self, _snapshot: chat_core::entry::Snapshot) {}
+    fn save_snapshot(&mut self, _image: chat_core::machine::SnapshotImage) {}
 }
 
 impl Cluster {

@@ -145,7 +145,7 @@ pub struct Replica {
     /// A snapshot of this replica's own state that the shell is saving
     /// (`Ready::snapshot_to_save`); the log is compacted to it only once the shell says
     /// it is durable (`handle_snapshot_saved`). At most one at a time.
-    pub(super) snapshot_saving: Option<Snapshot>,
+    pub(super) snapshot_saving: Option<super::snapshot::SnapshotSaving>,
 
     // Volatile state.
     pub(super) role: Role,
@@ -416,12 +416,13 @@ impl Replica {
         self.check_invariants();
     }
 
-    /// The shell made the snapshot it was asked to save (`Ready::snapshot_to_save`)
-    /// durable: the log may now be compacted to it. A snapshot overtaken meanwhile (one
-    /// installed from the leader) is ignored.
-    pub fn handle_snapshot_saved(&mut self, now: Time, meta: &SnapshotMeta) {
+    /// The shell encoded the image it was asked to save (`Ready::snapshot_to_save`) into
+    /// `snapshot` and made it durable: the log may now be compacted to it, and the
+    /// replica keeps the bytes (shared, not copied) to send to followers. A snapshot
+    /// overtaken meanwhile (one installed from the leader) is ignored.
+    pub fn handle_snapshot_saved(&mut self, now: Time, snapshot: Snapshot) {
         self.advance_clock(now);
-        self.on_snapshot_saved(meta);
+        self.on_snapshot_saved(snapshot);
         self.check_invariants();
     }
 

@@ -5,15 +5,35 @@ use super::message::Message;
 use super::progress::ReplicationState;
 use super::replica::{IncomingSnapshot, Replica, Role};
 use crate::entry::{Snapshot, SnapshotMeta};
-use crate::machine::MachineState;
+use crate::machine::{MachineState, SnapshotImage};
 use crate::types::{LogIndex, NodeId};
 use rand::Rng;
+use std::sync::Arc;
+
+/// The snapshot the shell is saving for this replica: what it was asked for, so that the
+/// report can be matched and its bytes checked.
+#[derive(Debug)]
+pub(super) struct SnapshotSaving {
+    pub(super) meta: SnapshotMeta,
+    /// The image's state hash, to check the bytes the shell reports against.
+    state_hash: u64,
+}
+
+/// Debug builds decode a reported snapshot up to this size to check that it is the image
+/// the replica handed out: a shell that reported other bytes would have followers install
+/// a state this replica never had. Larger ones are not checked, since decoding is linear
+/// and the point of encoding off the core thread is not to pay that on it.
+const SNAPSHOT_CHECK_BYTES_MAX: usize = 1 << 20;
 
 impl Replica {
     /// Asks the shell to save a snapshot once enough applied entries follow the last
     /// one. The log is compacted only when the shell reports it durable
     /// ([`Replica::handle_snapshot_saved`]): until then a crash must find every entry the
     /// snapshot would cover. One save at a time.
+    ///
+    /// The shell gets an image, a copy-on-write clone of the state (a pointer per account
+    /// and session), and encodes it on its own thread: the core thread never pays for the
+    /// size of the state here.
     pub(super) fn maybe_snapshot(&mut self) {
         if self.snapshot_saving.is_some() {
             return;
@@ -28,12 +48,14 @@ impl Replica {
             last_index: self.last_applied,
             last_term,
         };
-        let snapshot = Snapshot {
+        self.snapshot_saving = Some(SnapshotSaving {
+            meta: meta.clone(),
+            state_hash: self.machine.state_hash(),
+        });
+        self.ready.snapshot_to_save = Some(SnapshotImage {
             meta,
-            data: self.machine.encode(),
-        };
-        self.ready.snapshot_to_save = Some(snapshot.clone());
-        self.snapshot_saving = Some(snapshot);
+            state: self.machine.clone(),
+        });
     }
 
     /// Enough applied entries, or enough of their bytes, follow the last snapshot.
@@ -50,7 +72,8 @@ impl Replica {
             || u128::from(self.log.entries_bytes_through(self.last_applied)) >= threshold_bytes
     }
 
-    pub(super) fn on_snapshot_saved(&mut self, meta: &SnapshotMeta) {
+    pub(super) fn on_snapshot_saved(&mut self, snapshot: Snapshot) {
+        let meta = &snapshot.meta;
         let saving = self.snapshot_saving.take_if(|s| s.meta == *meta);
         // Anything else is a shell bug: a report of a save never asked for, or of one
         // asked for before a restart (the shell must drop those).
@@ -61,6 +84,14 @@ impl Replica {
         let Some(saving) = saving else {
             return;
         };
+        if cfg!(debug_assertions) && snapshot.data.len() <= SNAPSHOT_CHECK_BYTES_MAX {
+            let decoded_hash = MachineState::decode(&snapshot.data).map(|m| m.state_hash());
+            assert_eq!(
+                decoded_hash,
+                Ok(saving.state_hash),
+                "the shell reported bytes that are not the image of {meta:?}"
+            );
+        }
         if meta.last_index <= self.log.snapshot_meta().last_index {
             // A snapshot from the leader was installed meanwhile; it covers this one.
             return;
@@ -70,7 +101,7 @@ impl Replica {
             kept_suffix,
             "applied entries stay in the log until compacted"
         );
-        self.snapshot = Some(saving);
+        self.snapshot = Some(snapshot);
         self.metrics.snapshots_taken += 1;
         self.draw_snapshot_threshold();
         // Applied entries may have passed the next threshold while it was saved.
@@ -79,7 +110,8 @@ impl Replica {
 
     /// Draws the next snapshot threshold, uniformly from the configured one to half again
     /// as much (both included), from this replica's own seeded stream. A snapshot encodes and writes the
-    /// whole state; at one shared threshold every replica did so at the same applied
+    /// whole state (on the shell's thread, but with the disk and the CPU the replica
+    /// shares); at one shared threshold every replica did so at the same applied
     /// index, so a whole cluster stalled at once. With a threshold per replica, drawn
     /// anew after each snapshot, the stalls spread out, and the cluster still has a
     /// quorum that is not snapshotting. The threshold never falls below the configured
@@ -246,7 +278,8 @@ impl Replica {
         self.install_snapshot(
             Snapshot {
                 meta: incoming.meta,
-                data: incoming.data,
+                // The received bytes become the shared copy, not copied.
+                data: Arc::new(incoming.data),
             },
             machine,
         );

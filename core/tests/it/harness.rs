@@ -104,7 +104,7 @@ struct HarnessShell<'a> {
     deliveries: &'a mut Vec<chat_core::app::Delivery>,
     trace: Option<&'a mut Vec<String>>,
     /// Snapshots to save, saved (and reported) once the drive is over.
-    to_save: Vec<Snapshot>,
+    to_save: Vec<chat_core::machine::SnapshotImage>,
 }
 
 impl Shell for HarnessShell<'_> {
@@ -128,8 +128,8 @@ impl Shell for HarnessShell<'_> {
     fn deliver(&mut self, delivery: chat_core::app::Delivery) {
         self.deliveries.push(delivery);
     }
-    fn save_snapshot(&mut self, snapshot: Snapshot) {
-        self.to_save.push(snapshot);
+    fn save_snapshot(&mut self, image: chat_core::machine::SnapshotImage) {
+        self.to_save.push(image);
     }
 }
 
@@ -277,9 +277,10 @@ impl Cluster {
         let Ok(()) = drive(replica, &mut shell);
         // Saving takes no simulated time here: each snapshot is durable and reported
         // right after the drive that asked for it (the simulator delays it).
-        while let Some(snapshot) = shell.to_save.pop() {
+        while let Some(image) = shell.to_save.pop() {
+            let snapshot = image.encode();
             shell.durable.save_snapshot(&snapshot);
-            replica.handle_snapshot_saved(now, &snapshot.meta);
+            replica.handle_snapshot_saved(now, snapshot);
             let Ok(()) = drive(replica, &mut shell);
         }
         // After every input that moved the applied state (applied entries or installed a

@@ -23,7 +23,7 @@ impl Shell for StoreShell<'_> {
     fn reply(&mut self, _reply: Reply) {}
     fn deliver(&mut self, _delivery: chat_core::app::Delivery) {}
     // These scripts stay far below the snapshot threshold: nothing to save.
-    fn save_snapshot(&mut self, _snapshot: chat_core::entry::Snapshot) {}
+    fn save_snapshot(&mut self, _image: chat_core::machine::SnapshotImage) {}
 }
 
 /// Feeds one message to n1 of a 3-node cluster and returns what it sent.

@@ -22,7 +22,7 @@ impl Shell for NullShell {
     fn reply(&mut self, _: Reply) {}
     fn deliver(&mut self, _: Delivery) {}
     // Far below the snapshot threshold: never asked.
-    fn save_snapshot(&mut self, _: chat_core::entry::Snapshot) {}
+    fn save_snapshot(&mut self, _: chat_core::machine::SnapshotImage) {}
 }
 
 /// A single-member replica that has elected itself.

@@ -14,7 +14,8 @@ use crate::scenario::{FaultAction, Scenario, LEADER};
 use crate::trace::{digest_str, Tracer};
 use crate::workload::{Client, InFlight, REQUEST_TIMEOUT_US};
 use chat_core::app::{Delivery, Query, QueryOutput};
-use chat_core::entry::{Persist, Snapshot};
+use chat_core::entry::Persist;
+use chat_core::machine::SnapshotImage;
 use chat_core::storage::{Disk, LogStore, MemDisk, StorageError, SNAPSHOT_FILE};
 use chat_core::{
     drive, ClientError, ClientRequest, Config, Envelope, NodeId, Recovered, Replica, Reply,
@@ -140,13 +141,14 @@ enum Event {
         node: NodeId,
         incarnation: u64,
     },
-    /// The snapshot a replica asked to save (`Ready::snapshot_to_save`) is written, as a
-    /// node's background writer would: at some later time, unless the node crashed
-    /// first (then the save is lost with it).
+    /// The snapshot a replica asked to save (`Ready::snapshot_to_save`) is encoded and
+    /// written, as a node's background writer would: at some later time, unless the node
+    /// crashed first (then the save is lost with it). The image is encoded only then, so
+    /// every seed checks that the replica's own changes meanwhile left it untouched.
     SnapshotSaved {
         node: NodeId,
         incarnation: u64,
-        snapshot: Box<Snapshot>,
+        image: Box<SnapshotImage>,
     },
 }
 
@@ -212,7 +214,7 @@ struct SimShell<'a> {
     outbox: Vec<Envelope>,
     replies: Vec<Reply>,
     deliveries: Vec<Delivery>,
-    snapshot_to_save: Option<Snapshot>,
+    snapshot_to_save: Option<SnapshotImage>,
 }
 
 impl Shell for SimShell<'_> {
@@ -229,8 +231,8 @@ impl Shell for SimShell<'_> {
     fn deliver(&mut self, delivery: Delivery) {
         self.deliveries.push(delivery);
     }
-    fn save_snapshot(&mut self, snapshot: Snapshot) {
-        self.snapshot_to_save = Some(snapshot);
+    fn save_snapshot(&mut self, image: SnapshotImage) {
+        self.snapshot_to_save = Some(image);
     }
 }
 
@@ -539,8 +541,8 @@ impl<'a> World<'a> {
             Event::SnapshotSaved {
                 node,
                 incarnation,
-                snapshot,
-            } => self.snapshot_saved(node, incarnation, *snapshot),
+                image,
+            } => self.snapshot_saved(node, incarnation, *image),
         }
     }
 
@@ -670,8 +672,8 @@ impl<'a> World<'a> {
             snapshot_to_save,
             ..
         } = shell;
-        if let Some(snapshot) = snapshot_to_save {
-            self.start_snapshot_save(id, snapshot);
+        if let Some(image) = snapshot_to_save {
+            self.start_snapshot_save(id, image);
         }
         if !deliveries.is_empty() {
             let mut deliveries = deliveries;

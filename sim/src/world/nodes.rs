@@ -175,10 +175,10 @@ impl World<'_> {
 impl World<'_> {
     /// A replica asked to save a snapshot of its own state: it becomes durable later, in
     /// the background, as on a real node (on a slow disk, as late as its bytes take).
-    pub(super) fn start_snapshot_save(&mut self, id: NodeId, snapshot: Snapshot) {
-        let index = snapshot.meta.last_index.0;
+    pub(super) fn start_snapshot_save(&mut self, id: NodeId, image: SnapshotImage) {
+        let index = image.meta.last_index.0;
         let delay_us = match self.scenario.disk_cost {
-            Some(cost) => cost.busy_us(snapshot.data.len() as u64),
+            Some(cost) => cost.busy_us(image.encoded_size_bytes()),
             None => {
                 1_000
                     + derive_seed(
@@ -197,15 +197,16 @@ impl World<'_> {
             Event::SnapshotSaved {
                 node: id,
                 incarnation,
-                snapshot: Box::new(snapshot),
+                image: Box::new(image),
             },
         );
     }
 
-    /// The background save is done: write it to the node's disk (staged, synced,
-    /// renamed) and tell the replica, which then compacts its log. Lost if the node
-    /// crashed since it asked.
-    pub(super) fn snapshot_saved(&mut self, id: NodeId, incarnation: u64, snapshot: Snapshot) {
+    /// The background save is done: encode the image (virtual time: the encoding costs
+    /// none here, as it costs the node's core thread none), write it to the node's disk
+    /// (staged, synced, renamed) and hand the bytes to the replica, which then compacts
+    /// its log and keeps them for followers. Lost if the node crashed since it asked.
+    pub(super) fn snapshot_saved(&mut self, id: NodeId, incarnation: u64, image: SnapshotImage) {
         let node = self.node(id);
         if node.incarnation != incarnation || !node.is_up() {
             return;
@@ -218,11 +219,12 @@ impl World<'_> {
                 Event::SnapshotSaved {
                     node: id,
                     incarnation,
-                    snapshot: Box::new(snapshot),
+                    image: Box::new(image),
                 },
             );
             return;
         }
+        let snapshot = image.encode();
         self.tracer
             .digest(&[self.now.0, 12, id.0, snapshot.meta.last_index.0]);
         let Some(store) = self.node_mut(id).store.as_mut() else {
@@ -238,8 +240,9 @@ impl World<'_> {
         self.tracer.line(self.now, || {
             format!("{id} snapshot through {} durable", snapshot.meta.last_index)
         });
-        let meta = snapshot.meta;
-        self.with_replica(id, |replica, now| replica.handle_snapshot_saved(now, &meta));
+        self.with_replica(id, |replica, now| {
+            replica.handle_snapshot_saved(now, snapshot)
+        });
     }
 }
 

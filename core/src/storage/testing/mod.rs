@@ -64,7 +64,7 @@ pub fn snapshot_at(index: u64, term: u64, data: Vec<u8>) -> Snapshot {
             last_index: LogIndex(index),
             last_term: Term(term),
         },
-        data,
+        data: std::sync::Arc::new(data),
     }
 }
 

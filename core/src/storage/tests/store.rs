@@ -126,7 +126,7 @@ fn snapshot_through(last: u64) -> crate::entry::Snapshot {
             last_index: crate::types::LogIndex(last),
             last_term: crate::types::Term(1),
         },
-        data: vec![7; 100],
+        data: std::sync::Arc::new(vec![7; 100]),
     }
 }
 
