@@ -99,9 +99,13 @@ pub struct SnapshotImage {
 impl SnapshotImage {
     /// The snapshot's bytes: linear in the whole state, so never on the core thread.
     pub fn encode(&self) -> Snapshot {
+        let mut data = self.state.encode();
+        // The replica keeps these bytes until the next snapshot; the growth of the
+        // buffer while encoding left up to as much again in spare capacity.
+        data.shrink_to_fit();
         Snapshot {
             meta: self.meta.clone(),
-            data: Arc::new(self.state.encode()),
+            data: Arc::new(data),
         }
     }
 

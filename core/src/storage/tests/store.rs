@@ -181,3 +181,35 @@ fn a_stage_for_another_snapshot_is_refused() {
         .expect_err("the staged file is through 5");
     assert!(matches!(error, StorageError::InvalidRequest(_)), "{error}");
 }
+
+/// The snapshot file is written in two pieces (a prefix, then the data from where it
+/// lies) and read back without decoding the data through serde. Its bytes must still be
+/// exactly a header and one record of the encoded `Snapshot`: the format
+/// `FORMAT_VERSION` names, which older builds wrote and read.
+#[test]
+fn a_snapshot_file_is_a_header_and_one_record_of_the_encoded_snapshot() {
+    use crate::storage::record::{encode_header, encode_record, MAGIC_SNAPSHOT};
+    use crate::storage::SNAPSHOT_STAGED_FILE;
+    // Lengths around the one-byte and multi-byte varint boundaries of the length prefix.
+    for data_bytes in [0usize, 1, 250, 251, 252, 65_535, 65_536, 70_000] {
+        let mut snapshot = snapshot_through(300);
+        snapshot.data = std::sync::Arc::new((0..data_bytes).map(|i| i as u8).collect());
+        let mut disk = MemDisk::new();
+        crate::storage::stage_snapshot(&mut disk, &snapshot, &mut Vec::new()).expect("stage");
+        let mut expected = Vec::new();
+        encode_header(&mut expected, MAGIC_SNAPSHOT, 300);
+        encode_record(&mut expected, &snapshot, u32::MAX as usize).expect("encode");
+        let written = disk.read_all(SNAPSHOT_STAGED_FILE).expect("read");
+        assert!(written == expected, "{data_bytes} bytes of data");
+
+        let (mut store, _) = LogStore::open_with(MemDisk::new(), test_config()).expect("open");
+        store.save_snapshot(&snapshot).expect("save");
+        let (_, recovered) =
+            LogStore::open_with(store.into_disk(), test_config()).expect("recover");
+        assert_eq!(
+            recovered.snapshot,
+            Some(snapshot),
+            "{data_bytes} bytes of data"
+        );
+    }
+}
