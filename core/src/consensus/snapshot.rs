@@ -226,7 +226,10 @@ impl Replica {
             self.incoming_snapshot = Some(IncomingSnapshot {
                 meta: meta.clone(),
                 total_bytes,
-                data: Vec::new(),
+                // Exactly the size announced (at most `snapshot_bytes_max`, checked
+                // above): the buffer becomes the installed snapshot's shared bytes, kept
+                // until the next one, so it must not carry the spare capacity of growth.
+                data: Vec::with_capacity(total_bytes as usize),
             });
         }
         let expected_offset = match &self.incoming_snapshot {
