@@ -10,4 +10,5 @@ mod restart;
 mod robustness;
 mod sessions;
 mod snapshots;
+mod state_image;
 mod trace;

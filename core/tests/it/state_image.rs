@@ -1,0 +1,154 @@
+//! The copy-on-write state behind a snapshot image: it encodes exactly as the plain maps
+//! it replaced (the format `FORMAT_VERSION` 3 names), and an image taken from it does not
+//! change when the state goes on changing.
+
+use chat_core::app::{ApplyContext, Auth, ChatState, Command, CommandOutput};
+use chat_core::entry::SessionRef;
+use chat_core::entry::SnapshotMeta;
+use chat_core::machine::{fnv1a64, MachineState, SnapshotImage};
+use chat_core::session::SessionOwner;
+use chat_core::{Config, LogIndex, NodeId, SessionId, Term, Time};
+
+fn apply(state: &mut MachineState, index: u64, command: &Command) -> CommandOutput {
+    let ctx = ApplyContext {
+        index: LogIndex(index),
+        timestamp: Time(1_000 * index),
+    };
+    state.log_time = ctx.timestamp;
+    match ChatState::apply(&mut state.chat, ctx, command, &mut Vec::new()) {
+        Ok(output) => output,
+        Err(error) => panic!("entry {index}: {error}"),
+    }
+}
+
+/// A small state that uses every part: accounts, read and unread messages, a deleted
+/// sender, sessions with a stored response.
+fn sample_state() -> MachineState {
+    let mut state = MachineState::new(&Config::new(NodeId(1), vec![NodeId(1)]));
+    let auth = |user: &str, generation: u64| Auth {
+        user: user.to_owned(),
+        generation,
+        token_epoch: 0,
+    };
+    for (index, user) in [(1, "ann"), (2, "bob"), (3, "cy")] {
+        let command = Command::CreateAccount {
+            user: user.to_owned(),
+            password_hash: format!("hash-of-{user}"),
+            registration: u128::from(index) << 64,
+        };
+        apply(&mut state, index, &command);
+    }
+    let mut index = 3;
+    for (from, generation, to) in [("ann", 1, "bob"), ("bob", 2, "ann"), ("cy", 3, "bob")] {
+        index += 1;
+        let command = Command::Send {
+            auth: auth(from, generation),
+            to: to.to_owned(),
+            body: format!("message {index} from {from}"),
+        };
+        apply(&mut state, index, &command);
+    }
+    index += 1;
+    let read = Command::ReadMessages {
+        auth: auth("bob", 2),
+        limit: 1,
+    };
+    let response = apply(&mut state, index, &read);
+    let owner = SessionOwner {
+        user: "bob".to_owned(),
+        generation: 2,
+    };
+    let session = SessionId(index);
+    state
+        .sessions
+        .open(session, owner, Time(1_000 * index))
+        .expect("an empty table has room");
+    state.sessions.record(
+        SessionRef {
+            id: session,
+            seq: 1,
+        },
+        0x1234,
+        Ok(response),
+        Time(1_000 * index),
+    );
+    index += 1;
+    apply(
+        &mut state,
+        index,
+        &Command::DeleteAccount {
+            auth: auth("cy", 3),
+        },
+    );
+    state
+}
+
+/// The length and digest were taken from the encoding of the same state before the
+/// state became copy-on-write (commit c2271e2, plain maps of plain values).
+#[test]
+fn the_state_encodes_as_format_version_3() {
+    let bytes = sample_state().encode();
+    assert_eq!(
+        (bytes.len(), fnv1a64(&bytes)),
+        (249, 0x56e0_06cd_151f_c62c),
+        "the snapshot encoding changed: bump storage FORMAT_VERSION"
+    );
+}
+
+/// Every kind of mutation after the image is taken (a send, a read that marks messages
+/// read, a deleted account, a session's new response) leaves the image as it was, bytes
+/// and hash, while the live state's incremental digest stays right.
+#[test]
+fn an_image_does_not_change_when_the_state_does() {
+    let mut state = sample_state();
+    let image = SnapshotImage {
+        meta: SnapshotMeta {
+            last_index: LogIndex(9),
+            last_term: Term(1),
+        },
+        state: state.clone(),
+    };
+    let bytes_before = state.encode();
+    let hash_before = state.state_hash();
+    let auth = |user: &str, generation: u64| Auth {
+        user: user.to_owned(),
+        generation,
+        token_epoch: 0,
+    };
+    let send = Command::Send {
+        auth: auth("bob", 2),
+        to: "ann".to_owned(),
+        body: "after the image".to_owned(),
+    };
+    apply(&mut state, 10, &send);
+    let read = Command::ReadMessages {
+        auth: auth("ann", 1),
+        limit: 10,
+    };
+    let response = apply(&mut state, 11, &read);
+    state.sessions.record(
+        SessionRef {
+            id: SessionId(7),
+            seq: 2,
+        },
+        0x5678,
+        Ok(response),
+        Time(11_000),
+    );
+    apply(
+        &mut state,
+        12,
+        &Command::DeleteAccount {
+            auth: auth("bob", 2),
+        },
+    );
+
+    assert_ne!(state.state_hash(), hash_before);
+    assert_eq!(state.check_hash(), Ok(()));
+    assert_eq!(image.state.state_hash(), hash_before);
+    assert_eq!(image.state.check_hash(), Ok(()));
+    let snapshot = image.encode();
+    assert!(*snapshot.data == bytes_before, "the image's bytes changed");
+    let decoded = MachineState::decode(&snapshot.data).expect("its own encoding decodes");
+    assert_eq!(decoded.state_hash(), hash_before);
+}
