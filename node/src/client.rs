@@ -179,12 +179,22 @@ impl ClusterClient {
         F: FnMut(ChatClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.call_on(|channel| call(ChatClient::new(channel))).await
+    }
+
+    /// [`ClusterClient::call`] for any service on the nodes' port (the admin API): the
+    /// closure makes its client from the channel.
+    pub async fn call_on<T, F, Fut>(&mut self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let started = Instant::now();
         let mut backoff = BACKOFF_MIN;
         loop {
             let address = self.target()?;
-            let client = ChatClient::new(self.channel(&address, false)?);
-            let status = match call(client).await {
+            let channel = self.channel(&address, false)?;
+            let status = match call(channel).await {
                 Ok(response) => {
                     self.leader = Some(address);
                     return Ok(response.into_inner());
