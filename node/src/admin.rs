@@ -265,3 +265,78 @@ impl Admin for AdminService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_core::membership::MembershipError;
+
+    /// Every refusal of a membership change as the operator sees it: its gRPC code and
+    /// its one line. `chatctl member add` waits on the `LearnerLagging` text.
+    #[test]
+    fn membership_errors_are_one_line_each() {
+        let errors = [
+            MembershipError::AlreadyMember(NodeId(2)),
+            MembershipError::IdRemoved(NodeId(3)),
+            MembershipError::DuplicateAddress {
+                address: "10.0.0.2:7001".into(),
+                id: NodeId(2),
+            },
+            MembershipError::UnknownMember(NodeId(42)),
+            MembershipError::AlreadyVoter(NodeId(2)),
+            MembershipError::LastVoter(NodeId(1)),
+            MembershipError::TooManyMembers { max: 16 },
+            MembershipError::ReservedId,
+            MembershipError::InvalidAddress {
+                address: "no port".into(),
+                reason: "only printable ASCII without spaces".into(),
+            },
+            MembershipError::TooManyRemoved { max: 4096 },
+            MembershipError::LearnerLagging {
+                id: NodeId(6),
+                behind_entries: 5000,
+                bound: 1024,
+            },
+            MembershipError::BelowQuorum {
+                id: NodeId(3),
+                reachable: 1,
+                voters: 2,
+                quorum: 2,
+            },
+            MembershipError::ChangeInProgress { index: 812 },
+            MembershipError::LeaderNotReady,
+            MembershipError::TransferInProgress(NodeId(4)),
+        ];
+        let lines: Vec<String> = errors
+            .iter()
+            .map(|error| {
+                let status = convert::membership_error(error);
+                assert!(!status.message().contains('\n'), "one line");
+                format!("{:?}: {}", status.code(), status.message())
+            })
+            .collect();
+        insta::assert_snapshot!(lines.join("\n"));
+        let lagging = convert::membership_error(&errors[10]);
+        assert!(lagging.message().contains("behind the leader"));
+    }
+
+    #[test]
+    fn the_admin_proof_is_required() {
+        let secret = Secret::new(b"0123456789abcdef0123".to_vec()).expect("long enough");
+        let mut auth = AdminAuth {
+            secret: secret.clone(),
+        };
+        let refused = auth.call(Request::new(())).expect_err("no proof");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        let mut request = Request::new(());
+        let proof = secret.admin_proof().parse().expect("hex is a header value");
+        request.metadata_mut().insert(ADMIN_PROOF, proof);
+        assert!(auth.call(request).is_ok());
+        let other = Secret::new(b"another-secret-of-20b".to_vec()).expect("long enough");
+        assert!(!other.verify_admin_proof(&secret.admin_proof()));
+        assert!(
+            !secret.verify_admin_proof(&secret.peer_proof(0)),
+            "domains differ"
+        );
+    }
+}
