@@ -286,7 +286,7 @@ pub async fn transfer_leader(
     };
     let done = client
         .call_on(|channel| {
-            let request = request(message.clone(), proof);
+            let request = request(message, proof);
             async move { admin(channel).transfer_leader(request).await }
         })
         .await
