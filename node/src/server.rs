@@ -294,7 +294,7 @@ async fn hand_over_leadership(core: &driver::CoreHandle, me: NodeId, wait: std::
     .await;
     match handed {
         Ok(Ok(leader)) => tracing::info!(
-            to = ?leader,
+            to = leader.map_or(0, |l| l.0),
             ms = started.elapsed().as_millis() as u64,
             "leadership handed over before stopping"
         ),
