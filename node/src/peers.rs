@@ -425,3 +425,67 @@ impl Peer for PeerService {
         Ok(Response::new(PeerAck { accepted }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_core::membership::{Membership, MembershipChange};
+
+    fn linked(router: &PeerRouter) -> Vec<(u64, String)> {
+        router
+            .links
+            .iter()
+            .map(|(id, link)| (id.0, link.address.clone()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn links_follow_the_membership_and_its_addresses() {
+        let peers = BTreeMap::from([(2, "h:2".to_owned()), (3, "h:3".to_owned())]);
+        let book = AddressBook::new(NodeId(1), "h:1", &peers);
+        let founding = Membership::founding(&[NodeId(1), NodeId(2), NodeId(3)]);
+        book.set_membership(&founding);
+        let secret = Secret::new(b"0123456789abcdef".to_vec()).expect("long enough");
+        let metrics = crate::metrics::Metrics::new([]);
+        let mut router =
+            start(NodeId(1), book.clone(), &secret, None, &metrics.peers).expect("router");
+        assert_eq!(linked(&router), [(2, "h:2".into()), (3, "h:3".into())]);
+
+        let added = founding
+            .apply(&MembershipChange::AddLearner {
+                id: NodeId(4),
+                address: "h:4".into(),
+            })
+            .expect("new id");
+        let removed = added
+            .apply(&MembershipChange::Remove { id: NodeId(3) })
+            .expect("member");
+        book.set_membership(&removed);
+        router.sync();
+        assert_eq!(linked(&router), [(2, "h:2".into()), (4, "h:4".into())]);
+
+        // Node 2 says it moved: its link dials the new address.
+        book.learn(NodeId(2), "moved:2");
+        router.sync();
+        assert_eq!(linked(&router), [(2, "moved:2".into()), (4, "h:4".into())]);
+
+        // A message to a node outside the configuration opens a link on demand, if its
+        // address is known (here: node 3, removed, told so); none for an unknown one.
+        router.send(Envelope {
+            from: NodeId(1),
+            to: NodeId(3),
+            message: chat_core::Message::Removed {
+                term: chat_core::Term(1),
+            },
+        });
+        router.send(Envelope {
+            from: NodeId(1),
+            to: NodeId(9),
+            message: chat_core::Message::Removed {
+                term: chat_core::Term(1),
+            },
+        });
+        let ids: Vec<u64> = linked(&router).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, [2, 3, 4]);
+    }
+}
