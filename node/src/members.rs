@@ -27,6 +27,10 @@ pub const LEARNED_ADDRESSES_MAX: usize = 4 * MEMBERS_MAX;
 #[derive(Clone)]
 pub struct AddressBook {
     id: NodeId,
+    /// The voters of this node's founding entry (entry 1), as "1,2,3", while its log
+    /// still holds it: sent on peer calls and compared with the caller's (see
+    /// [`AddressBook::founders_conflict`]).
+    founders: Option<Arc<str>>,
     inner: Arc<RwLock<Book>>,
     /// Bumped on every change, so that the router re-checks its links only then.
     version: Arc<AtomicU64>,
@@ -65,6 +69,7 @@ impl AddressBook {
         configured.insert(id, own_address.to_owned());
         AddressBook {
             id,
+            founders: None,
             inner: Arc::new(RwLock::new(Book {
                 configured,
                 ..Book::default()
@@ -75,6 +80,33 @@ impl AddressBook {
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// Records the voters of this node's founding entry (call before cloning the book).
+    pub fn with_founders(mut self, voters: Option<Vec<NodeId>>) -> AddressBook {
+        self.founders = voters.map(|voters| {
+            let ids: Vec<String> = voters.iter().map(|id| id.0.to_string()).collect();
+            Arc::from(ids.join(","))
+        });
+        self
+    }
+
+    pub fn founders(&self) -> Option<&str> {
+        self.founders.as_deref()
+    }
+
+    /// Founders given different member lists write different entries 1 at the same
+    /// term, which Raft's log matching cannot see: a caller whose founding voters differ
+    /// from ours is refused, with why. Nodes whose logs no longer hold entry 1 (it was
+    /// compacted) or never founded (joiners) send nothing and are not compared.
+    pub fn founders_conflict(&self, theirs: Option<&str>) -> Option<String> {
+        match (self.founders.as_deref(), theirs) {
+            (Some(ours), Some(theirs)) if ours != theirs => Some(format!(
+                "founding member lists differ: this node was founded with {ours}, \
+                 the caller with {theirs}; every founder must be given the same --peers"
+            )),
+            _ => None,
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Book> {
@@ -220,6 +252,24 @@ mod tests {
         assert!(book.accepts(NodeId(4)));
         assert!(!book.accepts(NodeId(9)), "a stranger to a member");
         assert!(!book.missing_addresses());
+    }
+
+    #[test]
+    fn founders_given_different_lists_are_told_apart() {
+        let book = AddressBook::new(NodeId(1), "me:1", &BTreeMap::new()).with_founders(Some(vec![
+            NodeId(1),
+            NodeId(2),
+            NodeId(3),
+        ]));
+        assert_eq!(book.founders(), Some("1,2,3"));
+        assert_eq!(book.founders_conflict(Some("1,2,3")), None);
+        assert_eq!(
+            book.founders_conflict(None),
+            None,
+            "a joiner or a compacted log"
+        );
+        let conflict = book.founders_conflict(Some("1,2,3,4")).expect("differ");
+        assert!(conflict.contains("founded with 1,2,3, the caller with 1,2,3,4"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::driver::{CoreHandle, Input};
 use crate::members::AddressBook;
 use crate::metrics::{PeerCounters, PeerMetrics};
 use chat_core::{Envelope, NodeId};
-use chat_proto::metadata::{PEER_ADDR, PEER_ID, PEER_PROOF};
+use chat_proto::metadata::{PEER_ADDR, PEER_FOUNDERS, PEER_ID, PEER_PROOF};
 use chat_proto::peer::peer_client::PeerClient;
 use chat_proto::peer::peer_server::{Peer, PeerServer};
 use chat_proto::peer::{PeerAck, PeerBatch};
@@ -88,6 +88,8 @@ struct Dialer {
     proof: String,
     /// This node's own address, sent to every peer (`x-chat-peer-addr`).
     advertise: String,
+    /// Its founding voters, if its log holds entry 1 (`x-chat-founders`).
+    founders: Option<String>,
 }
 
 impl PeerRouter {
@@ -205,6 +207,7 @@ pub fn start(
     metrics: &PeerMetrics,
 ) -> anyhow::Result<PeerRouter> {
     let advertise = book.resolve(from).unwrap_or_default();
+    let book_founders = book.founders().map(str::to_owned);
     let mut router = PeerRouter {
         from,
         links: BTreeMap::new(),
@@ -214,6 +217,7 @@ pub fn start(
             tls,
             proof: secret.peer_proof(from.0),
             advertise,
+            founders: book_founders,
         },
         metrics: metrics.clone(),
         runtime: tokio::runtime::Handle::try_current()?,
@@ -243,6 +247,10 @@ async fn run_sender(
         // The address is the operator's text: sent only if it is a valid header value.
         if let Ok(address) = dialer.advertise.parse() {
             request.metadata_mut().insert(PEER_ADDR, address);
+        }
+        // Digits and commas: always a valid header value.
+        if let Some(Ok(founders)) = dialer.founders.as_deref().map(str::parse) {
+            request.metadata_mut().insert(PEER_FOUNDERS, founders);
         }
         let mut client = client.clone();
         let opened = Instant::now();
@@ -333,6 +341,11 @@ impl PeerAuth {
                 if self.secret.verify_peer_proof(from, proof)
                     && self.book.accepts(NodeId(from)) =>
             {
+                let founders = metadata.get(PEER_FOUNDERS).and_then(|v| v.to_str().ok());
+                if let Some(conflict) = self.book.founders_conflict(founders) {
+                    tracing::error!(peer = from, "{conflict}");
+                    return Err(Status::failed_precondition(conflict));
+                }
                 // Proven: the caller says where it is reached (see `members`).
                 if let Some(address) = metadata.get(PEER_ADDR).and_then(|v| v.to_str().ok()) {
                     self.book.learn(NodeId(from), address);

@@ -84,7 +84,8 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
 
     let (server_tls, client_tls) = tls(&config)?;
     let metrics = Metrics::new(config.peers.keys().map(|&id| NodeId(id)));
-    let book = AddressBook::new(NodeId(config.id), &config.advertise, &config.peers);
+    let book = AddressBook::new(NodeId(config.id), &config.advertise, &config.peers)
+        .with_founders(founding_voters(&replica));
     book.set_membership(replica.membership());
     let router = peers::start(
         NodeId(config.id),
@@ -237,6 +238,19 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
     }
     tracing::info!(id = config.id, "stopped");
     Ok(())
+}
+
+/// The voters of the founding entry (entry 1), if this replica's log still holds it.
+fn founding_voters(replica: &Replica) -> Option<Vec<NodeId>> {
+    match replica
+        .log_entry(chat_core::LogIndex(1))
+        .map(|e| &e.payload)
+    {
+        Some(chat_core::entry::EntryPayload::Membership { membership, .. }) => {
+            Some(membership.voters().collect())
+        }
+        _ => None,
+    }
 }
 
 fn removed_line(id: u64) -> String {

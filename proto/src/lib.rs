@@ -42,6 +42,9 @@ pub mod metadata {
     /// node can answer a member whose address is not in its log or configuration (a
     /// joining node answering the leader, founders whose addresses the log leaves out).
     pub const PEER_ADDR: &str = "x-chat-peer-addr";
+    /// On peer calls from a node whose log holds its founding entry: that entry's voters
+    /// ("1,2,3"), so that founders given different member lists refuse each other.
+    pub const PEER_FOUNDERS: &str = "x-chat-founders";
     /// On admin calls: proof that the caller holds the cluster secret (an HMAC).
     pub const ADMIN_PROOF: &str = "x-chat-admin-proof";
 }
