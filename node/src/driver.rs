@@ -103,8 +103,6 @@ pub struct ReplicaView {
     pub fresh_until: Option<Instant>,
     /// This replica knows it was removed from the cluster: its node stops serving.
     pub removed: bool,
-    /// This replica is a member (voter or learner) of the configuration in force.
-    pub member: bool,
 }
 
 impl ReplicaView {
@@ -133,7 +131,6 @@ impl ReplicaView {
             last_log_index: replica.last_log_index(),
             fresh_until,
             removed: replica.is_removed(),
-            member: replica.membership().contains(replica.id()),
         }
     }
 }
