@@ -175,9 +175,33 @@ pub async fn member(
             learner,
             catch_up_secs,
         } => {
-            let added = change(client, proof, Kind::AddLearner, id, &addr)
-                .await
-                .map_err(fail)?;
+            let added = match change(client, proof, Kind::AddLearner, id, &addr).await {
+                Ok(added) => added,
+                // Already there at this address: an earlier run (or a retry whose first
+                // answer was lost) added it. Go on from there, so that running the
+                // command again completes it.
+                Err(status) if status.code() == Code::FailedPrecondition => {
+                    let current = members(client, proof).await.map_err(fail)?;
+                    let same = current
+                        .members
+                        .iter()
+                        .any(|m| m.id == id && m.address == addr);
+                    if !same {
+                        return Err(reason(&status));
+                    }
+                    current
+                }
+                Err(status) => return Err(reason(&status)),
+            };
+            if !learner
+                && added
+                    .members
+                    .iter()
+                    .any(|m| m.id == id && m.role == "voter")
+            {
+                let line = format!("n{id} at {addr} is a voter already");
+                return Ok(members_outcome(&added, Some(line)));
+            }
             if learner {
                 let line = format!("added n{id} at {addr} as a learner");
                 return Ok(members_outcome(&added, Some(line)));
