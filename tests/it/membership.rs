@@ -215,7 +215,23 @@ fn replace_remove_leader_and_rolling_restart_under_load() {
         let done = Instant::now();
         gaps.push(("remove leader", load.gap(started, done), done - started));
 
-        // Rolling restart: every member in turn, SIGTERM (the leader hands over first).
+        // Back to five voters: one more new node.
+        let started = Instant::now();
+        let another = cluster.start_joining();
+        let added = cluster.chatctl(&[
+            "member",
+            "add",
+            "--id",
+            &another.to_string(),
+            "--addr",
+            &cluster.address(another),
+        ]);
+        ok(&added, "member add");
+        assert_eq!(cluster.member_ids().len(), 5);
+        let done = Instant::now();
+        gaps.push(("add capacity", load.gap(started, done), done - started));
+
+        // Rolling restart: all five in turn, SIGTERM (the leader hands over first).
         for id in cluster.member_ids() {
             let started = Instant::now();
             let index = commit_index(&cluster).await;
