@@ -22,6 +22,8 @@ use tonic::{Code, Request, Status};
 /// before it gives up on promoting it (it stays a learner; `member promote` later).
 pub const CATCH_UP_WAIT_DEFAULT_SECS: u64 = 120;
 const CATCH_UP_POLL: Duration = Duration::from_millis(250);
+/// How long `snapshot save` waits for the leader's copy of its state.
+pub const SNAPSHOT_SAVE_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Subcommand, Debug)]
 pub enum MemberCommand {
@@ -332,8 +334,9 @@ pub async fn snapshot(
     let SnapshotCommand::Save { file } = command;
     let _ = client.discover().await;
     let done = client
-        .call_on(|channel| {
-            let request = request(SaveSnapshotRequest {}, proof);
+        .call_on_long(|channel| {
+            let mut request = request(SaveSnapshotRequest {}, proof);
+            request.set_timeout(SNAPSHOT_SAVE_TIMEOUT);
             async move { admin(channel).save_snapshot(request).await }
         })
         .await
