@@ -1,7 +1,7 @@
 //! Compiles the .proto files with protox (pure Rust): the machine has no `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/chat.proto", "proto/peer.proto"];
+    let files = ["proto/chat.proto", "proto/peer.proto", "proto/admin.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -121,6 +121,17 @@ impl Secret {
             .into_bytes())
     }
 
+    /// What an operator's tool (chatctl, given the secret file) puts in admin calls.
+    /// Static like a peer proof: over a network without TLS it can be replayed, which is
+    /// why SECURITY.md asks for TLS or a trusted network.
+    pub fn admin_proof(&self) -> String {
+        hex(&self.mac("admin", b"operator").finalize().into_bytes())
+    }
+
+    pub fn verify_admin_proof(&self, proof: &str) -> bool {
+        unhex(proof).is_some_and(|tag| self.mac("admin", b"operator").verify_slice(&tag).is_ok())
+    }
+
     pub fn verify_peer_proof(&self, from: u64, proof: &str) -> bool {
         unhex(proof).is_some_and(|tag| {
             self.mac("peer", from.to_string().as_bytes())

@@ -36,6 +36,29 @@ enum Command {
         /// [default: BASE_PORT + 1000].
         #[arg(long, value_name = "M")]
         metrics_base_port: Option<u16>,
+        /// Also start a spare node (id NODES+1, empty data dir) that joins the cluster
+        /// and waits to be added, for trying `chatctl member add` (the command is
+        /// printed).
+        #[arg(long)]
+        spare: bool,
+    },
+    /// Seeds a new single-member cluster from a backup (`chatctl snapshot save`):
+    /// writes the backed-up state, with node ID as its only member, into an empty data
+    /// dir. Then start the node as usual (`chatnode --id ID --data-dir DIR ...`, no
+    /// --peers) and grow the cluster with `chatctl member add`.
+    Restore {
+        /// The backup file.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// A new, empty data dir.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The id of the restored node.
+        #[arg(long)]
+        id: u64,
+        /// The cluster name stamped on the data dir.
+        #[arg(long, default_value = crate::config::CLUSTER_ID_DEFAULT)]
+        cluster_id: String,
     },
 }
 
@@ -73,7 +96,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             base_port,
             metrics_base_port,
-        }) => crate::local::run(nodes, dir, base_port, metrics_base_port).await,
+            spare,
+        }) => crate::local::run(nodes, dir, base_port, metrics_base_port, spare).await,
+        Some(Command::Restore {
+            from,
+            data_dir,
+            id,
+            cluster_id,
+        }) => {
+            let backup = crate::backup::Backup::read_from(&from)?;
+            let hash = crate::backup::restore(&backup, &data_dir, id, &cluster_id)?;
+            println!(
+                "restored {} into {} as node {id}: state through index {} (source state hash \
+                 {:016x}; with node {id} as the only member {hash:016x}); start it with \
+                 chatnode --id {id} --data-dir {} --listen ADDR --secret-file SECRET",
+                from.display(),
+                data_dir.display(),
+                backup.last_index,
+                backup.state_hash,
+                data_dir.display(),
+            );
+            Ok(())
+        }
         None => {
             let config = NodeConfig::from_args(&cli.node)?;
             let (stop, shutdown) = watch::channel(false);

@@ -179,12 +179,41 @@ impl ClusterClient {
         F: FnMut(ChatClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.call_on(|channel| call(ChatClient::new(channel))).await
+    }
+
+    /// [`ClusterClient::call`] for any service on the nodes' port (the admin API): the
+    /// closure makes its client from the channel.
+    pub async fn call_on<T, F, Fut>(&mut self, call: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_on_with(false, call).await
+    }
+
+    /// [`ClusterClient::call_on`] over a channel without the per-call timeout, for a
+    /// call that may legitimately take long (a backup); it must set its own deadline
+    /// (`Request::set_timeout`).
+    pub async fn call_on_long<T, F, Fut>(&mut self, call: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_on_with(true, call).await
+    }
+
+    async fn call_on_with<T, F, Fut>(&mut self, untimed: bool, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let started = Instant::now();
         let mut backoff = BACKOFF_MIN;
         loop {
             let address = self.target()?;
-            let client = ChatClient::new(self.channel(&address, false)?);
-            let status = match call(client).await {
+            let channel = self.channel(&address, untimed)?;
+            let status = match call(channel).await {
                 Ok(response) => {
                     self.leader = Some(address);
                     return Ok(response.into_inner());

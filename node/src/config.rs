@@ -33,9 +33,17 @@ pub struct NodeArgs {
     /// Address the other nodes and clients reach this node at (default: --listen).
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise: Option<String>,
-    /// The other members: ID=HOST:PORT,...
+    /// The other founding members: ID=HOST:PORT,... Every founder is given the same
+    /// list (the cluster's first configuration). A node that joins later may list
+    /// members here too; they only say where to reach them.
     #[arg(long, value_name = "ID=ADDR,...", value_delimiter = ',')]
     pub peers: Vec<String>,
+    /// Join an existing cluster instead of founding one: any of its members,
+    /// HOST:PORT,... The node starts empty, learns the members' addresses from these,
+    /// and waits until an operator runs `chatctl member add --id ID --addr ADVERTISE`
+    /// (it prints the exact command). Keep it on restarts of a node that joined.
+    #[arg(long, value_name = "ADDR,...", value_delimiter = ',')]
+    pub join: Vec<String>,
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Name of the cluster; a data dir stamped with another name is refused.
@@ -81,6 +89,8 @@ struct FileConfig {
     /// Node id (as a string key) to address.
     #[serde(default)]
     peers: BTreeMap<String, String>,
+    #[serde(default)]
+    join: Vec<String>,
     data_dir: Option<PathBuf>,
     cluster_id: Option<String>,
     tick_ms: Option<u64>,
@@ -106,8 +116,10 @@ pub struct NodeConfig {
     pub id: u64,
     pub listen: SocketAddr,
     pub advertise: String,
-    /// Every other member's id and address.
+    /// Every other founding member's id and address (or addresses known for members).
     pub peers: BTreeMap<u64, String>,
+    /// Members to learn the cluster from when this node joins it (empty: it founds it).
+    pub join: Vec<String>,
     pub data_dir: PathBuf,
     pub cluster_id: String,
     pub tick_ms: u64,
@@ -186,6 +198,15 @@ impl NodeConfig {
                 .or(file.advertise)
                 .unwrap_or_else(|| listen.to_string()),
             peers,
+            join: if args.join.is_empty() {
+                file.join
+            } else {
+                args.join
+                    .iter()
+                    .filter(|a| !a.is_empty())
+                    .cloned()
+                    .collect()
+            },
             data_dir,
             cluster_id: args
                 .cluster_id

@@ -4,6 +4,7 @@
 //! that the cluster tests can build their own copy.
 
 use crate::client::ClusterClient;
+use crate::ctl_admin::{self, MemberCommand, SnapshotCommand};
 use crate::terminal;
 use chat_proto::chat::*;
 use clap::{Parser, Subcommand};
@@ -20,7 +21,9 @@ use tonic::Status;
     version,
     about = "Client of the replicated chat cluster",
     after_help = "The password comes from CHAT_PASSWORD or a prompt, never from the command \
-                  line; a token in CHAT_TOKEN (from `login`) may stand in for it."
+                  line; a token in CHAT_TOKEN (from `login`) may stand in for it. Operator \
+                  commands (member, transfer-leader, snapshot) need the cluster secret \
+                  (--secret-file); see OPERATIONS.md for the runbooks."
 )]
 struct Cli {
     /// Any node(s) of the cluster: ADDR[,ADDR...]; the rest is discovered.
@@ -32,6 +35,10 @@ struct Cli {
     /// PEM CA certificate: talk TLS and verify the nodes with it.
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
+    /// The cluster secret, for operator commands (member, transfer-leader, snapshot).
+    /// Default: $CHAT_SECRET_FILE.
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -100,6 +107,19 @@ enum Command {
     },
     /// Shows every member: role, term, leader, commit index.
     Status,
+    /// Membership: list, add, promote, remove (operator; needs --secret-file).
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Hands leadership to node N, or to the most up-to-date voter (operator; needs
+    /// --secret-file). Writes pause for the handover only (well under an election
+    /// timeout).
+    TransferLeader {
+        /// The voter to lead next (default: the most up-to-date one).
+        target: Option<u64>,
+    },
+    /// Backups (operator; needs --secret-file).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -143,6 +163,10 @@ async fn run(cli: Cli) -> Result<(), String> {
     };
     let mut client = ClusterClient::new(cli.cluster.clone(), tls);
     let json = cli.json;
+    let secret_file = cli
+        .secret_file
+        .clone()
+        .or_else(|| std::env::var_os("CHAT_SECRET_FILE").map(PathBuf::from));
     match cli.command {
         Command::Register { user } => {
             let password = password()?;
@@ -332,6 +356,21 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(reason)?;
         }
         Command::Status => status(&mut client, json).await?,
+        Command::Member(command) => {
+            let proof = ctl_admin::admin_proof(secret_file.as_deref())?;
+            let outcome = ctl_admin::member(&mut client, &proof, command).await?;
+            print_outcome(json, &outcome);
+        }
+        Command::TransferLeader { target } => {
+            let proof = ctl_admin::admin_proof(secret_file.as_deref())?;
+            let outcome = ctl_admin::transfer_leader(&mut client, &proof, target).await?;
+            print_outcome(json, &outcome);
+        }
+        Command::Snapshot(command) => {
+            let proof = ctl_admin::admin_proof(secret_file.as_deref())?;
+            let outcome = ctl_admin::snapshot(&mut client, &proof, command).await?;
+            print_outcome(json, &outcome);
+        }
     }
     Ok(())
 }
@@ -341,6 +380,16 @@ async fn run(cli: Cli) -> Result<(), String> {
 /// terminal (see `terminal`).
 fn say(text: &str) {
     println!("{}", terminal::escape(text));
+}
+
+fn print_outcome(json: bool, outcome: &ctl_admin::Outcome) {
+    if json {
+        say_json(&outcome.json);
+    } else {
+        for line in &outcome.text {
+            say(line);
+        }
+    }
 }
 
 fn say_json(value: &serde_json::Value) {

@@ -8,15 +8,17 @@
 
 use crate::clock::Clock;
 use crate::disk::FsDisk;
+use crate::members::AddressBook;
 use crate::metrics::{CoreMetrics, CoreObserver};
 use crate::peers::PeerRouter;
 use chat_core::app::Delivery;
 use chat_core::entry::{Persist, Snapshot};
 use chat_core::machine::SnapshotImage;
+use chat_core::membership::Membership;
 use chat_core::storage::{stage_snapshot, LogStore, StorageError};
 use chat_core::{
     drive, ClientError, ClientRequest, Envelope, LogIndex, NodeId, Replica, Reply, RequestId,
-    Response, Role, Shell, Term,
+    Response, Role, Shell, Term, TransferError,
 };
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -52,6 +54,15 @@ pub enum Input {
         reply: ReplyTx,
     },
     Status(oneshot::Sender<StatusSnapshot>),
+    /// An operator asks the leader to hand leadership over (to the voter named, or the
+    /// most up-to-date one); answered with the voter chosen.
+    TransferLeadership {
+        target: Option<NodeId>,
+        reply: oneshot::Sender<Result<NodeId, TransferError>>,
+    },
+    /// An operator's backup: a copy-on-write image of the applied state, to encode off
+    /// the core thread (`None`: nothing applied).
+    ExportSnapshot(oneshot::Sender<Option<SnapshotImage>>),
     /// The snapshot writer encoded the replica's image into `snapshot` and staged
     /// (wrote and synced) it, or failed to. The bytes come back shared, not copied: the
     /// replica keeps them to send to followers.
@@ -93,6 +104,8 @@ pub struct ReplicaView {
     /// off steps down within two election timeouts, and its lease then ends.
     /// Updating it alone does not wake waiters: readers check it when they need it.
     pub fresh_until: Option<Instant>,
+    /// This replica knows it was removed from the cluster: its node stops serving.
+    pub removed: bool,
 }
 
 impl ReplicaView {
@@ -120,6 +133,7 @@ impl ReplicaView {
             last_applied: replica.last_applied(),
             last_log_index: replica.last_log_index(),
             fresh_until,
+            removed: replica.is_removed(),
         }
     }
 }
@@ -186,6 +200,7 @@ pub fn spawn(
     store: LogStore<FsDisk>,
     clock: Clock,
     router: PeerRouter,
+    book: AddressBook,
     metrics: CoreMetrics,
     stopped: oneshot::Sender<()>,
 ) -> std::io::Result<(
@@ -221,6 +236,8 @@ pub fn spawn(
             snapshot_writer,
         },
         observer: CoreObserver::new(metrics),
+        book,
+        membership_seen: None,
         next_request_id: 0,
         snapshots_installed: 0,
         counters: Counters::default(),
@@ -296,6 +313,9 @@ struct Core {
     next_request_id: u64,
     counters: Counters,
     observer: CoreObserver,
+    /// Where the configuration in force is published for the peer transport.
+    book: AddressBook,
+    membership_seen: Option<Membership>,
 }
 
 /// What the loop did, logged when it stops: the group-commit ratio in numbers.
@@ -335,6 +355,7 @@ impl Core {
                 let _ = self.shell.deliveries.send(Live::Resync);
             }
             drive(&mut self.replica, &mut self.shell)?;
+            self.follow_membership();
             self.publish();
             self.observer.observe(&self.replica);
             self.counters.batches += 1;
@@ -349,6 +370,17 @@ impl Core {
                 return Ok(());
             }
         }
+    }
+
+    /// Publishes the configuration in force when it changed, and brings the peer links
+    /// in line (a member added is dialed, a removed one loses its link).
+    fn follow_membership(&mut self) {
+        let membership = self.replica.membership();
+        if self.membership_seen.as_ref() != Some(membership) {
+            self.book.set_membership(membership);
+            self.membership_seen = Some(membership.clone());
+        }
+        self.shell.router.sync();
     }
 
     /// Publishes the replica's view. Waiters wake only when something other than the
@@ -392,6 +424,14 @@ impl Core {
                     last_log_index: r.last_log_index(),
                     state_hash: r.state_hash(),
                 });
+            }
+            Input::TransferLeadership { target, reply } => {
+                // The asker may have given up; nothing to do then.
+                let _ = reply.send(self.replica.transfer_leadership(now, target));
+            }
+            Input::ExportSnapshot(reply) => {
+                // As above.
+                let _ = reply.send(self.replica.export_image());
             }
             Input::SnapshotStaged { snapshot, outcome } => {
                 outcome?;

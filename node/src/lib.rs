@@ -4,7 +4,8 @@
 //!
 //! - [`server`]: one member, wired together; [`driver`]: the thread that owns the replica;
 //! - [`connections`]: inbound connections, bounded in number and in silence;
-//! - [`peers`]: replica-to-replica transport; [`service`], [`listen`]: the client API;
+//! - [`peers`]: replica-to-replica transport, following [`members`] (the address
+//!   book of the configuration in force); [`admin`]: the operator API; [`service`], [`listen`]: the client API;
 //! - [`auth`]: passwords, tokens, peer proofs; [`convert`]: core ⟷ wire;
 //! - [`hashing`]: the bounded pool that hashes passwords; [`limiter`]: failed logins
 //!   per account and per address;
@@ -14,7 +15,9 @@
 //! - [`cli`], [`ctl`]: the `main` of `chatnode` and of `chatctl`; [`terminal`]: what
 //!   `chatctl` prints, made safe for a terminal.
 
+pub mod admin;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod client;
 pub mod clock;
@@ -22,12 +25,14 @@ pub mod config;
 pub mod connections;
 pub mod convert;
 pub mod ctl;
+pub mod ctl_admin;
 pub mod disk;
 pub mod driver;
 pub mod hashing;
 pub mod limiter;
 pub mod listen;
 pub mod local;
+pub mod members;
 pub mod metrics;
 pub mod peers;
 pub mod server;

@@ -181,7 +181,7 @@ fn ensure_fresh(shared: &Shared, view: &ReplicaView) -> Result<(), Status> {
         "this replica has lost contact with the leader and may have missed writes \
          (a logout among them); retry on another node",
         view.leader_id,
-        &shared.members,
+        &shared.addresses.map(),
     ))
 }
 
@@ -206,7 +206,7 @@ fn check_cursor(
     Err(convert::unavailable_with_leader(
         "this replica's log does not reach the requested position yet; retry on the leader",
         view.leader_id,
-        &shared.members,
+        &shared.addresses.map(),
     ))
 }
 
@@ -288,7 +288,7 @@ async fn wait_for_applied(shared: &Shared, index: u64, sink: &Sink) -> Result<bo
                 Err(convert::unavailable_with_leader(
                     "this replica is still catching up; retry on another node",
                     leader,
-                    &shared.members,
+                    &shared.addresses.map(),
                 ))
             }
         },

@@ -54,6 +54,7 @@ pub fn configs(
                 listen: addr.parse()?,
                 advertise: addr.clone(),
                 peers,
+                join: Vec::new(),
                 data_dir: dir.join(format!("node-{id}")),
                 cluster_id: CLUSTER_ID_DEFAULT.to_owned(),
                 tick_ms: TICK_MS_DEFAULT,
@@ -68,6 +69,35 @@ pub fn configs(
             })
         })
         .collect()
+}
+
+/// A node that joins the local cluster (id `nodes + 1`): the founders' layout, no
+/// founding peers, `--join` all of them.
+fn spare_config(
+    founders: &[NodeConfig],
+    dir: &Path,
+    base_port: u16,
+    metrics_base_port: u16,
+) -> anyhow::Result<NodeConfig> {
+    let id = founders.len() as u64 + 1;
+    if id > NODES_MAX {
+        bail!("--spare needs --nodes below {NODES_MAX}");
+    }
+    let founder = founders.first().context("no founders")?;
+    let address = format!("127.0.0.1:{}", port_of(base_port, id, "--base-port")?);
+    Ok(NodeConfig {
+        id,
+        listen: address.parse()?,
+        advertise: address,
+        peers: BTreeMap::new(),
+        join: founders.iter().map(|c| c.advertise.clone()).collect(),
+        data_dir: dir.join(format!("node-{id}")),
+        metrics_addr: Some(SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            port_of(metrics_base_port, id, "--metrics-base-port")?,
+        ))),
+        ..founder.clone()
+    })
 }
 
 /// Writes a random secret to `path` unless one is there.
@@ -90,6 +120,7 @@ pub async fn run(
     dir: PathBuf,
     base_port: u16,
     metrics_base_port: Option<u16>,
+    spare: bool,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     ensure_secret(&dir.join("secret"))?;
@@ -99,8 +130,12 @@ pub async fn run(
             "--base-port too high for the default metrics ports; give --metrics-base-port",
         )?,
     };
-    let configs = configs(nodes, &dir, base_port, metrics_base_port)?;
+    let mut configs = configs(nodes, &dir, base_port, metrics_base_port)?;
     let addresses: Vec<String> = configs.iter().map(|c| c.advertise.clone()).collect();
+    if spare {
+        configs.push(spare_config(&configs, &dir, base_port, metrics_base_port)?);
+    }
+    let all_addresses: Vec<String> = configs.iter().map(|c| c.advertise.clone()).collect();
     let metrics: Vec<Option<SocketAddr>> = configs.iter().map(|c| c.metrics_addr).collect();
     let (stop, shutdown) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -112,7 +147,7 @@ pub async fn run(
         let node = tracing::Instrument::instrument(crate::server::run(config, shutdown), span);
         tasks.spawn(async move { (id, node.await) });
     }
-    for (i, (address, metrics)) in addresses.iter().zip(&metrics).enumerate() {
+    for (i, (address, metrics)) in all_addresses.iter().zip(&metrics).enumerate() {
         match metrics {
             Some(metrics) => println!(
                 "node {} at {address}, metrics at http://{metrics}{}",
@@ -126,14 +161,32 @@ pub async fn run(
         "try: CHAT_PASSWORD=pw chatctl --cluster {} register --user alice",
         addresses.join(",")
     );
+    if spare {
+        let id = nodes + 1;
+        println!(
+            "node {id} is a spare waiting to join; add it: chatctl --cluster {} --secret-file {} member add --id {id} --addr {}",
+            addresses.join(","),
+            dir.join("secret").display(),
+            all_addresses.last().map_or("", String::as_str),
+        );
+    }
     println!("stop with Ctrl-C");
     let mut failure = None;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => { result.context("waiting for Ctrl-C")?; }
-        Some(joined) = tasks.join_next() => {
-            if let Ok((id, Err(error))) = joined {
-                failure = Some(anyhow::anyhow!("node {id}: {error}"));
+    // One node ending (a removed one stops for good) leaves the others running.
+    loop {
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => {
+                result.context("waiting for Ctrl-C")?;
+                break;
             }
+            joined = tasks.join_next() => match joined {
+                Some(Ok((id, Err(error)))) => {
+                    eprintln!("chatnode: node {id}: {error:#}");
+                    failure.get_or_insert(anyhow::anyhow!("node {id}: {error}"));
+                }
+                Some(_) => {}
+                None => break,
+            },
         }
     }
     // Ignored if every node already stopped.

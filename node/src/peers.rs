@@ -1,6 +1,7 @@
 //! Replica-to-replica traffic over tonic.
 //!
-//! Outbound: one task per peer with a bounded queue. The core thread never waits on the
+//! Outbound: one task per member of the configuration in force (it follows membership
+//! changes, see [`PeerRouter::sync`]), each with a bounded queue. The core thread never waits on the
 //! network: when a queue is full the message is dropped (Raft tolerates loss and
 //! retransmits). Each task writes what is queued, in batches, to one long-lived
 //! `Peer.Stream` call: no response per batch, so a Raft message costs one HTTP/2 data
@@ -16,9 +17,10 @@
 
 use crate::auth::Secret;
 use crate::driver::{CoreHandle, Input};
+use crate::members::AddressBook;
 use crate::metrics::{PeerCounters, PeerMetrics};
 use chat_core::{Envelope, NodeId};
-use chat_proto::metadata::{PEER_ID, PEER_PROOF};
+use chat_proto::metadata::{PEER_ADDR, PEER_FOUNDERS, PEER_ID, PEER_PROOF};
 use chat_proto::peer::peer_client::PeerClient;
 use chat_proto::peer::peer_server::{Peer, PeerServer};
 use chat_proto::peer::{PeerAck, PeerBatch};
@@ -53,67 +55,174 @@ fn codec() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<PEER_MESSAGE_BYTES_MAX>()
 }
 
-/// Routes envelopes to the per-peer queues.
-#[derive(Clone, Default)]
+/// Links to peers at most: the members of a configuration, plus nodes outside it this
+/// node must answer (a leader it is joining, a removed node it tells so).
+pub const LINKS_MAX: usize = 2 * chat_core::membership::MEMBERS_MAX;
+
+/// One sender task's queue, and the address it dials.
+struct Link {
+    address: String,
+    queue: mpsc::Sender<Envelope>,
+    counters: PeerCounters,
+}
+
+/// Routes envelopes to the per-peer sender tasks, and keeps one task per member of the
+/// configuration in force (see [`PeerRouter::sync`]): a member added gets a task, a
+/// member removed loses its own (its queue is dropped and the task ends), a member whose
+/// address changed is dialed anew. Owned by the core thread.
 pub struct PeerRouter {
-    queues: BTreeMap<NodeId, mpsc::Sender<Envelope>>,
-    counters: BTreeMap<NodeId, PeerCounters>,
+    from: NodeId,
+    links: BTreeMap<NodeId, Link>,
+    book: AddressBook,
+    /// The address book version the links were last checked against.
+    synced_version: Option<u64>,
+    dialer: Dialer,
+    metrics: PeerMetrics,
+    runtime: tokio::runtime::Handle,
+}
+
+/// What every sender task needs to open its stream.
+#[derive(Clone)]
+struct Dialer {
+    tls: Option<ClientTlsConfig>,
+    proof: String,
+    /// This node's own address, sent to every peer (`x-chat-peer-addr`).
+    advertise: String,
+    /// Its founding voters, if its log holds entry 1 (`x-chat-founders`).
+    founders: Option<String>,
 }
 
 impl PeerRouter {
-    pub fn send(&self, envelope: Envelope) {
+    pub fn send(&mut self, envelope: Envelope) {
         let to = envelope.to;
-        if let Some(queue) = self.queues.get(&to) {
-            if let Err(error) = queue.try_send(envelope) {
+        if !self.links.contains_key(&to) {
+            // Not a member in force: a node this one must answer (the leader while it
+            // joins, a removed node asking for votes). Dialed if its address is known.
+            self.open(to);
+        }
+        if let Some(link) = self.links.get(&to) {
+            if let Err(error) = link.queue.try_send(envelope) {
                 tracing::trace!("peer queue full or closed; message dropped");
                 // Closed only while the node stops: not a drop worth counting.
-                if let (mpsc::error::TrySendError::Full(_), Some(counters)) =
-                    (error, self.counters.get(&to))
-                {
-                    counters.queue_full.inc();
+                if let mpsc::error::TrySendError::Full(_) = error {
+                    link.counters.queue_full.inc();
                 }
             }
         }
     }
+
+    /// Brings the links in line with the address book: one per member other than this
+    /// node, dialing the address the book resolves. Cheap when nothing changed.
+    pub fn sync(&mut self) {
+        let version = self.book.version();
+        if self.synced_version == Some(version) {
+            return;
+        }
+        self.synced_version = Some(version);
+        let peers = self.book.peers();
+        self.links
+            .retain(|id, _| peers.iter().any(|(member, _)| member == id));
+        for (id, address) in peers {
+            let current = self.links.get(&id).map(|link| link.address.clone());
+            match (current, address) {
+                (Some(current), Some(address)) if current != address => {
+                    tracing::info!(peer = %id, %address, "peer address changed; dialing anew");
+                    self.links.remove(&id);
+                    self.open(id);
+                }
+                (None, Some(_)) => self.open(id),
+                _ => {}
+            }
+        }
+    }
+
+    /// Starts a sender task to `to`, if its address is known and the bound allows.
+    fn open(&mut self, to: NodeId) {
+        if to == self.from || self.links.len() >= LINKS_MAX {
+            return;
+        }
+        let Some(address) = self.book.resolve(to) else {
+            return;
+        };
+        // The channel spawns its connection task: on the runtime, also when called from
+        // the core thread.
+        let _runtime = self.runtime.enter();
+        let client = match self.dialer.client(&address) {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::warn!(peer = %to, %address, "cannot dial peer: {error}");
+                return;
+            }
+        };
+        tracing::info!(peer = %to, %address, "peer link opened");
+        let (queue, receiver) = mpsc::channel(PEER_QUEUE_CAPACITY);
+        let counters = self.metrics.of(to);
+        self.runtime.spawn(run_sender(
+            self.from,
+            to,
+            client,
+            receiver,
+            self.dialer.clone(),
+            counters.clone(),
+        ));
+        self.links.insert(
+            to,
+            Link {
+                address,
+                queue,
+                counters,
+            },
+        );
+    }
 }
 
-/// Starts one sender task per peer (on the current tokio runtime).
-pub fn start(
-    from: NodeId,
-    peers: &BTreeMap<u64, String>,
-    secret: &Secret,
-    tls: Option<ClientTlsConfig>,
-    metrics: &PeerMetrics,
-) -> anyhow::Result<PeerRouter> {
-    let mut router = PeerRouter::default();
-    for (&id, address) in peers {
-        let scheme = if tls.is_some() { "https" } else { "http" };
+impl Dialer {
+    fn client(
+        &self,
+        address: &str,
+    ) -> Result<PeerClient<tonic::transport::Channel>, tonic::transport::Error> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))?
             .connect_timeout(CALL_TIMEOUT)
             .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
             .tcp_nodelay(true);
-        if let Some(tls) = &tls {
+        if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone())?;
         }
-        let client = PeerClient::new(endpoint.connect_lazy())
+        Ok(PeerClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
-        let (queue, receiver) = mpsc::channel(PEER_QUEUE_CAPACITY);
-        router.queues.insert(NodeId(id), queue);
-        let counters = metrics.of(NodeId(id));
-        router.counters.insert(NodeId(id), counters.clone());
-        let proof = secret.peer_proof(from.0);
-        tokio::spawn(run_sender(
-            from,
-            NodeId(id),
-            client,
-            receiver,
-            proof,
-            counters,
-        ));
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
     }
+}
+
+/// The router of node `from`, whose links follow `book` (call on the tokio runtime that
+/// is to run the sender tasks; [`PeerRouter::sync`] opens them).
+pub fn start(
+    from: NodeId,
+    book: AddressBook,
+    secret: &Secret,
+    tls: Option<ClientTlsConfig>,
+    metrics: &PeerMetrics,
+) -> anyhow::Result<PeerRouter> {
+    let advertise = book.resolve(from).unwrap_or_default();
+    let book_founders = book.founders().map(str::to_owned);
+    let mut router = PeerRouter {
+        from,
+        links: BTreeMap::new(),
+        book,
+        synced_version: None,
+        dialer: Dialer {
+            tls,
+            proof: secret.peer_proof(from.0),
+            advertise,
+            founders: book_founders,
+        },
+        metrics: metrics.clone(),
+        runtime: tokio::runtime::Handle::try_current()?,
+    };
+    router.sync();
     Ok(router)
 }
 
@@ -122,7 +231,7 @@ async fn run_sender(
     to: NodeId,
     client: PeerClient<tonic::transport::Channel>,
     mut queue: mpsc::Receiver<Envelope>,
-    proof: String,
+    dialer: Dialer,
     counters: PeerCounters,
 ) {
     let mut backoff = BACKOFF_MIN;
@@ -131,9 +240,17 @@ async fn run_sender(
         let (stream, batches) = mpsc::channel(STREAM_BATCHES_QUEUED);
         let mut request = Request::new(ReceiverStream::new(batches));
         // Metadata values are ASCII digits and hex, always valid.
-        if let (Ok(id), Ok(proof)) = (from.0.to_string().parse(), proof.parse()) {
+        if let (Ok(id), Ok(proof)) = (from.0.to_string().parse(), dialer.proof.parse()) {
             request.metadata_mut().insert(PEER_ID, id);
             request.metadata_mut().insert(PEER_PROOF, proof);
+        }
+        // The address is the operator's text: sent only if it is a valid header value.
+        if let Ok(address) = dialer.advertise.parse() {
+            request.metadata_mut().insert(PEER_ADDR, address);
+        }
+        // Digits and commas: always a valid header value.
+        if let Some(Ok(founders)) = dialer.founders.as_deref().map(str::parse) {
+            request.metadata_mut().insert(PEER_FOUNDERS, founders);
         }
         let mut client = client.clone();
         let opened = Instant::now();
@@ -183,17 +300,11 @@ async fn run_sender(
 /// [`PEER_MESSAGE_BYTES_MAX`] enforced on decoding.
 pub fn server(
     service: PeerService,
-    members: Vec<u64>,
+    book: AddressBook,
     secret: Secret,
 ) -> InterceptedService<PeerServer<PeerService>, PeerAuth> {
     let server = PeerServer::new(service).max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
-    InterceptedService::new(
-        server,
-        PeerAuth {
-            members: members.into(),
-            secret,
-        },
-    )
+    InterceptedService::new(server, PeerAuth { book, secret })
 }
 
 /// Checks a peer call's proof of membership. tonic runs an interceptor on the request's
@@ -201,7 +312,7 @@ pub fn server(
 /// at most the HTTP/2 flow-control window, however large the message it announces.
 #[derive(Clone)]
 pub struct PeerAuth {
-    members: std::sync::Arc<[u64]>,
+    book: AddressBook,
     secret: Secret,
 }
 
@@ -227,8 +338,18 @@ impl PeerAuth {
         let proof = metadata.get(PEER_PROOF).and_then(|v| v.to_str().ok());
         match (claimed, proof) {
             (Some(from), Some(proof))
-                if self.members.contains(&from) && self.secret.verify_peer_proof(from, proof) =>
+                if self.secret.verify_peer_proof(from, proof)
+                    && self.book.accepts(NodeId(from)) =>
             {
+                let founders = metadata.get(PEER_FOUNDERS).and_then(|v| v.to_str().ok());
+                if let Some(conflict) = self.book.founders_conflict(founders) {
+                    tracing::error!(peer = from, "{conflict}");
+                    return Err(Status::failed_precondition(conflict));
+                }
+                // Proven: the caller says where it is reached (see `members`).
+                if let Some(address) = metadata.get(PEER_ADDR).and_then(|v| v.to_str().ok()) {
+                    self.book.learn(NodeId(from), address);
+                }
                 Ok(from)
             }
             _ => Err(Status::permission_denied(
@@ -315,5 +436,69 @@ impl Peer for PeerService {
             accepted = accepted.saturating_add(self.accept(from, &batch)?);
         }
         Ok(Response::new(PeerAck { accepted }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_core::membership::{Membership, MembershipChange};
+
+    fn linked(router: &PeerRouter) -> Vec<(u64, String)> {
+        router
+            .links
+            .iter()
+            .map(|(id, link)| (id.0, link.address.clone()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn links_follow_the_membership_and_its_addresses() {
+        let peers = BTreeMap::from([(2, "h:2".to_owned()), (3, "h:3".to_owned())]);
+        let book = AddressBook::new(NodeId(1), "h:1", &peers);
+        let founding = Membership::founding(&[NodeId(1), NodeId(2), NodeId(3)]);
+        book.set_membership(&founding);
+        let secret = Secret::new(b"0123456789abcdef".to_vec()).expect("long enough");
+        let metrics = crate::metrics::Metrics::new([]);
+        let mut router =
+            start(NodeId(1), book.clone(), &secret, None, &metrics.peers).expect("router");
+        assert_eq!(linked(&router), [(2, "h:2".into()), (3, "h:3".into())]);
+
+        let added = founding
+            .apply(&MembershipChange::AddLearner {
+                id: NodeId(4),
+                address: "h:4".into(),
+            })
+            .expect("new id");
+        let removed = added
+            .apply(&MembershipChange::Remove { id: NodeId(3) })
+            .expect("member");
+        book.set_membership(&removed);
+        router.sync();
+        assert_eq!(linked(&router), [(2, "h:2".into()), (4, "h:4".into())]);
+
+        // Node 2 says it moved: its link dials the new address.
+        book.learn(NodeId(2), "moved:2");
+        router.sync();
+        assert_eq!(linked(&router), [(2, "moved:2".into()), (4, "h:4".into())]);
+
+        // A message to a node outside the configuration opens a link on demand, if its
+        // address is known (here: node 3, removed, told so); none for an unknown one.
+        router.send(Envelope {
+            from: NodeId(1),
+            to: NodeId(3),
+            message: chat_core::Message::Removed {
+                term: chat_core::Term(1),
+            },
+        });
+        router.send(Envelope {
+            from: NodeId(1),
+            to: NodeId(9),
+            message: chat_core::Message::Removed {
+                term: chat_core::Term(1),
+            },
+        });
+        let ids: Vec<u64> = linked(&router).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, [2, 3, 4]);
     }
 }

@@ -1,6 +1,7 @@
 //! Runs one member: opens (and checks) its data dir, recovers, starts the core thread,
 //! the peer senders and the gRPC server, and stops them in order on shutdown.
 
+use crate::admin::{self, AdminService};
 use crate::auth::Secret;
 use crate::clock::Clock;
 use crate::config::{NodeConfig, ELECTION_TICKS};
@@ -9,6 +10,7 @@ use crate::disk::FsDisk;
 use crate::driver::{self, Input};
 use crate::hashing::HashPool;
 use crate::limiter::LoginLimiter;
+use crate::members::AddressBook;
 use crate::metrics::{self, Metrics, Sampled};
 use crate::peers::{self, PeerService};
 use crate::service::{ChatService, Shared, CLIENT_MESSAGE_BYTES_MAX};
@@ -51,10 +53,14 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
     let clock = Clock::start();
     let members = config.members();
     let tick_us = config.tick_ms * 1_000;
-    let mut core_config = Config::new(
-        NodeId(config.id),
-        members.keys().map(|&id| NodeId(id)).collect(),
-    );
+    // A joining node has no founding members: it waits for a leader to add it (and
+    // ignores them anyway once its data dir holds a log).
+    let founders = if config.join.is_empty() {
+        members.keys().map(|&id| NodeId(id)).collect()
+    } else {
+        Vec::new()
+    };
+    let mut core_config = Config::new(NodeId(config.id), founders);
     core_config.heartbeat_interval_us = tick_us;
     core_config.election_timeout_us_min = tick_us * ELECTION_TICKS;
     // Twice the minimum, as before the range was explicit: half the range is jitter.
@@ -69,20 +75,44 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
         last_log_index = replica.last_log_index().0,
         "recovered"
     );
+    if replica.is_removed() {
+        anyhow::bail!("{}", removed_line(config.id));
+    }
+    if !replica.membership().contains(NodeId(config.id)) {
+        eprintln!("{}", waiting_line(&config));
+    }
 
     let (server_tls, client_tls) = tls(&config)?;
     let metrics = Metrics::new(config.peers.keys().map(|&id| NodeId(id)));
+    let book = AddressBook::new(NodeId(config.id), &config.advertise, &config.peers)
+        .with_founders(founding_voters(&replica));
+    book.set_membership(replica.membership());
     let router = peers::start(
         NodeId(config.id),
-        &config.peers,
+        book.clone(),
         &secret,
-        client_tls,
+        client_tls.clone(),
         &metrics.peers,
     )?;
     let (core_stopped_tx, core_stopped) = tokio::sync::oneshot::channel();
     let core_metrics = metrics.core.clone();
-    let (core, core_thread) =
-        driver::spawn(replica, store, clock, router, core_metrics, core_stopped_tx)?;
+    let (core, core_thread) = driver::spawn(
+        replica,
+        store,
+        clock,
+        router,
+        book.clone(),
+        core_metrics,
+        core_stopped_tx,
+    )?;
+    if !config.join.is_empty() {
+        tokio::spawn(discover_members(
+            config.join.clone(),
+            client_tls,
+            book.clone(),
+            core.view(),
+        ));
+    }
 
     // Turned on when the server stops, whatever the reason, so that listen streams end
     // and graceful shutdown does not wait for them forever.
@@ -93,7 +123,7 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
     let shared = Arc::new(Shared {
         core: core.clone(),
         secret: secret.clone(),
-        members: members.clone(),
+        addresses: book.clone(),
         token_ttl_us: config.token_ttl_secs.saturating_mul(1_000_000),
         shutdown: streams_stopped,
         listeners: crate::listen::Listeners::default(),
@@ -108,15 +138,23 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
     });
     let metrics_server =
         metrics::endpoint::start(config.metrics_addr, exposition, metrics_stopped).await?;
-    let chat = ChatServer::new(ChatService { inner: shared })
-        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
+    let chat = ChatServer::new(ChatService {
+        inner: Arc::clone(&shared),
+    })
+    .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
     let peer = peers::server(
         PeerService {
             id: NodeId(config.id),
             core: core.clone(),
             shutdown: peer_streams_stopped,
         },
-        members.keys().copied().collect(),
+        book.clone(),
+        secret.clone(),
+    );
+    let admin = admin::server(
+        AdminService {
+            shared: Arc::clone(&shared),
+        },
         secret,
     );
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -137,12 +175,28 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
     if let Some(tls) = server_tls {
         builder = builder.tls_config(tls)?;
     }
+    let mut removed_view = core.view();
+    let removed_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let removed_seen = Arc::clone(&removed_flag);
+    let transfer_core = core.clone();
+    let id = config.id;
+    let election_timeout = std::time::Duration::from_millis(config.tick_ms * ELECTION_TICKS);
     let stop = async move {
-        tokio::select! {
+        // Each arm only says which happened: the guards `wait_for` returns are not held
+        // across the handover's awaits.
+        let asked_to_stop = tokio::select! {
             // Either the flag turned true or every sender is gone: stop in both cases.
-            _ = shutdown.wait_for(|stop| *stop) => {}
+            _ = shutdown.wait_for(|stop| *stop) => true,
             // The core stopped on its own (a failed write): serve nothing more.
-            _ = core_stopped => {}
+            _ = core_stopped => false,
+            // This node learned it was removed: it serves nothing more, for good.
+            Ok(_) = removed_view.wait_for(|view| view.removed) => {
+                removed_seen.store(true, Ordering::Relaxed);
+                false
+            }
+        };
+        if asked_to_stop {
+            hand_over_leadership(&transfer_core, NodeId(id), 2 * election_timeout).await;
         }
         // Listen streams may all be gone already.
         let _ = stop_streams.send(true);
@@ -153,6 +207,7 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
         .add_service(health)
         .add_service(chat)
         .add_service(peer)
+        .add_service(admin)
         .serve_with_incoming_shutdown(incoming, stop)
         .await;
     if let Some(metrics_server) = metrics_server {
@@ -178,8 +233,119 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
         "password hashing stopped"
     );
     served.context("server")?;
+    if removed_flag.load(Ordering::Relaxed) {
+        anyhow::bail!("{}", removed_line(config.id));
+    }
     tracing::info!(id = config.id, "stopped");
     Ok(())
+}
+
+/// The voters of the founding entry (entry 1), if this replica's log still holds it.
+fn founding_voters(replica: &Replica) -> Option<Vec<NodeId>> {
+    match replica
+        .log_entry(chat_core::LogIndex(1))
+        .map(|e| &e.payload)
+    {
+        Some(chat_core::entry::EntryPayload::Membership { membership, .. }) => {
+            Some(membership.voters().collect())
+        }
+        _ => None,
+    }
+}
+
+fn removed_line(id: u64) -> String {
+    format!(
+        "node {id} was removed from the cluster and will not serve again; \
+         to bring this machine back, wipe its data dir and add it under a new id"
+    )
+}
+
+fn waiting_line(config: &NodeConfig) -> String {
+    let cluster = if config.join.is_empty() {
+        "ANY_MEMBER".to_owned()
+    } else {
+        config.join.join(",")
+    };
+    format!(
+        "node {} is not a member yet and waits to be added: \
+         chatctl --cluster {cluster} --secret-file SECRET member add --id {} --addr {}",
+        config.id, config.id, config.advertise
+    )
+}
+
+/// A leader asked to stop hands leadership to the most up-to-date voter first, and waits
+/// (at most `wait`) until another node leads, so that the cluster does not sit out an
+/// election timeout: a rolling restart costs a transfer per leader, not an election.
+async fn hand_over_leadership(core: &driver::CoreHandle, me: NodeId, wait: std::time::Duration) {
+    if core.leadership().role != chat_core::Role::Leader {
+        return;
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let input = Input::TransferLeadership {
+        target: None,
+        reply,
+    };
+    if core.submit(input).is_err() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let target = match answer.await {
+        Ok(Ok(target)) => target,
+        Ok(Err(error)) => {
+            tracing::info!("no leadership transfer before stopping: {error}");
+            return;
+        }
+        Err(_) => return,
+    };
+    let mut view = core.view();
+    let handed = tokio::time::timeout(wait, async {
+        view.wait_for(|v| {
+            v.role != chat_core::Role::Leader && v.leader_id.is_some_and(|leader| leader != me)
+        })
+        .await
+        .map(|v| v.leader_id)
+    })
+    .await;
+    match handed {
+        Ok(Ok(leader)) => tracing::info!(
+            to = leader.map_or(0, |l| l.0),
+            ms = started.elapsed().as_millis() as u64,
+            "leadership handed over before stopping"
+        ),
+        _ => {
+            tracing::warn!(%target, "leadership transfer did not complete in {wait:?}; stopping anyway")
+        }
+    }
+}
+
+/// A node started with `--join` learns every member's address from the nodes it was
+/// given (their `Status`), and asks again whenever the configuration in force names a
+/// member it cannot reach (founders' addresses are not in the log).
+async fn discover_members(
+    join: Vec<String>,
+    tls: Option<ClientTlsConfig>,
+    book: AddressBook,
+    mut stopped: watch::Receiver<driver::ReplicaView>,
+) {
+    let mut client = crate::client::ClusterClient::new(join.clone(), tls);
+    loop {
+        if book.missing_addresses() {
+            for address in &join {
+                if let Ok(status) = client.status_of(address).await {
+                    for member in &status.members {
+                        book.learn(NodeId(member.id), &member.address);
+                    }
+                    break;
+                }
+            }
+        }
+        let pause = tokio::time::sleep(std::time::Duration::from_secs(1));
+        tokio::select! {
+            _ = pause => {}
+            // The core thread is gone: the node is stopping.
+            Err(_) = stopped.changed() => return,
+        }
+    }
 }
 
 fn tls(config: &NodeConfig) -> anyhow::Result<(Option<ServerTlsConfig>, Option<ClientTlsConfig>)> {

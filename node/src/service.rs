@@ -15,7 +15,6 @@ use chat_core::app::{
 use chat_core::{ClientError, ClientRequest, ReadConsistency, Response as CoreResponse, Role};
 use chat_proto::chat::chat_server::Chat;
 use chat_proto::chat::*;
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -36,7 +35,8 @@ pub struct ChatService {
 pub struct Shared {
     pub core: CoreHandle,
     pub secret: Secret,
-    pub members: BTreeMap<u64, String>,
+    /// Where each member is reached (leader hints, `Status`): follows the membership.
+    pub addresses: crate::members::AddressBook,
     pub token_ttl_us: u64,
     pub shutdown: watch::Receiver<bool>,
     /// The live `Listen` streams, bounded per user and per node.
@@ -50,7 +50,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    async fn submit(&self, request: ClientRequest) -> Result<CoreResponse, Status> {
+    pub(crate) async fn submit(&self, request: ClientRequest) -> Result<CoreResponse, Status> {
         let (reply, answer) = oneshot::channel();
         let kind = RequestKind::of(&request);
         let started = Instant::now();
@@ -67,7 +67,9 @@ impl Shared {
             Ok(Err(_)) => Err(Status::unavailable(
                 "node is shutting down; retry elsewhere",
             )),
-            Ok(Ok(outcome)) => outcome.map_err(|e| convert::client_error(&e, &self.members)),
+            Ok(Ok(outcome)) => {
+                outcome.map_err(|e| convert::client_error(&e, &self.addresses.map()))
+            }
         }
     }
 
@@ -159,7 +161,7 @@ impl Shared {
         let refusal = ClientError::NotLeader {
             leader_hint: leadership.leader_id,
         };
-        Err(convert::client_error(&refusal, &self.members))
+        Err(convert::client_error(&refusal, &self.addresses.map()))
     }
 
     fn limiter(&self) -> std::sync::MutexGuard<'_, LoginLimiter> {
@@ -474,24 +476,18 @@ impl Chat for ChatService {
     ) -> Result<Response<StatusResponse>, Status> {
         let s = self.inner.status().await?;
         let leader_id = s.leader_id.map_or(0, |id| id.0);
+        let addresses = self.inner.addresses.map();
         Ok(Response::new(StatusResponse {
             id: s.id.0,
             role: convert::role(s.role).to_owned(),
             term: s.term.0,
             leader_id,
-            leader_address: self
-                .inner
-                .members
-                .get(&leader_id)
-                .cloned()
-                .unwrap_or_default(),
+            leader_address: addresses.get(&leader_id).cloned().unwrap_or_default(),
             commit_index: s.commit_index.0,
             last_applied: s.last_applied.0,
             last_log_index: s.last_log_index.0,
             state_hash: s.state_hash,
-            members: self
-                .inner
-                .members
+            members: addresses
                 .iter()
                 .map(|(&id, address)| Member {
                     id,

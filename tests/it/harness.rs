@@ -49,6 +49,11 @@ pub struct Node {
     pub address: String,
     /// Where the node serves `/metrics` (plain HTTP).
     pub metrics_address: String,
+    /// Started with `--peers` (a founder) or with `--join` (added later).
+    pub founder: bool,
+    /// Removed from the cluster: no longer among the addresses a client is given, nor
+    /// among the nodes that must converge.
+    pub removed: bool,
     child: Option<Child>,
 }
 
@@ -81,6 +86,16 @@ impl Cluster {
     /// A cluster whose nodes snapshot every `snapshot_entries` applied entries (when
     /// given), so that a test can reach snapshots with a few hundred writes.
     pub fn start_configured(size: u64, tls: bool, snapshot_entries: Option<u64>) -> Cluster {
+        let mut cluster = Cluster::prepare(size, tls, snapshot_entries);
+        for id in 1..=size {
+            cluster.restart(id);
+        }
+        cluster
+    }
+
+    /// A cluster's layout (ports, secret, data dirs) with no node started yet, so that a
+    /// test can seed a data dir first (a restore).
+    pub fn prepare(size: u64, tls: bool, snapshot_entries: Option<u64>) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(
             dir.path().join("secret"),
@@ -95,23 +110,67 @@ impl Cluster {
                 id,
                 address: format!("127.0.0.1:{}", ports[0]),
                 metrics_address: format!("127.0.0.1:{}", ports[1]),
+                founder: true,
+                removed: false,
                 child: None,
             })
             .collect();
-        let mut cluster = Cluster {
+        Cluster {
             dir,
             nodes,
             tls,
             snapshot_entries,
-        };
-        for id in 1..=size {
-            cluster.restart(id);
         }
-        cluster
     }
 
+    /// The addresses of the nodes not removed.
     pub fn addresses(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.address.clone()).collect()
+        self.members().map(|n| n.address.clone()).collect()
+    }
+
+    fn members(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| !n.removed)
+    }
+
+    /// Ids of the nodes not removed.
+    pub fn member_ids(&self) -> Vec<u64> {
+        self.members().map(|n| n.id).collect()
+    }
+
+    /// A new node (the next id, an empty data dir) started with `--join`: it waits to
+    /// be added (`chatctl member add`). Its id.
+    pub fn start_joining(&mut self) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let ports = free_ports(2);
+        self.nodes.push(Node {
+            id,
+            address: format!("127.0.0.1:{}", ports[0]),
+            metrics_address: format!("127.0.0.1:{}", ports[1]),
+            founder: false,
+            removed: false,
+            child: None,
+        });
+        self.restart(id);
+        id
+    }
+
+    /// Marks node `id` removed (after `chatctl member remove`).
+    pub fn forget(&mut self, id: u64) {
+        self.nodes[(id - 1) as usize].removed = true;
+    }
+
+    /// Runs `chatctl --cluster <members> --secret-file <secret> ARGS`.
+    pub fn chatctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(chatctl())
+            .arg("--cluster")
+            .arg(self.addresses().join(","))
+            .arg("--secret-file")
+            .arg(self.secret_file())
+            .args(args)
+            .env_remove("CHAT_TOKEN")
+            .env_remove("CHAT_PASSWORD")
+            .output()
+            .expect("run chatctl")
     }
 
     pub fn address(&self, id: u64) -> String {
@@ -140,7 +199,7 @@ impl Cluster {
         let peers: Vec<String> = self
             .nodes
             .iter()
-            .filter(|n| n.id != id)
+            .filter(|n| n.id != id && n.founder)
             .map(|n| format!("{}={}", n.id, n.address))
             .collect();
         let log = self.log_file(id);
@@ -149,9 +208,18 @@ impl Cluster {
             .arg("--id")
             .arg(id.to_string())
             .arg("--listen")
-            .arg(self.address(id))
-            .arg("--peers")
-            .arg(peers.join(","))
+            .arg(self.address(id));
+        if self.node(id).founder {
+            command.arg("--peers").arg(peers.join(","));
+        } else {
+            let others: Vec<String> = self
+                .members()
+                .filter(|n| n.id != id)
+                .map(|n| n.address.clone())
+                .collect();
+            command.arg("--join").arg(others.join(","));
+        }
+        command
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--secret-file")
@@ -372,7 +440,7 @@ impl Cluster {
                 }
             }
             let all_same = views.windows(2).all(|w| w[0] == w[1]);
-            if views.len() == self.nodes.len() && all_same && views[0].0 == views[0].1 {
+            if views.len() == self.addresses().len() && all_same && views[0].0 == views[0].1 {
                 return (views[0].0, views[0].2);
             }
             assert!(

@@ -12,6 +12,7 @@ mod failover;
 mod harness;
 mod listen;
 mod login_flood;
+mod membership;
 mod metrics;
 mod sessions;
 mod shutdown;

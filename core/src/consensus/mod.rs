@@ -3,6 +3,7 @@
 //! index for linearizable reads. All of it lives on [`Replica`], one impl block per
 //! concern.
 
+mod backup;
 mod client;
 mod config;
 mod election;
