@@ -217,7 +217,12 @@ impl Replica {
             return Err(MembershipError::ChangeInProgress { index: index.0 });
         }
         match *change {
-            MembershipChange::Promote { id } if self.membership().contains(id) => {
+            // Only a learner's lag matters: promoting a voter is refused as
+            // `AlreadyVoter` by the structural rules, however far behind it is, so that
+            // an operator retrying a promotion whose answer was lost learns it is done.
+            MembershipChange::Promote { id }
+                if self.membership().contains(id) && !self.membership().is_voter(id) =>
+            {
                 let match_index = self
                     .progress
                     .get(&id)

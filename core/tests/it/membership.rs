@@ -143,6 +143,30 @@ fn a_lagging_learner_is_not_promoted() {
     applied(cluster.change(promote(4)));
 }
 
+/// Found by the simulator (issue 11): an operator retried a promotion whose first
+/// attempt had been applied while the answer was lost; the voter was a few entries
+/// behind, and the retry was refused as `LearnerLagging` instead of `AlreadyVoter`, so
+/// the operator believed the promotion had not happened.
+#[test]
+fn promoting_a_lagging_voter_again_says_it_is_already_a_voter() {
+    let mut configs: Vec<_> = (1..=3).map(|id| config(id, 3)).collect();
+    for config in &mut configs {
+        config.promotion_lag_entries_max = 4;
+    }
+    let mut cluster = Cluster::with_configs(configs);
+    cluster.wait_for_leader();
+    cluster.join(4);
+    applied(cluster.change(add(4)));
+    cluster.run_for(ms(500));
+    applied(cluster.change(promote(4)));
+    cluster.isolate(4);
+    fill(&mut cluster, "while-away", 8);
+    assert_eq!(
+        refused(cluster.change(promote(4))),
+        MembershipError::AlreadyVoter(NodeId(4))
+    );
+}
+
 #[test]
 fn one_change_at_a_time() {
     let mut cluster = Cluster::new(3);
