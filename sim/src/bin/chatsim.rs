@@ -100,9 +100,10 @@ struct ElectionsArgs {
 
 #[derive(Args, Clone)]
 struct SimArgs {
-    /// Cluster size.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=NODES_MAX))]
-    nodes: u64,
+    /// Founding cluster size (`--members` is the same flag). Default: drawn per seed,
+    /// 5 for half the seeds and 3, 4, 6 or 7 for the others.
+    #[arg(long, alias = "members", value_parser = clap::value_parser!(u64).range(1..=NODES_MAX))]
+    nodes: Option<u64>,
     /// Fault kinds to draw from: `all`, `none`, or a comma-separated list of crash,
     /// torn-write, recovery-crash, corruption, drop, duplicate, delay, partition,
     /// clock-drift, pause, the targeted nemeses leader-isolation, leader-pause,
@@ -178,8 +179,8 @@ impl SimArgs {
     /// The flags that differ from the defaults, for a replay command line.
     fn flags(&self) -> String {
         let mut flags = String::new();
-        if self.nodes != 5 {
-            flags.push_str(&format!(" --nodes {}", self.nodes));
+        if let Some(nodes) = self.nodes {
+            flags.push_str(&format!(" --nodes {nodes}"));
         }
         if self.faults != FaultSet::all() {
             flags.push_str(&format!(" --faults {}", self.faults));
