@@ -492,9 +492,11 @@ mod tests {
         assert_eq!(field(code, 6), 1);
         assert_eq!(
             describe_node(code),
-            "up leader term=max log=equal commit-lag=0 apply-lag=0 reads=1-3 sessions=0% disk=clean"
+            "up leader term=max log=equal commit-lag=0 apply-lag=0 reads=1-3 sessions=0% disk=clean member=voter change=settled"
         );
-        let down = pack(&[2, 4, 3, 5, 4, 3, 3, 6, 3]);
+        let learner = pack(&[0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 2, 1]);
+        assert!(describe_node(learner).ends_with("member=learner-lagging change=pending"));
+        let down = pack(&[2, 4, 3, 5, 4, 3, 3, 6, 3, 0, 5, 2]);
         assert_eq!(describe_node(down), "down disk=corrupt");
     }
 

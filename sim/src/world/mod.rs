@@ -647,9 +647,13 @@ impl<'a> World<'a> {
         self.tracer.line(self.now, || {
             format!("{node} <- client request #{} {request:?}", request_id.0)
         });
+        let promotion = self.promotion_watch(node, &request);
         self.with_replica(node, |replica, now| {
             replica.handle_client_request(now, request_id, request)
         });
+        if let Some(watch) = promotion {
+            self.check_promotion(node, watch);
+        }
     }
 
     fn fire_timer(&mut self, id: NodeId, seq: u64) {

@@ -18,8 +18,9 @@
 
 use super::*;
 use chat_core::membership::{Membership, MembershipChange, MembershipError};
+use chat_core::LogIndex;
 use rand::SeedableRng;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// The operator's index in `World::requests` (clients use their own indexes).
 pub(super) const OPERATOR: usize = usize::MAX;
@@ -66,6 +67,10 @@ pub(super) struct Operator {
     target: NodeId,
     /// The membership as the operator's successful changes made it.
     pub(super) model: Membership,
+    /// Impatient promotions sent outside the queue (by a second operator, say), by
+    /// request, and the learners they promote whose fate is not known yet.
+    impatient: BTreeMap<RequestId, NodeId>,
+    pub(super) impatient_unknown: BTreeSet<NodeId>,
     rng: ChaCha8Rng,
 }
 
@@ -80,6 +85,8 @@ impl Operator {
             token: 0,
             target: NodeId(1),
             model: Membership::founding(&founding),
+            impatient: BTreeMap::new(),
+            impatient_unknown: BTreeSet::new(),
             rng: ChaCha8Rng::seed_from_u64(derive_seed(scenario.seed, Stream::Membership, 2)),
         }
     }
@@ -118,8 +125,11 @@ impl World<'_> {
                     change(MembershipChange::AddLearner { id, address }, false),
                 ]
             }
-            FaultAction::Promote { node, wait } => {
-                vec![change(MembershipChange::Promote { id: NodeId(node) }, wait)]
+            FaultAction::Promote { node, wait: false } => {
+                return self.operator_impatient_promote(NodeId(node));
+            }
+            FaultAction::Promote { node, wait: true } => {
+                vec![change(MembershipChange::Promote { id: NodeId(node) }, true)]
             }
             FaultAction::RemoveMember { node: LEADER } => vec![Step::RemoveLeader],
             FaultAction::RemoveMember { node } => {
@@ -369,12 +379,82 @@ impl World<'_> {
         members[self.operator.rng.random_range(0..members.len())]
     }
 
+    /// A promotion sent at once, whatever the operator is doing, and never retried: a
+    /// second operator, or an impatient one, in parallel with the first. The leader must
+    /// refuse it cleanly while another change is in flight (`ChangeInProgress`) or while
+    /// the learner lags (`LearnerLagging`); if it is applied, the model follows.
+    fn operator_impatient_promote(&mut self, id: NodeId) {
+        let Some(leader) = self.resolve(LEADER) else {
+            return self.operator_record(&format!("impatient promote {id}"), "skipped: no leader");
+        };
+        let request_id = self.new_request_id(operator::OPERATOR);
+        self.operator.impatient.insert(request_id, id);
+        self.operator.impatient_unknown.insert(id);
+        let request = ClientRequest::ChangeMembership(MembershipChange::Promote { id });
+        self.tracer.line(self.now, || {
+            format!(
+                "impatient operator -> {leader} request #{} {request:?}",
+                request_id.0
+            )
+        });
+        let at = self.now.saturating_add_us(self.network.latency_us());
+        self.push(
+            at,
+            Event::Request {
+                node: leader,
+                request_id,
+                request,
+            },
+        );
+    }
+
+    fn impatient_reply(&mut self, id: NodeId, outcome: Result<Response, ClientError>) {
+        let what = format!("impatient promote {id}");
+        match outcome {
+            Ok(Response::Membership(answered)) => {
+                self.reconcile_impatient(&answered);
+                self.operator_record(&what, "ok");
+            }
+            // Lost leadership after appending: the promotion may still commit.
+            Err(ClientError::NotLeader { .. }) => {
+                self.operator_record(&what, "unknown: not the leader")
+            }
+            Err(error) => {
+                self.operator.impatient_unknown.remove(&id);
+                self.operator_record(&what, &format!("refused: {error}"));
+            }
+            Ok(other) => self.operator_record(&what, &format!("answered {other:?}")),
+        }
+    }
+
+    /// A committed membership (an answer, or a member's at the end) tells the fate of
+    /// impatient promotions: a learner it shows a voter was promoted by one.
+    pub(super) fn reconcile_impatient(&mut self, committed: &Membership) {
+        let promoted: Vec<NodeId> = self
+            .operator
+            .impatient_unknown
+            .iter()
+            .copied()
+            .filter(|&id| committed.is_voter(id) && !self.operator.model.is_voter(id))
+            .collect();
+        for id in promoted {
+            self.operator.impatient_unknown.remove(&id);
+            if let Ok(next) = self.operator.model.apply(&MembershipChange::Promote { id }) {
+                self.operator.model = next;
+                self.stats.membership_changes += 1;
+            }
+        }
+    }
+
     pub(super) fn operator_reply(
         &mut self,
         request_id: RequestId,
         outcome: Result<Response, ClientError>,
     ) {
         self.requests.remove(&request_id);
+        if let Some(id) = self.operator.impatient.remove(&request_id) {
+            return self.impatient_reply(id, outcome);
+        }
         let Some(attempt) = self.operator.attempt.clone() else {
             return;
         };
@@ -473,6 +553,10 @@ impl World<'_> {
             }
         };
         if let Some(answered) = answered {
+            self.reconcile_impatient(answered);
+        }
+        let expected = self.operator.model.apply(change).unwrap_or(expected);
+        if let Some(answered) = answered {
             if *answered != expected {
                 return self.fail(Violation {
                     check: "membership",
@@ -512,6 +596,62 @@ impl World<'_> {
         node.incarnation += 1;
         if let Some(store) = node.store.take() {
             node.disk = Some(store.into_disk());
+        }
+    }
+}
+
+/// What a leader saw when a promotion reached it: (learner, its actual last log index,
+/// the leader's last log index).
+pub(super) struct PromotionWatch {
+    learner: NodeId,
+    learner_last: LogIndex,
+    leader_last: LogIndex,
+}
+
+impl World<'_> {
+    /// Before a leader handles a promotion of an up learner: what the lag rule needs.
+    pub(super) fn promotion_watch(
+        &self,
+        node: NodeId,
+        request: &ClientRequest,
+    ) -> Option<PromotionWatch> {
+        let ClientRequest::ChangeMembership(MembershipChange::Promote { id }) = request else {
+            return None;
+        };
+        let leader = self.node(node).replica.as_ref()?;
+        let learner = self.nodes.get((id.0 as usize).checked_sub(1)?)?;
+        let learner_replica = learner.replica.as_ref()?;
+        let is_learner = leader.membership().contains(*id) && !leader.membership().is_voter(*id);
+        (leader.role() == Role::Leader && is_learner).then(|| PromotionWatch {
+            learner: *id,
+            learner_last: learner_replica.last_log_index(),
+            leader_last: leader.last_log_index(),
+        })
+    }
+
+    /// A leader that accepted a promotion must have had the learner within the bound:
+    /// the learner's own log is at least what the leader knew it held.
+    pub(super) fn check_promotion(&mut self, node: NodeId, watch: PromotionWatch) {
+        let Some(leader) = self.node(node).replica.as_ref() else {
+            return;
+        };
+        if !leader.membership().is_voter(watch.learner) {
+            return;
+        }
+        let bound = self
+            .scenario
+            .tuning
+            .promotion_lag_entries_max
+            .unwrap_or(chat_core::Config::new(node, Vec::new()).promotion_lag_entries_max);
+        let behind = watch.leader_last.0.saturating_sub(watch.learner_last.0);
+        if behind > bound {
+            self.fail(Violation {
+                check: "membership",
+                detail: format!(
+                    "{node} promoted learner {} while it was {behind} entries behind (its log ends at {}, the leader's at {}; bound {bound})",
+                    watch.learner, watch.learner_last, watch.leader_last
+                ),
+            });
         }
     }
 }

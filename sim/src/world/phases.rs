@@ -156,6 +156,9 @@ impl World<'_> {
 
     pub(super) fn finish(&mut self) {
         self.phase = Phase::Done;
+        if let Some(membership) = self.current_leader().map(|r| r.membership().clone()) {
+            self.reconcile_impatient(&membership);
+        }
         if let Some(violation) = self.check_final_membership() {
             return self.fail(violation);
         }
