@@ -474,3 +474,26 @@ pub fn check_abuse(history: &History) -> Result<(), Violation> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(ids: &[u64]) -> Vec<NodeId> {
+        ids.iter().copied().map(NodeId).collect()
+    }
+
+    #[test]
+    fn majorities_of_configurations_one_voter_apart_overlap() {
+        let three = ids(&[1, 2, 3]);
+        assert!(majorities_overlap(&three, &three));
+        assert!(majorities_overlap(&three, &ids(&[1, 2, 3, 4])));
+        assert!(majorities_overlap(&three, &ids(&[1, 2])));
+        assert!(majorities_overlap(&ids(&[1, 2, 3, 4]), &ids(&[1, 2, 4])));
+        // Two voters apart: {4, 5, 1} and {2, 3} are disjoint majorities.
+        assert!(!majorities_overlap(&three, &ids(&[1, 2, 3, 4, 5])));
+        // A voter replaced in one step: {1, 3} and {2, 4} are disjoint majorities.
+        assert!(!majorities_overlap(&three, &ids(&[1, 2, 4])));
+        assert!(!majorities_overlap(&ids(&[1, 2]), &ids(&[3, 4])));
+    }
+}

@@ -598,8 +598,11 @@ fn generate_membership_events(rng: &mut impl Rng, nodes: u64, duration_us: u64) 
                 next_id += 1;
                 added.push(node);
                 push(at_us, FaultAction::AddLearner { node });
-                if rng.random_bool(0.4) {
-                    push(at_us + 1, FaultAction::Promote { node, wait: false });
+                if rng.random_bool(0.5) {
+                    // Impatient: while the add is in flight (refused: a change is in
+                    // progress) or right after (refused while the learner lags).
+                    let soon_us = rng.random_range(1_000..=500_000);
+                    push(at_us + soon_us, FaultAction::Promote { node, wait: false });
                 }
                 if rng.random_bool(0.8) {
                     let later_us = rng.random_range(1_000..=3_000_000);

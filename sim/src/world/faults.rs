@@ -374,18 +374,23 @@ impl World<'_> {
         mask: u8,
         down_us: u64,
     ) {
-        // A minority of the voters in the operator's model (the founding ones, unless
-        // `membership` changed them) may be damaged or gone at once.
-        let voters: Vec<NodeId> = self.operator.model.voters().collect();
-        let tolerance = voters.len().saturating_sub(1) / 2;
-        let already_damaged = self
-            .nodes
+        // A minority of the voters may be damaged or gone at once: of the operator's
+        // model (the founding voters, unless `membership` changed them) and of the
+        // configuration a removal in progress makes, both of which must keep a quorum.
+        let damaged = |voters: &[NodeId]| {
+            self.nodes
+                .iter()
+                .filter(|n| voters.contains(&n.id))
+                .filter(|n| n.corrupted || n.failed.is_some() || n.retired)
+                .count()
+        };
+        let model: Vec<NodeId> = self.operator.model.voters().collect();
+        let at_risk = [model, self.voters_at_risk()];
+        let too_many = at_risk
             .iter()
-            .filter(|n| voters.contains(&n.id))
-            .filter(|n| n.corrupted || n.failed.is_some() || n.retired)
-            .count();
+            .any(|voters| damaged(voters) >= voters.len().saturating_sub(1) / 2);
         let node = self.node(id);
-        if already_damaged >= tolerance || node.corrupted || node.retired {
+        if too_many || node.corrupted || node.retired {
             return;
         }
         self.crash_for(id, down_us);

@@ -289,7 +289,7 @@ impl World<'_> {
     /// voters that are down for good would then be more than the model tolerates.
     fn operator_retire(&mut self, id: NodeId) {
         let model = &self.operator.model;
-        let gone = |n: &SimNode| n.retired || n.failed.is_some();
+        let gone = |n: &SimNode| n.retired || n.failed.is_some() || n.corrupted;
         let voters: Vec<NodeId> = model.voters().collect();
         let gone_after = voters
             .iter()
@@ -329,7 +329,56 @@ impl World<'_> {
         self.operator_record(&format!("transfer leadership to {target}"), &outcome);
     }
 
+    /// A careful operator removes a voter only while every other voter is up, and only
+    /// if the voters that are gone for good (disk lost, or refusing to start) stay a
+    /// minority of the configuration after it: otherwise the removal can leave the
+    /// cluster without a quorum for good (the leader's `BelowQuorum` rule sees only who
+    /// it heard from lately, and a node that just crashed with a damaged disk looks
+    /// alive to it for an election timeout).
+    fn removal_unsafe(&self, change: &MembershipChange) -> Option<String> {
+        let MembershipChange::Remove { id } = change else {
+            return None;
+        };
+        let model = &self.operator.model;
+        if !model.is_voter(*id) {
+            return None;
+        }
+        let others: Vec<&SimNode> = model
+            .voters()
+            .filter(|v| v != id)
+            .filter_map(|v| self.nodes.get(v.0 as usize - 1))
+            .collect();
+        let gone = others
+            .iter()
+            .filter(|n| n.retired || n.failed.is_some() || n.corrupted)
+            .count();
+        if gone > others.len().saturating_sub(1) / 2 {
+            return Some(format!(
+                "{gone} of the {} other voters are gone",
+                others.len()
+            ));
+        }
+        let down = others
+            .iter()
+            .filter(|n| !n.is_up() && !n.retired && n.failed.is_none())
+            .count();
+        (down > 0).then(|| format!("{down} other voters are down"))
+    }
+
     fn operator_send(&mut self) {
+        if let Some(attempt) = self.operator.attempt.as_ref() {
+            if let Some(why) = self.removal_unsafe(&attempt.change) {
+                let change = attempt.change.clone();
+                if attempt.refusals >= REFUSALS_MAX {
+                    self.operator.attempt = None;
+                    self.operator.current.clear();
+                    self.operator_record(&format!("{change:?}"), &format!("skipped: {why}"));
+                    return self.operator_wake_after(0);
+                }
+                self.count_refusal();
+                return self.operator_retry_later();
+            }
+        }
         let request_id = self.new_request_id(OPERATOR);
         let Some(attempt) = self.operator.attempt.as_mut() else {
             return;
@@ -438,8 +487,10 @@ impl World<'_> {
             .filter(|&id| committed.is_voter(id) && !self.operator.model.is_voter(id))
             .collect();
         for id in promoted {
-            self.operator.impatient_unknown.remove(&id);
+            // Not yet a learner in the model (the add's answer is still to come): the
+            // next committed membership seen settles it.
             if let Ok(next) = self.operator.model.apply(&MembershipChange::Promote { id }) {
+                self.operator.impatient_unknown.remove(&id);
                 self.operator.model = next;
                 self.stats.membership_changes += 1;
             }
@@ -530,6 +581,21 @@ impl World<'_> {
         // What followed in the procedure depended on this step.
         self.operator.current.clear();
         self.operator_wake_after(0);
+    }
+
+    /// The voters a permanent fault must leave a majority of: the model's, without a
+    /// voter the operator is removing right now (the configuration it makes may already
+    /// be in force).
+    pub(super) fn voters_at_risk(&self) -> Vec<NodeId> {
+        let removing = match self.operator.attempt.as_ref().map(|a| &a.change) {
+            Some(MembershipChange::Remove { id }) => Some(*id),
+            _ => None,
+        };
+        self.operator
+            .model
+            .voters()
+            .filter(|&v| Some(v) != removing)
+            .collect()
     }
 
     fn count_refusal(&mut self) {

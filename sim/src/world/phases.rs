@@ -55,7 +55,10 @@ impl World<'_> {
         let model = &self.operator.model;
         let members: Vec<&SimNode> = self.nodes.iter().filter(|n| model.contains(n.id)).collect();
         let live: Vec<&Replica> = members.iter().filter_map(|n| n.replica.as_ref()).collect();
-        if let Some(down) = members.iter().find(|n| !n.is_up() && n.failed.is_none()) {
+        if let Some(down) = members
+            .iter()
+            .find(|n| !n.is_up() && n.failed.is_none() && !n.retired)
+        {
             return Some(format!("{} is down", down.id));
         }
         let Some(leader) = self.current_leader() else {
