@@ -266,6 +266,32 @@ fn a_removed_follower_stops_and_does_not_disrupt_the_cluster() {
     cluster.assert_converged();
 }
 
+/// Found by the simulator (issue 11, `chatsim run --nodes 3`, seed 1568): of two voters,
+/// the leader logged its own removal and crashed before replicating it. On restart its
+/// log was the more up to date, so the other voter could not win, and it did not
+/// campaign because its latest configuration no longer held it: leaderless for good.
+#[test]
+fn a_leader_whose_own_removal_did_not_replicate_still_campaigns() {
+    let mut cluster = Cluster::new(3);
+    let leader = cluster.wait_for_ready_leader();
+    let followers: Vec<u64> = (1..=3).filter(|&id| NodeId(id) != leader).collect();
+    applied(cluster.change(remove(followers[1])));
+    cluster.run_for(ms(500));
+    let (leader_id, other) = (leader, followers[0]);
+    assert_eq!(cluster.leader(), Some(leader_id));
+    // The leader's messages are lost from here on: its own removal stays in its log.
+    cluster.set_filter(move |e| e.from == leader_id);
+    cluster.request(leader, ClientRequest::ChangeMembership(remove(leader.0)));
+    cluster.run_for(ms(10));
+    cluster.crash(leader.0);
+    cluster.restart(leader.0);
+    cluster.heal();
+    let led = cluster.run_until(ms(10_000), |c| c.leader() == Some(NodeId(other)));
+    assert!(led, "the remaining voter leads once the removal commits");
+    assert!(cluster.replica(leader.0).is_removed());
+    cluster.write_ok(0, 0, create("after-removal"));
+}
+
 #[test]
 fn a_removed_leader_steps_down_and_hands_over_at_once() {
     let mut cluster = Cluster::new(5);
