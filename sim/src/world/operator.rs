@@ -607,6 +607,13 @@ impl World<'_> {
     /// The change is in force: the model follows, and the answer must match it.
     fn operator_applied(&mut self, change: &MembershipChange, answered: Option<&Membership>) {
         self.operator.attempt = None;
+        if let Some(answered) = answered {
+            // What this change did is not an impatient promotion's doing.
+            if let MembershipChange::Promote { id } = change {
+                self.operator.impatient_unknown.remove(id);
+            }
+            self.reconcile_impatient(answered);
+        }
         let expected = match self.operator.model.apply(change) {
             Ok(expected) => expected,
             Err(error) => {
@@ -618,10 +625,6 @@ impl World<'_> {
                 })
             }
         };
-        if let Some(answered) = answered {
-            self.reconcile_impatient(answered);
-        }
-        let expected = self.operator.model.apply(change).unwrap_or(expected);
         if let Some(answered) = answered {
             if *answered != expected {
                 return self.fail(Violation {
