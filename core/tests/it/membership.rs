@@ -292,6 +292,44 @@ fn a_leader_whose_own_removal_did_not_replicate_still_campaigns() {
     cluster.write_ok(0, 0, create("after-removal"));
 }
 
+/// Found by the simulator (issue 11, `chatsim run --nodes 3`, seed 9429): the operator
+/// had removed every voter but one; that leader committed a write in the input that
+/// appended it, before its own disk had it, and told its learner so in the messages
+/// that leave before the persist. A torn write then lost the entry: the learner held a
+/// committed entry the cluster no longer had. A leader counts only durable entries.
+#[test]
+fn a_lone_voter_commits_only_what_its_disk_holds() {
+    let now = chat_core::Time(0);
+    let recovered = chat_core::Recovered {
+        hard_state: Default::default(),
+        snapshot: None,
+        entries: Vec::new(),
+    };
+    let mut replica = chat_core::Replica::new(config(1, 1), recovered, now).expect("valid");
+    replica.campaign(now);
+    while replica.poll_ready().is_some() {}
+    assert_eq!(replica.role(), Role::Leader);
+    let committed = replica.commit_index();
+    replica.handle_client_request(
+        now,
+        chat_core::RequestId(1),
+        ClientRequest::Write {
+            session: None,
+            command: create("alone"),
+        },
+    );
+    assert_eq!(
+        replica.commit_index(),
+        committed,
+        "not committed before the Ready that persists it has gone out"
+    );
+    let persisting = replica.poll_ready().expect("the new entry");
+    drop(persisting);
+    // Asking for the next Ready says the last one was performed: now it counts.
+    while replica.poll_ready().is_some() {}
+    assert_eq!(replica.commit_index(), replica.last_log_index());
+}
+
 #[test]
 fn a_removed_leader_steps_down_and_hands_over_at_once() {
     let mut cluster = Cluster::new(5);
