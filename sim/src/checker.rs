@@ -96,7 +96,14 @@ impl SafetyChecker {
             }
             return Ok(());
         }
-        if let Some((index, committed)) = &self.committed_voters {
+        // A leader of an older term than one already seen was elected by votes cast back
+        // then (answers delayed while it was paused, say): compare only the newest.
+        let newest = self
+            .leader_of_term
+            .keys()
+            .next_back()
+            .is_none_or(|&t| t <= term);
+        if let (true, Some((index, committed))) = (newest, &self.committed_voters) {
             if !majorities_overlap(&voters, committed) {
                 return violation(
                     "election-safety",

@@ -691,10 +691,15 @@ impl World<'_> {
         let learner = self.nodes.get((id.0 as usize).checked_sub(1)?)?;
         let learner_replica = learner.replica.as_ref()?;
         let is_learner = leader.membership().contains(*id) && !leader.membership().is_voter(*id);
-        (leader.role() == Role::Leader && is_learner).then(|| PromotionWatch {
-            learner: *id,
-            learner_last: learner_replica.last_log_index(),
-            leader_last: leader.last_log_index(),
+        // A learner that has heard from a newer leader may have lost entries the stale
+        // leader saw it acknowledge; that leader's promotion cannot commit anyway.
+        let newer_leader_seen = learner_replica.term() > leader.term();
+        (leader.role() == Role::Leader && is_learner && !newer_leader_seen).then(|| {
+            PromotionWatch {
+                learner: *id,
+                learner_last: learner_replica.last_log_index(),
+                leader_last: leader.last_log_index(),
+            }
         })
     }
 
