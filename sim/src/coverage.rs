@@ -196,7 +196,7 @@ impl Coverage {
                             continue;
                         }
                         // A down or refused node has only a disk and a partition.
-                        if a == STATUS && va >= 2 && (b < DISK || b > PARTITION) {
+                        if a == STATUS && va >= 2 && !(DISK..=PARTITION).contains(&b) {
                             continue;
                         }
                         missing.push(format!("{name_a}={value_a} with {name_b}={value_b}"));

@@ -574,7 +574,7 @@ pub const NODE_ID_MAX: u64 = 30;
 /// for the others (derived, not drawn, so that no stream moves).
 fn founding_members(seed: u64) -> u64 {
     let pick = crate::rng::derive_seed(seed, Stream::Membership, 1);
-    if pick % 2 == 0 {
+    if pick.is_multiple_of(2) {
         NODES_DEFAULT
     } else {
         [3, 4, 6, 7][((pick >> 1) % 4) as usize]

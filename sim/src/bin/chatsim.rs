@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Deterministic simulation of a replicated chat cluster.
 ///
-/// Each seed is one exact run: a 5-node Raft cluster, simulated clients, and faults
+/// Each seed is one exact run: a 3- to 7-node Raft cluster, simulated clients, and faults
 /// (crashes, torn writes, disk corruption, message loss, partitions, clock drift, pauses)
 /// chosen by the seed. Every step is checked (one leader per term, committed entries never
 /// change); at the end the client history is checked against the state, the faults stop
@@ -109,7 +109,9 @@ struct SimArgs {
     /// clock-drift, pause, the targeted nemeses leader-isolation, leader-pause,
     /// slow-clock, election-burst, persist-crash, disk-op-crash, and client-abuse
     /// (misbehaving clients: session churn, made-up and foreign sessions, mismatched
-    /// retries, late replays). Each seed turns on a random subset (swarm testing). One
+    /// retries, late replays), and membership (an operator adds learners with new ids,
+    /// promotes them, removes followers and the leader, transfers leadership, and
+    /// replaces nodes whose disk is lost). Each seed turns on a random subset (swarm testing). One
     /// kind is opt-in, not in `all`: `large-state` (big state on a disk whose time grows
     /// with the bytes written; its seeds run about five times slower per virtual second,
     /// which would take the default sweep below 1,000x). Ask: `--faults all,large-state`.
