@@ -29,6 +29,10 @@ fn violation(check: &'static str, detail: String) -> Result<(), Violation> {
 #[derive(Clone, Debug, Default)]
 pub struct SafetyChecker {
     leader_of_term: BTreeMap<Term, NodeId>,
+    /// Per term, the voters of the configuration its leader was elected under.
+    voters_of_term: BTreeMap<Term, Vec<NodeId>>,
+    /// The newest membership entry seen committed anywhere: its index and voters.
+    committed_voters: Option<(LogIndex, Vec<NodeId>)>,
     /// Digest of the committed entry at each index, as first seen committed anywhere.
     committed: BTreeMap<LogIndex, (Term, u64)>,
     /// Per node, the highest index whose committed entry was compared.
@@ -67,11 +71,61 @@ impl SafetyChecker {
         Ok(())
     }
 
+    /// The voters of the newest committed configuration seen, if any was seen.
+    pub fn committed_voters(&self) -> Option<&[NodeId]> {
+        self.committed_voters.as_ref().map(|(_, v)| v.as_slice())
+    }
+
+    /// A leader of `term` elected under a configuration with `voters`: one configuration
+    /// per term, and any majority of it overlaps any majority of the newest configuration
+    /// committed before (with one change in flight at a time, the leader's configuration
+    /// is that one or differs from it by one voter). Two configurations whose majorities
+    /// need not overlap could each elect a leader in one term.
+    pub fn observe_leader_configuration(
+        &mut self,
+        node: NodeId,
+        term: Term,
+        voters: Vec<NodeId>,
+    ) -> Result<(), Violation> {
+        if let Some(first) = self.voters_of_term.get(&term) {
+            if *first != voters {
+                return violation(
+                    "election-safety",
+                    format!("term {term} has leaders under two configurations: voters {first:?} and {voters:?} ({node})"),
+                );
+            }
+            return Ok(());
+        }
+        // A leader of an older term than one already seen was elected by votes cast back
+        // then (answers delayed while it was paused, say): compare only the newest.
+        let newest = self
+            .leader_of_term
+            .keys()
+            .next_back()
+            .is_none_or(|&t| t <= term);
+        if let (true, Some((index, committed))) = (newest, &self.committed_voters) {
+            if !majorities_overlap(&voters, committed) {
+                return violation(
+                    "election-safety",
+                    format!(
+                        "{node} leads term {term} under voters {voters:?}, whose majorities need not overlap those of the configuration committed at index {index} (voters {committed:?})"
+                    ),
+                );
+            }
+        }
+        self.voters_of_term.insert(term, voters);
+        Ok(())
+    }
+
     /// Observes a replica after an event: its role, and any newly committed entries.
     pub fn observe_replica(&mut self, replica: &Replica) -> Result<(), Violation> {
         let node = replica.id();
         if replica.role() == Role::Leader {
             self.observe_leader(node, replica.term())?;
+            if !self.voters_of_term.contains_key(&replica.term()) {
+                let voters = replica.membership().voters().collect();
+                self.observe_leader_configuration(node, replica.term(), voters)?;
+            }
         }
         let from = self
             .checked_through
@@ -83,6 +137,17 @@ impl SafetyChecker {
         for index in from.0..=commit.0 {
             if let Some(entry) = replica.log_entry(LogIndex(index)) {
                 self.observe_committed(node, entry.index, entry.term, entry.digest())?;
+                if let chat_core::entry::EntryPayload::Membership { membership, .. } =
+                    &entry.payload
+                {
+                    if self
+                        .committed_voters
+                        .as_ref()
+                        .is_none_or(|(seen, _)| *seen < entry.index)
+                    {
+                        self.committed_voters = Some((entry.index, membership.voters().collect()));
+                    }
+                }
             }
         }
         if commit >= from {
@@ -95,6 +160,17 @@ impl SafetyChecker {
     pub fn node_restarted(&mut self, node: NodeId) {
         self.checked_through.remove(&node);
     }
+}
+
+/// Whether every majority of voters `a` shares a voter with every majority of `b`: the
+/// smallest overlap two majorities can have, each taking as few shared voters as it can,
+/// is positive.
+pub fn majorities_overlap(a: &[NodeId], b: &[NodeId]) -> bool {
+    let shared = a.iter().filter(|v| b.contains(v)).count();
+    let (only_a, only_b) = (a.len() - shared, b.len() - shared);
+    let need_a = (a.len() / 2 + 1).saturating_sub(only_a);
+    let need_b = (b.len() / 2 + 1).saturating_sub(only_b);
+    need_a + need_b > shared
 }
 
 /// The final state as the history checker needs it: each account's inbox.
@@ -404,4 +480,27 @@ pub fn check_abuse(history: &History) -> Result<(), Violation> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(ids: &[u64]) -> Vec<NodeId> {
+        ids.iter().copied().map(NodeId).collect()
+    }
+
+    #[test]
+    fn majorities_of_configurations_one_voter_apart_overlap() {
+        let three = ids(&[1, 2, 3]);
+        assert!(majorities_overlap(&three, &three));
+        assert!(majorities_overlap(&three, &ids(&[1, 2, 3, 4])));
+        assert!(majorities_overlap(&three, &ids(&[1, 2])));
+        assert!(majorities_overlap(&ids(&[1, 2, 3, 4]), &ids(&[1, 2, 4])));
+        // Two voters apart: {4, 5, 1} and {2, 3} are disjoint majorities.
+        assert!(!majorities_overlap(&three, &ids(&[1, 2, 3, 4, 5])));
+        // A voter replaced in one step: {1, 3} and {2, 4} are disjoint majorities.
+        assert!(!majorities_overlap(&three, &ids(&[1, 2, 4])));
+        assert!(!majorities_overlap(&ids(&[1, 2]), &ids(&[3, 4])));
+    }
 }

@@ -10,14 +10,15 @@
 
 use crate::network::Network;
 use crate::node::SimNode;
-use chat_core::{Replica, Role, Time};
+use chat_core::entry::EntryPayload;
+use chat_core::{LogIndex, Replica, Role, Time};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// The components of a node's abstract state, each with its value names, in field order.
 /// The last value of a component named "none" means "not applicable" (a down node has no
 /// role).
-pub const COMPONENTS: [(&str, &[&str]); 10] = [
+pub const COMPONENTS: [(&str, &[&str]); 12] = [
     ("status", &["up", "paused", "down", "refused"]),
     (
         "role",
@@ -55,6 +56,19 @@ pub const COMPONENTS: [(&str, &[&str]); 10] = [
             "split",
         ],
     ),
+    // Membership (issue 11). Founding-only runs are all "voter" and "settled".
+    (
+        "member",
+        &[
+            "voter",
+            "learner",
+            "learner-lagging",
+            "removed",
+            "joining",
+            "none",
+        ],
+    ),
+    ("change", &["settled", "pending", "none"]),
 ];
 const STATUS: usize = 0;
 const DISK: usize = 8;
@@ -111,7 +125,10 @@ impl fmt::Display for AbstractState {
 /// A node code in words, leaving out components that do not apply.
 pub fn describe_node(code: NodeCode) -> String {
     let mut words = Vec::new();
-    for (component, (name, values)) in COMPONENTS.iter().enumerate().take(PARTITION) {
+    for (component, (name, values)) in COMPONENTS.iter().enumerate() {
+        if component == PARTITION {
+            continue;
+        }
         let value = field(code, component);
         if is_none(component, value) {
             continue;
@@ -179,7 +196,7 @@ impl Coverage {
                             continue;
                         }
                         // A down or refused node has only a disk and a partition.
-                        if a == STATUS && va >= 2 && b < DISK {
+                        if a == STATUS && va >= 2 && !(DISK..=PARTITION).contains(&b) {
                             continue;
                         }
                         missing.push(format!("{name_a}={value_a} with {name_b}={value_b}"));
@@ -303,9 +320,14 @@ pub fn abstract_state(
     }
     let partition = partition_shape(nodes.len(), network, leader);
     let mut codes = [0; NODES_MAX];
-    let count = nodes.len().min(NODES_MAX);
-    for (code, node) in codes.iter_mut().zip(nodes) {
+    // Nodes in the cluster: not those stopped for good, nor ids not yet started.
+    let in_cluster = nodes
+        .iter()
+        .filter(|n| !n.retired && (n.founding || n.starts > 0));
+    let mut count = 0;
+    for (code, node) in codes.iter_mut().zip(in_cluster) {
         *code = node_code(node, now, term_max, commit_max, leader);
+        count += 1;
     }
     (codes, count, partition)
 }
@@ -328,7 +350,7 @@ fn node_code(
     };
     let Some(replica) = node.replica.as_ref() else {
         let status = if node.failed.is_some() { 3 } else { 2 };
-        return pack(&[status, 4, 3, 5, 4, 3, 3, 6, disk]);
+        return pack(&[status, 4, 3, 5, 4, 3, 3, 6, disk, 0, 5, 2]);
     };
     let status = u8::from(now < node.paused_until);
     let role = match replica.role() {
@@ -366,10 +388,44 @@ fn node_code(
         n if n >= sessions_max => 5,
         n => 1 + (4 * n / sessions_max) as u8,
     };
+    let membership = replica.membership();
+    let member = if replica.is_removed() {
+        3
+    } else if membership.is_empty() {
+        4
+    } else if membership.is_voter(replica.id()) {
+        0
+    } else if !membership.contains(replica.id()) {
+        3
+    } else if log == 2 {
+        2
+    } else {
+        1
+    };
+    // A membership entry in the uncommitted tail (looked at up to a bound: a change is
+    // proposed only with the leader's log committed, so it sits near the commit index).
+    let pending = (commit + 1..=replica.last_log_index().0.min(commit + PENDING_SCAN_MAX))
+        .filter_map(|i| replica.log_entry(LogIndex(i)))
+        .any(|e| matches!(e.payload, EntryPayload::Membership { .. }));
+    // The partition's slot stays empty here (it is the cluster's component).
     pack(&[
-        status, role, term, log, commit_lag, apply_lag, reads, sessions, disk,
+        status,
+        role,
+        term,
+        log,
+        commit_lag,
+        apply_lag,
+        reads,
+        sessions,
+        disk,
+        0,
+        member,
+        u8::from(pending),
     ])
 }
+
+/// How far past its commit index a node's log is searched for a pending change.
+const PENDING_SCAN_MAX: u64 = 32;
 
 /// 1 equal, 2 behind (a prefix of the leader's), 3 ahead (extends it), 4 divergent.
 fn log_relation(replica: &Replica, leader: &Replica) -> u8 {
@@ -436,9 +492,11 @@ mod tests {
         assert_eq!(field(code, 6), 1);
         assert_eq!(
             describe_node(code),
-            "up leader term=max log=equal commit-lag=0 apply-lag=0 reads=1-3 sessions=0% disk=clean"
+            "up leader term=max log=equal commit-lag=0 apply-lag=0 reads=1-3 sessions=0% disk=clean member=voter change=settled"
         );
-        let down = pack(&[2, 4, 3, 5, 4, 3, 3, 6, 3]);
+        let learner = pack(&[0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 2, 1]);
+        assert!(describe_node(learner).ends_with("member=learner-lagging change=pending"));
+        let down = pack(&[2, 4, 3, 5, 4, 3, 3, 6, 3, 0, 5, 2]);
         assert_eq!(describe_node(down), "down disk=corrupt");
     }
 

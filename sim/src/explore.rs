@@ -397,6 +397,22 @@ fn retarget(rng: &mut ChaCha8Rng, action: &mut FaultAction, nodes: u64) {
             blocked.retain(|(x, y)| x != y);
             label.push_str(&format!(" (n{a}<->n{b})"));
         }
+        // The operator: remove another member (or the leader), transfer elsewhere, or
+        // promote without waiting. Added ids stay as they are (the world sizes itself
+        // from them).
+        FaultAction::RemoveMember { node } => {
+            *node = if rng.random_bool(0.3) { LEADER } else { any };
+        }
+        FaultAction::TransferLeader { target } => {
+            *target = if rng.random_bool(0.3) {
+                None
+            } else {
+                Some(any)
+            };
+        }
+        FaultAction::Promote { wait, .. } => *wait = !*wait,
+        FaultAction::Replace { node, .. } => *node = any,
+        FaultAction::AddLearner { .. } => {}
     }
 }
 
@@ -436,6 +452,12 @@ fn rescale(rng: &mut ChaCha8Rng, action: &mut FaultAction) {
             scale(down_us);
             *nth = rng.random_range(0..8);
         }
+        // Membership steps have no durations; moving them in time is `move`.
+        FaultAction::AddLearner { .. }
+        | FaultAction::Promote { .. }
+        | FaultAction::RemoveMember { .. }
+        | FaultAction::TransferLeader { .. }
+        | FaultAction::Replace { .. } => {}
     }
 }
 

@@ -53,11 +53,17 @@ pub enum FaultKind {
     /// old requests after long delays, out-of-order sequence numbers, bursts of
     /// linearizable reads. Drawn for half the seeds that allow it, from its own stream.
     ClientAbuse,
+    /// An operator changes the membership while the faults go on (`world/operator.rs`):
+    /// adds learners (new ids, empty disks) and promotes them, sometimes too early;
+    /// removes followers and the leader; transfers leadership; replaces a node whose disk
+    /// was lost by a new id; and replaces every node whose damaged disk refuses to start.
+    /// Drawn for half the seeds that allow it, from its own stream.
+    Membership,
 }
 
 impl FaultKind {
     /// The kinds `all` means: every kind but the opt-in ones.
-    pub const ALL: [FaultKind; 17] = [
+    pub const ALL: [FaultKind; 18] = [
         FaultKind::Crash,
         FaultKind::TornWrite,
         FaultKind::RecoveryCrash,
@@ -75,6 +81,7 @@ impl FaultKind {
         FaultKind::PersistCrash,
         FaultKind::DiskOpCrash,
         FaultKind::ClientAbuse,
+        FaultKind::Membership,
     ];
 
     /// Kinds outside `all`, named explicitly (`--faults all,large-state`).
@@ -112,6 +119,7 @@ impl FaultKind {
             FaultKind::DiskOpCrash => "disk-op-crash",
             FaultKind::LargeState => "large-state",
             FaultKind::ClientAbuse => "client-abuse",
+            FaultKind::Membership => "membership",
         }
     }
 }

@@ -38,6 +38,11 @@ pub struct SimNode {
     pub last_role: Option<(Role, Term)>,
     /// The last input changed the role, the vote or the commit index.
     pub at_milestone: bool,
+    /// A founding member (started with the founding voters); otherwise a node the
+    /// operator added, started with none.
+    pub founding: bool,
+    /// Stopped for good: removed from the cluster, or its disk is gone. Never restarts.
+    pub retired: bool,
 }
 
 impl SimNode {
@@ -62,6 +67,8 @@ impl SimNode {
             torn_write_down_us: None,
             last_role: None,
             at_milestone: false,
+            founding: true,
+            retired: false,
         }
     }
 

@@ -26,6 +26,9 @@ pub enum Stream {
     /// How long a replica's own snapshot takes to become durable (derived, not drawn, so
     /// that no other stream moves).
     SnapshotSaves = 12,
+    /// Cluster size and the operator's membership changes (`membership`): drawn only
+    /// when the kind is allowed, after everything else.
+    Membership = 13,
 }
 
 /// A portable generator (ChaCha8: the same numbers on every machine and build) for one

@@ -72,6 +72,12 @@ pub struct ReplicaTuning {
     /// roll segments over and remove them when a snapshot compacts the log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment_bytes_max: Option<u64>,
+    /// How far behind the leader a learner may be and still be promoted (core
+    /// `Config::promotion_lag_entries_max`); absent: the core default (1,024 entries,
+    /// more than a run writes). `membership` seeds make it small so that a promotion
+    /// right after an add is refused as lagging.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion_lag_entries_max: Option<u64>,
 }
 
 impl ReplicaTuning {
@@ -95,6 +101,7 @@ impl ReplicaTuning {
             sessions_per_user_max: None,
             session_expiry_us: None,
             segment_bytes_max: None,
+            promotion_lag_entries_max: None,
         }
     }
 
@@ -205,6 +212,32 @@ pub enum FaultAction {
         nth: u64,
         down_us: u64,
     },
+    // Membership (`membership`): an operator's procedures, carried out one after the
+    // other through the leader like client requests (see `world/operator.rs`).
+    /// Start node `node` (a new id) with an empty disk and add it as a learner.
+    AddLearner {
+        node: u64,
+    },
+    /// Promote learner `node`. With `wait`, a careful operator retries while the learner
+    /// lags; without, one attempt, which a lagging learner must see refused.
+    Promote {
+        node: u64,
+        wait: bool,
+    },
+    /// Remove member `node` (`LEADER`: whichever node leads when the step runs).
+    RemoveMember {
+        node: u64,
+    },
+    /// Move leadership to `target`, or (none) to the most caught-up voter.
+    TransferLeader {
+        target: Option<u64>,
+    },
+    /// `node` lost its disk: it stops for good, is removed, and `new_node` (a new id,
+    /// empty disk) is added as a learner and promoted once caught up.
+    Replace {
+        node: u64,
+        new_node: u64,
+    },
 }
 
 impl FaultAction {
@@ -222,7 +255,38 @@ impl FaultAction {
             FaultAction::ElectionBurst { .. } => FaultKind::ElectionBurst,
             FaultAction::PersistCrash { .. } => FaultKind::PersistCrash,
             FaultAction::DiskOpCrash { .. } => FaultKind::DiskOpCrash,
+            FaultAction::AddLearner { .. }
+            | FaultAction::Promote { .. }
+            | FaultAction::RemoveMember { .. }
+            | FaultAction::TransferLeader { .. }
+            | FaultAction::Replace { .. } => FaultKind::Membership,
         }
+    }
+
+    /// The node ids this action names (not `LEADER`), for sizing the world.
+    pub fn node_ids(&self) -> Vec<u64> {
+        let ids = match self {
+            FaultAction::Crash { node, .. }
+            | FaultAction::TornWriteCrash { node, .. }
+            | FaultAction::RecoveryCrash { node, .. }
+            | FaultAction::Corrupt { node, .. }
+            | FaultAction::Pause { node, .. }
+            | FaultAction::ClockRate { node, .. }
+            | FaultAction::PersistCrash { node, .. }
+            | FaultAction::DiskOpCrash { node, .. }
+            | FaultAction::AddLearner { node }
+            | FaultAction::Promote { node, .. }
+            | FaultAction::RemoveMember { node } => vec![*node],
+            FaultAction::Replace { node, new_node } => vec![*node, *new_node],
+            FaultAction::TransferLeader { target } => target.iter().copied().collect(),
+            FaultAction::Partition { blocked, .. }
+            | FaultAction::Flap { blocked, .. }
+            | FaultAction::LinkSplit { blocked, .. } => {
+                blocked.iter().flat_map(|&(a, b)| [a, b]).collect()
+            }
+            FaultAction::PauseLeader { .. } | FaultAction::ElectionBurst { .. } => Vec::new(),
+        };
+        ids.into_iter().filter(|&id| id != LEADER).collect()
     }
 }
 
@@ -317,7 +381,9 @@ impl DiskCost {
 /// Options that shape a generated scenario.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GenerateOptions {
-    pub nodes: u64,
+    /// Founding members; `None`: drawn per seed (half the seeds 5, the others 3, 4, 6
+    /// or 7).
+    pub nodes: Option<u64>,
     pub faults: FaultSet,
     pub clients: usize,
     pub chaos_duration_us: u64,
@@ -326,7 +392,7 @@ pub struct GenerateOptions {
 impl Default for GenerateOptions {
     fn default() -> GenerateOptions {
         GenerateOptions {
-            nodes: NODES_DEFAULT,
+            nodes: None,
             faults: FaultSet::all(),
             clients: CLIENTS_DEFAULT,
             chaos_duration_us: CHAOS_DURATION_US_DEFAULT,
@@ -393,7 +459,7 @@ impl Scenario {
             network.delay_per_mille = rng.random_range(1..=100);
             network.delay_us_max = rng.random_range(10_000..=400_000);
         }
-        let nodes = options.nodes;
+        let nodes = options.nodes.unwrap_or_else(|| founding_members(seed));
         let clock_drift_ppm = (0..nodes)
             .map(|_| {
                 if on(FaultKind::ClockDrift) {
@@ -429,6 +495,21 @@ impl Scenario {
                 tuning.sessions_per_user_max = Some(abuse.random_range(2..=4));
                 tuning.session_expiry_us = Some(abuse.random_range(2_000_000..=10_000_000));
                 crate::workload::plan_abuse(&mut abuse, &mut clients, &tuning);
+            }
+        }
+        // Drawn from its own stream, after everything else, as `client-abuse` is.
+        if options.faults.contains(FaultKind::Membership) {
+            let mut membership = stream(seed, Stream::Membership);
+            if membership.random_bool(0.5) {
+                enabled.0.insert(FaultKind::Membership);
+                tuning.promotion_lag_entries_max =
+                    Some([0, 4, 16, 64, 1024][membership.random_range(0..5)]);
+                fault_events.extend(generate_membership_events(
+                    &mut membership,
+                    nodes,
+                    options.chaos_duration_us,
+                ));
+                fault_events.sort_by_key(|e| e.at_us);
             }
         }
         let disk_cost = if enabled.contains(FaultKind::LargeState) {
@@ -472,6 +553,88 @@ impl Scenario {
     pub fn fault_tolerance(&self) -> u64 {
         (self.nodes - 1) / 2
     }
+
+    /// Node ids the scenario names: founding members and the ids its operator adds
+    /// (a replacement for a node that refuses to start takes the next id after these).
+    pub fn node_slots(&self) -> u64 {
+        self.fault_events
+            .iter()
+            .flat_map(|e| e.action.node_ids())
+            .filter(|&id| id <= NODE_ID_MAX)
+            .fold(self.nodes, u64::max)
+    }
+}
+
+/// The highest node id a world holds: well above what a scenario adds (16 members at
+/// most at a time, see `chat_core::membership::MEMBERS_MAX`), and within the liveness
+/// checker's 32-bit node sets.
+pub const NODE_ID_MAX: u64 = 30;
+
+/// The founding cluster size of a generated seed: five for half the seeds, 3, 4, 6 or 7
+/// for the others (derived, not drawn, so that no stream moves).
+fn founding_members(seed: u64) -> u64 {
+    let pick = crate::rng::derive_seed(seed, Stream::Membership, 1);
+    if pick.is_multiple_of(2) {
+        NODES_DEFAULT
+    } else {
+        [3, 4, 6, 7][((pick >> 1) % 4) as usize]
+    }
+}
+
+/// The operator's procedures of a `membership` seed: each picks a time and what to do;
+/// new nodes take ids after the founding ones.
+fn generate_membership_events(rng: &mut impl Rng, nodes: u64, duration_us: u64) -> Vec<FaultEvent> {
+    let mut events = Vec::new();
+    let mut next_id = nodes + 1;
+    let mut added: Vec<u64> = Vec::new();
+    for _ in 0..rng.random_range(1..=5) {
+        let at_us = rng.random_range(0..duration_us.max(1));
+        let mut push = |at_us: u64, action| events.push(FaultEvent { at_us, action });
+        match rng.random_range(0..100) {
+            // Add a learner and promote it: at once (often refused as lagging) and
+            // then carefully, or only carefully.
+            0..=29 => {
+                let node = next_id;
+                next_id += 1;
+                added.push(node);
+                push(at_us, FaultAction::AddLearner { node });
+                if rng.random_bool(0.5) {
+                    // Impatient: while the add is in flight (refused: a change is in
+                    // progress) or right after (refused while the learner lags).
+                    let soon_us = rng.random_range(1_000..=500_000);
+                    push(at_us + soon_us, FaultAction::Promote { node, wait: false });
+                }
+                if rng.random_bool(0.8) {
+                    let later_us = rng.random_range(1_000..=3_000_000);
+                    push(at_us + later_us, FaultAction::Promote { node, wait: true });
+                }
+            }
+            // Remove a follower (or whichever node it is by then) or an added node.
+            30..=49 => {
+                let node = match added.last() {
+                    Some(&id) if rng.random_bool(0.3) => id,
+                    _ => rng.random_range(1..=nodes),
+                };
+                push(at_us, FaultAction::RemoveMember { node });
+            }
+            50..=64 => push(at_us, FaultAction::RemoveMember { node: LEADER }),
+            65..=79 => {
+                let target = if rng.random_bool(0.5) {
+                    Some(rng.random_range(1..=nodes))
+                } else {
+                    None
+                };
+                push(at_us, FaultAction::TransferLeader { target });
+            }
+            _ => {
+                let new_node = next_id;
+                next_id += 1;
+                let node = rng.random_range(1..=nodes);
+                push(at_us, FaultAction::Replace { node, new_node });
+            }
+        }
+    }
+    events
 }
 
 fn generate_fault_events(

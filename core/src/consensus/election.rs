@@ -36,7 +36,7 @@ impl Replica {
     }
 
     pub(super) fn on_election_timeout(&mut self) {
-        if !self.is_voter() {
+        if !self.may_campaign() {
             // Learners, removed nodes and nodes waiting to join never campaign.
             return self.reset_election_deadline();
         }
@@ -94,7 +94,7 @@ impl Replica {
     /// `leadership_transfer`: the leader asked for this election (`TimeoutNow`), so the
     /// vote requests say so and voters answer them despite their leader lease.
     pub(super) fn become_candidate(&mut self, leadership_transfer: bool) {
-        debug_assert!(self.is_voter(), "only a voter campaigns");
+        debug_assert!(self.may_campaign(), "only a voter campaigns");
         self.metrics.elections_started += 1;
         self.role = Role::Candidate;
         self.term = Term(self.term.0 + 1);

@@ -32,6 +32,30 @@ impl Replica {
         self.membership().is_voter(self.config.id) && !self.is_removed()
     }
 
+    /// Whether this replica may campaign: a voter of the configuration in force, or one
+    /// whose removal is the latest change in its log and still pending (thesis §4.2.2:
+    /// a server not in its own latest configuration must still start elections, as it
+    /// may be needed until that configuration commits; it does not count its own vote).
+    /// Without this, a leader that logged its own removal and lost leadership before
+    /// replicating it could be the only replica whose log wins an election, yet never
+    /// campaign: a cluster of two voters then stays leaderless for good.
+    pub(super) fn may_campaign(&self) -> bool {
+        let id = self.config.id;
+        if self.is_removed() {
+            return false;
+        }
+        if self.membership().is_voter(id) {
+            return true;
+        }
+        let Some(((_, latest), before)) = self.membership_unapplied.split_last() else {
+            return false;
+        };
+        // The configuration the pending removal changed (after a restart the applied
+        // one may be older than the log's: what the log holds is what counts).
+        let previous = before.last().map_or(&self.machine.membership, |(_, m)| m);
+        latest.is_removed(id) && previous.is_voter(id)
+    }
+
     /// Voters of the configuration in force other than this replica.
     pub(super) fn voter_peers(&self) -> Vec<NodeId> {
         let id = self.config.id;
@@ -162,7 +186,8 @@ impl Replica {
                 self.transfer = None;
             }
             self.replication_requested = true;
-        } else if matches!(self.role, Role::PreCandidate | Role::Candidate) && !self.is_voter() {
+        } else if matches!(self.role, Role::PreCandidate | Role::Candidate) && !self.may_campaign()
+        {
             self.become_follower(self.term, None);
         }
     }
@@ -217,7 +242,12 @@ impl Replica {
             return Err(MembershipError::ChangeInProgress { index: index.0 });
         }
         match *change {
-            MembershipChange::Promote { id } if self.membership().contains(id) => {
+            // Only a learner's lag matters: promoting a voter is refused as
+            // `AlreadyVoter` by the structural rules, however far behind it is, so that
+            // an operator retrying a promotion whose answer was lost learns it is done.
+            MembershipChange::Promote { id }
+                if self.membership().contains(id) && !self.membership().is_voter(id) =>
+            {
                 let match_index = self
                     .progress
                     .get(&id)

@@ -166,6 +166,9 @@ pub struct Replica {
     pub(super) log_time_max: Time,
     /// Entries applied since the state hash was last recomputed (debug builds).
     pub(super) entries_since_hash_check: u64,
+    /// A `Ready` carrying this leader's own new entries went out: once the shell asks
+    /// for the next one, they are durable and count toward the commit quorum.
+    pub(super) own_entries_in_flight: bool,
 
     pub(super) machine: MachineState,
 
@@ -253,6 +256,7 @@ impl Replica {
             incoming_snapshot: None,
             log_time_max,
             entries_since_hash_check: 0,
+            own_entries_in_flight: false,
             machine,
             pending_writes: BTreeMap::new(),
             reads_awaiting_term_commit: Vec::new(),
@@ -446,11 +450,18 @@ impl Replica {
     /// The replica counts the `Persist` of a returned `Ready` as done: the shell must
     /// complete it before feeding any other input, and stop the replica if it fails.
     pub fn poll_ready(&mut self) -> Option<Ready> {
+        if std::mem::take(&mut self.own_entries_in_flight) && self.role == Role::Leader {
+            // The shell performed the last `Ready` (fail-stop otherwise): the leader's
+            // own entries are on its disk now, which a lone voter needs to commit.
+            self.maybe_commit();
+        }
         self.flush();
         if self.ready.is_empty() {
             return None;
         }
         self.check_outgoing_persist();
+        self.own_entries_in_flight =
+            self.role == Role::Leader && !self.ready.persist.entries.is_empty();
         Some(std::mem::take(&mut self.ready))
     }
 

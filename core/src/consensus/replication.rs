@@ -357,7 +357,16 @@ impl Replica {
     /// of the current term (Raft §5.4.2: counting replicas of an older term's entry is how
     /// the Figure 8 anomaly commits an entry that is later overwritten).
     pub(super) fn maybe_commit(&mut self) {
-        let Some(quorum_index) = self.quorum_value(self.log.last_index(), |p| p.match_index) else {
+        // The leader counts only its own entries that are durable: those not handed to
+        // the shell yet may die with it, and a lone voter would otherwise commit (and
+        // tell its learners) entries its crash then loses.
+        let own_durable = self
+            .ready
+            .persist
+            .entries
+            .first()
+            .map_or(self.log.last_index(), |first| LogIndex(first.index.0 - 1));
+        let Some(quorum_index) = self.quorum_value(own_durable, |p| p.match_index) else {
             return;
         };
         if quorum_index > self.commit_index && self.log.term_at(quorum_index) == Some(self.term) {

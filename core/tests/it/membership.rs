@@ -143,6 +143,30 @@ fn a_lagging_learner_is_not_promoted() {
     applied(cluster.change(promote(4)));
 }
 
+/// Found by the simulator (issue 11): an operator retried a promotion whose first
+/// attempt had been applied while the answer was lost; the voter was a few entries
+/// behind, and the retry was refused as `LearnerLagging` instead of `AlreadyVoter`, so
+/// the operator believed the promotion had not happened.
+#[test]
+fn promoting_a_lagging_voter_again_says_it_is_already_a_voter() {
+    let mut configs: Vec<_> = (1..=3).map(|id| config(id, 3)).collect();
+    for config in &mut configs {
+        config.promotion_lag_entries_max = 4;
+    }
+    let mut cluster = Cluster::with_configs(configs);
+    cluster.wait_for_leader();
+    cluster.join(4);
+    applied(cluster.change(add(4)));
+    cluster.run_for(ms(500));
+    applied(cluster.change(promote(4)));
+    cluster.isolate(4);
+    fill(&mut cluster, "while-away", 8);
+    assert_eq!(
+        refused(cluster.change(promote(4))),
+        MembershipError::AlreadyVoter(NodeId(4))
+    );
+}
+
 #[test]
 fn one_change_at_a_time() {
     let mut cluster = Cluster::new(3);
@@ -240,6 +264,70 @@ fn a_removed_follower_stops_and_does_not_disrupt_the_cluster() {
     cluster.write_ok(0, 0, create("after-removal"));
     cluster.run_for(ms(300));
     cluster.assert_converged();
+}
+
+/// Found by the simulator (issue 11, `chatsim run --nodes 3`, seed 1568): of two voters,
+/// the leader logged its own removal and crashed before replicating it. On restart its
+/// log was the more up to date, so the other voter could not win, and it did not
+/// campaign because its latest configuration no longer held it: leaderless for good.
+#[test]
+fn a_leader_whose_own_removal_did_not_replicate_still_campaigns() {
+    let mut cluster = Cluster::new(3);
+    let leader = cluster.wait_for_ready_leader();
+    let followers: Vec<u64> = (1..=3).filter(|&id| NodeId(id) != leader).collect();
+    applied(cluster.change(remove(followers[1])));
+    cluster.run_for(ms(500));
+    let (leader_id, other) = (leader, followers[0]);
+    assert_eq!(cluster.leader(), Some(leader_id));
+    // The leader's messages are lost from here on: its own removal stays in its log.
+    cluster.set_filter(move |e| e.from == leader_id);
+    cluster.request(leader, ClientRequest::ChangeMembership(remove(leader.0)));
+    cluster.run_for(ms(10));
+    cluster.crash(leader.0);
+    cluster.restart(leader.0);
+    cluster.heal();
+    let led = cluster.run_until(ms(10_000), |c| c.leader() == Some(NodeId(other)));
+    assert!(led, "the remaining voter leads once the removal commits");
+    assert!(cluster.replica(leader.0).is_removed());
+    cluster.write_ok(0, 0, create("after-removal"));
+}
+
+/// Found by the simulator (issue 11, `chatsim run --nodes 3`, seed 9429): the operator
+/// had removed every voter but one; that leader committed a write in the input that
+/// appended it, before its own disk had it, and told its learner so in the messages
+/// that leave before the persist. A torn write then lost the entry: the learner held a
+/// committed entry the cluster no longer had. A leader counts only durable entries.
+#[test]
+fn a_lone_voter_commits_only_what_its_disk_holds() {
+    let now = chat_core::Time(0);
+    let recovered = chat_core::Recovered {
+        hard_state: Default::default(),
+        snapshot: None,
+        entries: Vec::new(),
+    };
+    let mut replica = chat_core::Replica::new(config(1, 1), recovered, now).expect("valid");
+    replica.campaign(now);
+    while replica.poll_ready().is_some() {}
+    assert_eq!(replica.role(), Role::Leader);
+    let committed = replica.commit_index();
+    replica.handle_client_request(
+        now,
+        chat_core::RequestId(1),
+        ClientRequest::Write {
+            session: None,
+            command: create("alone"),
+        },
+    );
+    assert_eq!(
+        replica.commit_index(),
+        committed,
+        "not committed before the Ready that persists it has gone out"
+    );
+    let persisting = replica.poll_ready().expect("the new entry");
+    drop(persisting);
+    // Asking for the next Ready says the last one was performed: now it counts.
+    while replica.poll_ready().is_some() {}
+    assert_eq!(replica.commit_index(), replica.last_log_index());
 }
 
 #[test]

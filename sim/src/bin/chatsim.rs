@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Deterministic simulation of a replicated chat cluster.
 ///
-/// Each seed is one exact run: a 5-node Raft cluster, simulated clients, and faults
+/// Each seed is one exact run: a 3- to 7-node Raft cluster, simulated clients, and faults
 /// (crashes, torn writes, disk corruption, message loss, partitions, clock drift, pauses)
 /// chosen by the seed. Every step is checked (one leader per term, committed entries never
 /// change); at the end the client history is checked against the state, the faults stop
@@ -100,15 +100,18 @@ struct ElectionsArgs {
 
 #[derive(Args, Clone)]
 struct SimArgs {
-    /// Cluster size.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=NODES_MAX))]
-    nodes: u64,
+    /// Founding cluster size (`--members` is the same flag). Default: drawn per seed,
+    /// 5 for half the seeds and 3, 4, 6 or 7 for the others.
+    #[arg(long, alias = "members", value_parser = clap::value_parser!(u64).range(1..=NODES_MAX))]
+    nodes: Option<u64>,
     /// Fault kinds to draw from: `all`, `none`, or a comma-separated list of crash,
     /// torn-write, recovery-crash, corruption, drop, duplicate, delay, partition,
     /// clock-drift, pause, the targeted nemeses leader-isolation, leader-pause,
     /// slow-clock, election-burst, persist-crash, disk-op-crash, and client-abuse
     /// (misbehaving clients: session churn, made-up and foreign sessions, mismatched
-    /// retries, late replays). Each seed turns on a random subset (swarm testing). One
+    /// retries, late replays), and membership (an operator adds learners with new ids,
+    /// promotes them, removes followers and the leader, transfers leadership, and
+    /// replaces nodes whose disk is lost). Each seed turns on a random subset (swarm testing). One
     /// kind is opt-in, not in `all`: `large-state` (big state on a disk whose time grows
     /// with the bytes written; its seeds run about five times slower per virtual second,
     /// which would take the default sweep below 1,000x). Ask: `--faults all,large-state`.
@@ -178,8 +181,8 @@ impl SimArgs {
     /// The flags that differ from the defaults, for a replay command line.
     fn flags(&self) -> String {
         let mut flags = String::new();
-        if self.nodes != 5 {
-            flags.push_str(&format!(" --nodes {}", self.nodes));
+        if let Some(nodes) = self.nodes {
+            flags.push_str(&format!(" --nodes {nodes}"));
         }
         if self.faults != FaultSet::all() {
             flags.push_str(&format!(" --faults {}", self.faults));

@@ -17,7 +17,7 @@ impl World<'_> {
         if self.clients[client].current.is_some() {
             if !std::mem::take(&mut self.clients[client].backing_off) {
                 // The answer did not come in time: try another node.
-                let target = NodeId(self.client_rng.random_range(1..=self.scenario.nodes));
+                let target = self.any_member();
                 self.clients[client].target = target;
             }
             self.resend(client);
@@ -184,6 +184,23 @@ impl World<'_> {
         }
     }
 
+    /// A node a client tries when it knows no leader: any member of the cluster as the
+    /// operator's changes left it (the founding members, unless `membership` changed
+    /// them), as a real client's list of addresses would be kept up to date.
+    fn any_member(&mut self) -> NodeId {
+        let members = self.operator.model.members();
+        if members
+            .keys()
+            .copied()
+            .eq((1..=self.scenario.nodes).map(NodeId))
+        {
+            // The founding members: drawn as before membership changes existed.
+            return NodeId(self.client_rng.random_range(1..=self.scenario.nodes));
+        }
+        let index = self.client_rng.random_range(0..members.len().max(1));
+        members.keys().nth(index).copied().unwrap_or(NodeId(1))
+    }
+
     pub(super) fn new_request_id(&mut self, client: usize) -> RequestId {
         self.next_request += 1;
         let request_id = RequestId(self.next_request);
@@ -256,9 +273,10 @@ impl World<'_> {
         });
         match &outcome {
             Err(ClientError::NotLeader { leader_hint }) => {
-                let target = leader_hint.unwrap_or_else(|| {
-                    NodeId(self.client_rng.random_range(1..=self.scenario.nodes))
-                });
+                let target = match leader_hint {
+                    Some(hint) => *hint,
+                    None => self.any_member(),
+                };
                 self.clients[client].target = target;
                 return self.retry_after_backoff(client);
             }

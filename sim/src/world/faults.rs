@@ -38,6 +38,14 @@ impl World<'_> {
             return;
         }
         let action = self.scenario.fault_events[index].action.clone();
+        if action
+            .node_ids()
+            .iter()
+            .any(|&id| id > self.nodes.len() as u64)
+        {
+            // Beyond the ids this world holds (an edited scenario): nothing to strike.
+            return;
+        }
         self.tracer.digest(&[self.now.0, 5, index as u64]);
         self.tracer.line(self.now, || format!("FAULT {action:?}"));
         self.tracer.fault(self.now, &format!("{:?}", action.kind()));
@@ -207,6 +215,11 @@ impl World<'_> {
                     node.torn_write_down_us = Some(down_us);
                 }
             }
+            FaultAction::AddLearner { .. }
+            | FaultAction::Promote { .. }
+            | FaultAction::RemoveMember { .. }
+            | FaultAction::TransferLeader { .. }
+            | FaultAction::Replace { .. } => self.operator_enqueue(&action),
         }
     }
 
@@ -270,7 +283,7 @@ impl World<'_> {
     fn isolate_for(&mut self, id: NodeId, duration_us: u64) {
         self.next_partition += 1;
         let partition = self.next_partition;
-        let links = (1..=self.scenario.nodes)
+        let links = (1..=self.nodes.len() as u64)
             .map(NodeId)
             .filter(|&other| other != id)
             .flat_map(|other| [(id, other), (other, id)])
@@ -315,12 +328,7 @@ impl World<'_> {
         if node != LEADER {
             return Some(NodeId(node));
         }
-        self.nodes
-            .iter()
-            .filter_map(|n| n.replica.as_ref())
-            .filter(|r| r.role() == Role::Leader)
-            .max_by_key(|r| r.term())
-            .map(|r| r.id())
+        self.current_leader().map(|r| r.id())
     }
 
     pub(super) fn resolve_links(&self, blocked: &[(u64, u64)]) -> Option<Vec<(NodeId, NodeId)>> {
@@ -366,13 +374,23 @@ impl World<'_> {
         mask: u8,
         down_us: u64,
     ) {
-        let tolerance = self.scenario.fault_tolerance() as usize;
-        let already_damaged = self
-            .nodes
+        // A minority of the voters may be damaged or gone at once: of the operator's
+        // model (the founding voters, unless `membership` changed them) and of the
+        // configuration a removal in progress makes, both of which must keep a quorum.
+        let damaged = |voters: &[NodeId]| {
+            self.nodes
+                .iter()
+                .filter(|n| voters.contains(&n.id))
+                .filter(|n| n.corrupted || n.failed.is_some() || n.retired)
+                .count()
+        };
+        let model: Vec<NodeId> = self.operator.model.voters().collect();
+        let at_risk = [model, self.voters_at_risk()];
+        let too_many = at_risk
             .iter()
-            .filter(|n| n.corrupted || n.failed.is_some())
-            .count();
-        if already_damaged >= tolerance || self.node(id).corrupted {
+            .any(|voters| damaged(voters) >= voters.len().saturating_sub(1) / 2);
+        let node = self.node(id);
+        if too_many || node.corrupted || node.retired {
             return;
         }
         self.crash_for(id, down_us);

@@ -4,8 +4,10 @@
 //! **Healthy quorum.** A set of nodes is healthy while every member is up (its replica
 //! runs), not paused, and every directed link between two members is open (no partition
 //! blocks it; the network's random loss, duplication and delay do not count, they are
-//! noise a correct cluster must ride out). A healthy quorum is a healthy set of at least
-//! a quorum of nodes.
+//! noise a correct cluster must ride out). A healthy quorum is a healthy set of voters
+//! holding a majority of the configuration in force: of the newest committed one (as the
+//! safety checker saw it) and of the newest one appended (the leader's, or else that of
+//! the replica with the most up-to-date log), which differ during a change.
 //!
 //! **Leader present.** Some node is leader and belongs to a healthy quorum. A leader cut
 //! off from a quorum (partitioned, paused) does not count: the others must replace it.
@@ -79,13 +81,16 @@ struct HealthKey {
     paused: u32,
     leaders: u32,
     network: u64,
+    /// Voters of the committed and of the newest configuration.
+    committed_voters: u32,
+    latest_voters: u32,
 }
 
 pub(super) struct Liveness {
     bound_us: u64,
     key: Option<HealthKey>,
-    /// Per set of nodes (a bit mask) of quorum size or more: healthy since when.
-    healthy_since: Vec<Option<Time>>,
+    /// Per healthy quorum (a bit mask of nodes): healthy since when.
+    healthy_since: BTreeMap<u32, Time>,
     leader_present: bool,
     last_leader_at: Time,
     /// The healthy quorum that has been healthy longest, and since when.
@@ -105,7 +110,7 @@ impl Liveness {
         Liveness {
             bound_us: leaderless_bound_us(scenario),
             key: None,
-            healthy_since: vec![None; 1 << scenario.nodes],
+            healthy_since: BTreeMap::new(),
             leader_present: false,
             last_leader_at: Time(0),
             longest_healthy: None,
@@ -157,13 +162,16 @@ impl World<'_> {
     /// After every event: re-evaluates health if its inputs changed, then checks the
     /// current leaderless interval against the bound.
     pub(super) fn observe_liveness(&mut self) {
+        let (committed_voters, latest_voters) = self.voter_masks();
         let mut key = HealthKey {
             up: 0,
             paused: 0,
             leaders: 0,
             network: self.network.generation(),
+            committed_voters,
+            latest_voters,
         };
-        for (index, node) in self.nodes.iter().enumerate() {
+        for (index, node) in self.nodes.iter().enumerate().take(32) {
             let Some(replica) = node.replica.as_ref() else {
                 continue;
             };
@@ -205,8 +213,35 @@ impl World<'_> {
         }
     }
 
+    /// The voters (bit masks of nodes) of the newest committed configuration and of the
+    /// newest configuration appended.
+    fn voter_masks(&self) -> (u32, u32) {
+        let mask_of = |voters: &mut dyn Iterator<Item = NodeId>| {
+            voters
+                .filter(|v| (1..=32).contains(&v.0))
+                .fold(0u32, |mask, v| mask | 1 << (v.0 - 1))
+        };
+        let committed = match self.safety.committed_voters() {
+            Some(voters) => mask_of(&mut voters.iter().copied()),
+            None => mask_of(&mut (1..=self.scenario.nodes).map(NodeId)),
+        };
+        let newest = self.current_leader().or_else(|| {
+            self.nodes
+                .iter()
+                .filter_map(|n| n.replica.as_ref())
+                .max_by_key(|r| (r.term_at(r.last_log_index()), r.last_log_index()))
+        });
+        let latest = match newest {
+            Some(replica) if !replica.membership().is_empty() => {
+                mask_of(&mut replica.membership().voters())
+            }
+            _ => committed,
+        };
+        (committed, latest)
+    }
+
     fn evaluate_health(&mut self, key: HealthKey) {
-        let n = self.nodes.len();
+        let n = self.nodes.len().min(32);
         let healthy = key.up & !key.paused;
         let mut connected = vec![0u32; n];
         for (a, links) in connected.iter_mut().enumerate() {
@@ -217,31 +252,40 @@ impl World<'_> {
                 }
             }
         }
-        let quorum = n / 2 + 1;
+        let quorum = |voters: u32| voters.count_ones() / 2 + 1;
+        let (committed, latest) = (key.committed_voters, key.latest_voters);
+        let candidates = (committed | latest) & healthy;
         let now = self.now;
         let mut covered = 0u32;
         let mut longest: Option<(u32, Time)> = None;
-        for mask in 1u32..(1 << n) {
-            if (mask.count_ones() as usize) < quorum {
-                continue;
+        let mut healthy_since = BTreeMap::new();
+        // Every subset of the healthy voters (at most a few hundred: clusters hold at
+        // most 16 members, and a change moves one voter).
+        let mut mask = candidates;
+        while mask != 0 {
+            let is_quorum = (mask & committed).count_ones() >= quorum(committed)
+                && (mask & latest).count_ones() >= quorum(latest);
+            let is_connected = (0..n)
+                .filter(|i| mask & (1 << i) != 0)
+                .all(|i| mask & !connected[i] == 0);
+            if is_quorum && is_connected {
+                let since = self
+                    .liveness
+                    .healthy_since
+                    .get(&mask)
+                    .copied()
+                    .unwrap_or(now);
+                healthy_since.insert(mask, since);
+                covered |= mask;
+                if longest.is_none_or(|(_, t)| since < t) {
+                    longest = Some((mask, since));
+                }
             }
-            let is_healthy = mask & !healthy == 0
-                && (0..n)
-                    .filter(|i| mask & (1 << i) != 0)
-                    .all(|i| mask & !connected[i] == 0);
-            let slot = &mut self.liveness.healthy_since[mask as usize];
-            if !is_healthy {
-                *slot = None;
-                continue;
-            }
-            let since = *slot.get_or_insert(now);
-            covered |= mask;
-            if longest.is_none_or(|(_, t)| since < t) {
-                longest = Some((mask, since));
-            }
+            mask = (mask - 1) & candidates;
         }
         let leader_present = key.leaders & healthy & covered != 0;
         let liveness = &mut self.liveness;
+        liveness.healthy_since = healthy_since;
         if liveness.leader_present && !leader_present {
             liveness.last_leader_at = now;
         }

@@ -10,7 +10,7 @@ use crate::history::{History, OpKind};
 use crate::network::Network;
 use crate::node::SimNode;
 use crate::rng::{derive_seed, stream, Stream};
-use crate::scenario::{FaultAction, Scenario, LEADER};
+use crate::scenario::{FaultAction, Scenario, LEADER, NODE_ID_MAX};
 use crate::trace::{digest_str, Tracer};
 use crate::workload::{Client, InFlight, REQUEST_TIMEOUT_US};
 use chat_core::app::{Delivery, Query, QueryOutput};
@@ -30,6 +30,7 @@ mod faults;
 mod listeners;
 mod liveness;
 mod nodes;
+mod operator;
 mod phases;
 
 pub use liveness::{leaderless_bound_us, LEADERLESS_ELECTION_TIMEOUTS, LEADERLESS_ROUND_TRIPS};
@@ -73,6 +74,11 @@ pub struct RunStats {
     /// From the end of chaos to the first commit of an entry appended after it; `None`
     /// if the cluster settled without committing anything new.
     pub first_commit_after_chaos_us: Option<u64>,
+    /// Membership changes the operator saw applied, and refused (`membership`).
+    pub membership_changes: u64,
+    pub membership_refused: u64,
+    /// Leadership transfers the operator started.
+    pub leadership_transfers: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,6 +156,14 @@ enum Event {
         incarnation: u64,
         image: Box<SnapshotImage>,
     },
+    /// The operator's next step, or a retry after a refusal (see `world/operator.rs`).
+    OperatorWake {
+        token: u64,
+    },
+    /// The operator's request went unanswered.
+    OperatorTimeout {
+        token: u64,
+    },
 }
 
 /// Deliberate damage, for tests of the end-of-run checkers: each makes a correct cluster
@@ -206,6 +220,7 @@ pub struct World<'a> {
     /// An election burst is on until `.0`: (until, delay, crash rather than cut off,
     /// for how long).
     burst: Option<(Time, u64, bool, u64)>,
+    operator: operator::Operator,
 }
 
 /// Performs a replica's outputs: persistence into its store, the rest collected.
@@ -238,16 +253,22 @@ impl Shell for SimShell<'_> {
 
 impl<'a> World<'a> {
     pub fn new(scenario: &'a Scenario, tracer: Tracer) -> World<'a> {
-        let nodes = (1..=scenario.nodes)
+        let nodes = (1..=scenario.node_slots())
             .map(|id| {
-                SimNode::new(
+                let mut node = SimNode::new(
                     NodeId(id),
                     scenario
                         .clock_drift_ppm
                         .get(id as usize - 1)
                         .copied()
                         .unwrap_or(0),
-                )
+                );
+                if id > scenario.nodes {
+                    // Started by the operator, with an empty disk, if ever.
+                    node.founding = false;
+                    node.disk = None;
+                }
+                node
             })
             .collect();
         let mut client_rng = stream(scenario.seed, Stream::Clients);
@@ -298,6 +319,7 @@ impl<'a> World<'a> {
             failure: None,
             observer: Observer::new(),
             burst: None,
+            operator: operator::Operator::new(scenario),
         }
     }
 
@@ -515,6 +537,11 @@ impl<'a> World<'a> {
                 client,
                 request_id,
                 outcome,
+            } if client == operator::OPERATOR => self.operator_reply(request_id, outcome),
+            Event::Reply {
+                client,
+                request_id,
+                outcome,
             } => self.client_reply(client, request_id, outcome),
             Event::Timer { node, seq } => self.fire_timer(node, seq),
             Event::ClientWake { client, token } => self.client_wake(client, token),
@@ -543,6 +570,8 @@ impl<'a> World<'a> {
                 incarnation,
                 image,
             } => self.snapshot_saved(node, incarnation, *image),
+            Event::OperatorWake { token } => self.operator_wake(token),
+            Event::OperatorTimeout { token } => self.operator_timeout(token),
         }
     }
 
@@ -609,6 +638,15 @@ impl<'a> World<'a> {
         {
             return;
         }
+        if matches!(request, ClientRequest::ChangeMembership(_))
+            && !self.requests.contains_key(&request_id)
+        {
+            // The operator gave up on this attempt (its deadline passed, as a gRPC
+            // deadline would, and it asked again): a membership change must not run
+            // late, after the operator concluded otherwise (seed 9115 at 5 members: a
+            // removal queued at a paused leader ran after the node had been re-added).
+            return;
+        }
         if self.defer_if_paused(node, || Event::Request {
             node,
             request_id,
@@ -620,9 +658,13 @@ impl<'a> World<'a> {
         self.tracer.line(self.now, || {
             format!("{node} <- client request #{} {request:?}", request_id.0)
         });
+        let promotion = self.promotion_watch(node, &request);
         self.with_replica(node, |replica, now| {
             replica.handle_client_request(now, request_id, request)
         });
+        if let Some(watch) = promotion {
+            self.check_promotion(node, watch);
+        }
     }
 
     fn fire_timer(&mut self, id: NodeId, seq: u64) {
@@ -768,6 +810,12 @@ impl<'a> World<'a> {
             return self.fail(violation);
         }
         self.poll_listeners(id);
+        if replica_is_removed(&self.nodes[index]) {
+            // It applied its own removal or was told by a member: its shell stops.
+            self.tracer
+                .line(self.now, || format!("{id} knows it was removed: it stops"));
+            return self.stop_for_good(id);
+        }
         if self.maybe_quick_restart(id) {
             return;
         }
@@ -790,6 +838,18 @@ impl<'a> World<'a> {
         self.schedule_timer(id);
     }
 
+    /// The leader a client would find: the member of the operator's model that leads in
+    /// the highest term. A removed node that does not know it yet may still believe it
+    /// leads an old term; it is no member.
+    fn current_leader(&self) -> Option<&Replica> {
+        self.nodes
+            .iter()
+            .filter(|n| self.operator.model.contains(n.id))
+            .filter_map(|n| n.replica.as_ref())
+            .filter(|r| r.role() == Role::Leader)
+            .max_by_key(|r| r.term())
+    }
+
     fn schedule_timer(&mut self, id: NodeId) {
         let node = self.node(id);
         let Some(replica) = node.replica.as_ref() else {
@@ -808,4 +868,8 @@ impl<'a> World<'a> {
         self.queue.insert((at, seq), Event::Timer { node: id, seq });
         self.node_mut(id).timer = Some((at, seq));
     }
+}
+
+fn replica_is_removed(node: &SimNode) -> bool {
+    node.replica.as_ref().is_some_and(|r| r.is_removed())
 }

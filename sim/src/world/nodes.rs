@@ -39,7 +39,7 @@ impl World<'_> {
     /// Starts a node from its disk, as the real node does; refuses on damage.
     pub(super) fn restart(&mut self, id: NodeId) {
         let index = id.0 as usize - 1;
-        if self.nodes[index].failed.is_some() {
+        if self.nodes[index].failed.is_some() || self.nodes[index].retired {
             return;
         }
         let Some(mut disk) = self.nodes[index].disk.take() else {
@@ -78,6 +78,14 @@ impl World<'_> {
                     .line(self.now, || format!("{id} refuses to start: {error}"));
                 self.nodes[index].failed = Some(error.to_string());
                 self.nodes[index].disk = Some(disk);
+                if self
+                    .scenario
+                    .faults
+                    .contains(crate::faults::FaultKind::Membership)
+                    && matches!(self.phase, Phase::Chaos | Phase::Liveness)
+                {
+                    self.operator_replace_refused(id);
+                }
                 return;
             }
             Err(error) => {
@@ -117,7 +125,13 @@ impl World<'_> {
         recovered: Recovered,
     ) {
         let index = id.0 as usize - 1;
-        let members: Vec<NodeId> = (1..=self.scenario.nodes).map(NodeId).collect();
+        // A founder knows the founding voters (and writes them as entry 1 on an empty
+        // disk); a node the operator added knows none and waits for the leader.
+        let members: Vec<NodeId> = if self.nodes[index].founding {
+            (1..=self.scenario.nodes).map(NodeId).collect()
+        } else {
+            Vec::new()
+        };
         let mut config = Config::new(id, members);
         let tuning = &self.scenario.tuning;
         config.election_timeout_us_min = tuning.election_timeout_us_min;
@@ -138,6 +152,9 @@ impl World<'_> {
         }
         if let Some(session_expiry_us) = tuning.session_expiry_us {
             config.session_expiry_us = session_expiry_us;
+        }
+        if let Some(lag_entries_max) = tuning.promotion_lag_entries_max {
+            config.promotion_lag_entries_max = lag_entries_max;
         }
         let node = &mut self.nodes[index];
         config.rng_seed = derive_seed(

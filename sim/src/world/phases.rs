@@ -22,7 +22,8 @@ impl World<'_> {
             if let Some(store) = node.store.as_mut() {
                 store.disk_mut().set_fail_after_ops(None);
             }
-            if !node.is_up() && node.failed.is_none() {
+            let never_started = node.starts == 0 && node.disk.is_none();
+            if !node.is_up() && node.failed.is_none() && !node.retired && !never_started {
                 node.incarnation += 1;
                 let incarnation = node.incarnation;
                 self.push(
@@ -46,15 +47,21 @@ impl World<'_> {
                 client.index
             ));
         }
-        let live: Vec<&Replica> = self
-            .nodes
+        if !self.operator.is_idle() {
+            return Some("the operator is still at work".to_string());
+        }
+        // Members of the configuration the operator's changes made; removed nodes and
+        // nodes that never joined do not count.
+        let model = &self.operator.model;
+        let members: Vec<&SimNode> = self.nodes.iter().filter(|n| model.contains(n.id)).collect();
+        let live: Vec<&Replica> = members.iter().filter_map(|n| n.replica.as_ref()).collect();
+        if let Some(down) = members
             .iter()
-            .filter_map(|n| n.replica.as_ref())
-            .collect();
-        if let Some(down) = self.nodes.iter().find(|n| !n.is_up() && n.failed.is_none()) {
+            .find(|n| !n.is_up() && n.failed.is_none() && !n.retired)
+        {
             return Some(format!("{} is down", down.id));
         }
-        let Some(leader) = live.iter().find(|r| r.role() == Role::Leader) else {
+        let Some(leader) = self.current_leader() else {
             return Some("no leader".to_string());
         };
         if leader.term_at(leader.commit_index()) != Some(leader.term()) {
@@ -116,11 +123,7 @@ impl World<'_> {
 
     /// Every node loses power at once and restarts: nothing acknowledged may be lost.
     pub(super) fn power_loss(&mut self) {
-        let leader = self
-            .nodes
-            .iter()
-            .filter_map(|n| n.replica.as_ref())
-            .find(|r| r.role() == Role::Leader);
+        let leader = self.current_leader();
         self.chat_hash_before_power_loss = leader.map(|r| r.chat().state_hash());
         self.tracer.line(self.now, || {
             "POWER LOSS: every node crashes at once".to_string()
@@ -156,12 +159,13 @@ impl World<'_> {
 
     pub(super) fn finish(&mut self) {
         self.phase = Phase::Done;
-        let Some(leader) = self
-            .nodes
-            .iter()
-            .filter_map(|n| n.replica.as_ref())
-            .find(|r| r.role() == Role::Leader)
-        else {
+        if let Some(membership) = self.current_leader().map(|r| r.membership().clone()) {
+            self.reconcile_impatient(&membership);
+        }
+        if let Some(violation) = self.check_final_membership() {
+            return self.fail(violation);
+        }
+        let Some(leader) = self.current_leader() else {
             return;
         };
         let chat_hash = leader.chat().state_hash();
@@ -228,4 +232,30 @@ fn final_state(replica: &Replica, clients: &[Client]) -> FinalState {
         state.inboxes.insert(client.user.clone(), inbox);
     }
     state
+}
+
+impl World<'_> {
+    /// Every member ends with the same configuration in force, and it is the one the
+    /// operator's successful changes made.
+    fn check_final_membership(&self) -> Option<Violation> {
+        let model = &self.operator.model;
+        let problem = self
+            .nodes
+            .iter()
+            .filter(|n| model.contains(n.id))
+            .find_map(|n| {
+                let replica = n.replica.as_ref()?;
+                (replica.membership() != model).then(|| {
+                    format!(
+                        "{} ends with {:?}, but the operator's changes made {model:?}",
+                        n.id,
+                        replica.membership()
+                    )
+                })
+            })?;
+        Some(Violation {
+            check: "membership",
+            detail: problem,
+        })
+    }
 }

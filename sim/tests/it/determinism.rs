@@ -99,11 +99,12 @@ fn a_calm_run_passes_and_acknowledges_most_operations() {
         faults: "none".parse().unwrap(),
         ..GenerateOptions::default()
     };
-    let outcome = run_scenario(&Scenario::generate(5, &options));
+    let scenario = Scenario::generate(5, &options);
+    let outcome = run_scenario(&scenario);
     assert_eq!(outcome.failure, None);
     assert!(outcome.stats.ops_acknowledged > 100, "{:?}", outcome.stats);
     assert_eq!(
-        outcome.stats.crashes, 5,
+        outcome.stats.crashes, scenario.nodes,
         "only the final power loss crashes nodes"
     );
 }
