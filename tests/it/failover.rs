@@ -3,25 +3,8 @@
 //! acknowledged send is there exactly once throughout, and nothing is duplicated.
 
 use crate::harness::{self, Cluster};
-use chat_proto::chat::ChatMessage;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-
-fn check_exactly_once(messages: &[ChatMessage], acked: &BTreeMap<String, u64>) {
-    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-    for message in messages {
-        *seen.entry(message.body.as_str()).or_default() += 1;
-    }
-    for (body, count) in &seen {
-        assert_eq!(*count, 1, "{body:?} is in the inbox {count} times");
-    }
-    for (body, id) in acked {
-        assert!(
-            seen.contains_key(body.as_str()),
-            "acknowledged send {body:?} (id {id}) is missing"
-        );
-    }
-}
 
 #[test]
 fn acknowledged_sends_survive_crashes_exactly_once() {
@@ -108,9 +91,9 @@ fn acknowledged_sends_survive_crashes_exactly_once() {
         cluster.converged().await;
         let mut client = cluster.client();
         let all = harness::inbox(&mut client, &bob).await;
-        check_exactly_once(&all, &acked);
+        harness::check_exactly_once(&all, &acked);
         let read = harness::read_all(&mut client, &bob).await;
-        check_exactly_once(&read, &acked);
+        harness::check_exactly_once(&read, &acked);
         assert_eq!(read.len(), all.len());
     });
 }

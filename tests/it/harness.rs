@@ -719,3 +719,24 @@ pub fn memory_kib(pid: u32, field: &str) -> u64 {
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
+
+/// Every message in an inbox is there once, and every acknowledged send (body -> id) is
+/// among them.
+pub fn check_exactly_once(
+    messages: &[ChatMessage],
+    acked: &std::collections::BTreeMap<String, u64>,
+) {
+    let mut seen: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for message in messages {
+        *seen.entry(message.body.as_str()).or_default() += 1;
+    }
+    for (body, count) in &seen {
+        assert_eq!(*count, 1, "{body:?} is in the inbox {count} times");
+    }
+    for (body, id) in acked {
+        assert!(
+            seen.contains_key(body.as_str()),
+            "acknowledged send {body:?} (id {id}) is missing"
+        );
+    }
+}

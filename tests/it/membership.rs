@@ -4,7 +4,6 @@
 
 use crate::harness::{self, Cluster};
 use chat_core::NodeId;
-use chat_proto::chat::ChatMessage;
 use std::collections::BTreeMap;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
@@ -100,22 +99,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn check_exactly_once(messages: &[ChatMessage], acked: &BTreeMap<String, u64>) {
-    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-    for message in messages {
-        *seen.entry(message.body.as_str()).or_default() += 1;
-    }
-    for (body, count) in &seen {
-        assert_eq!(*count, 1, "{body:?} is in the inbox {count} times");
-    }
-    for (body, id) in acked {
-        assert!(
-            seen.contains_key(body.as_str()),
-            "acknowledged send {body:?} (id {id}) is missing"
-        );
-    }
 }
 
 fn ok(output: &Output, what: &str) -> String {
@@ -277,7 +260,7 @@ fn replace_remove_leader_and_rolling_restart_under_load() {
         let mut client = cluster.client();
         let bob = harness::login(&mut client, "bob").await;
         let all = harness::inbox(&mut client, &bob).await;
-        check_exactly_once(&all, &acked);
+        harness::check_exactly_once(&all, &acked);
     });
 }
 
@@ -350,7 +333,7 @@ fn backup_under_load_restores_into_a_new_cluster() {
         let mut client = restored.client();
         let bob = harness::login(&mut client, "bob").await;
         let all = harness::inbox(&mut client, &bob).await;
-        check_exactly_once(&all, &before);
+        harness::check_exactly_once(&all, &before);
         assert!(all.len() >= before.len());
     });
 }
