@@ -313,6 +313,8 @@ pub fn mutate(
         }
         9 => {
             scenario.tuning = ReplicaTuning::generate(rng);
+            // With or without pre-vote, as the generated seeds (a quarter off).
+            scenario.tuning.pre_vote = rng.random_bool(0.25).then_some(false);
             "tuning"
         }
         10 => {

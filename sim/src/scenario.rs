@@ -78,6 +78,11 @@ pub struct ReplicaTuning {
     /// right after an add is refused as lagging.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promotion_lag_entries_max: Option<u64>,
+    /// Whether replicas pre-vote (core `Config::pre_vote`); absent: on, the production
+    /// setting. A quarter of generated seeds turn it off, so that the election
+    /// restriction and the leader lease are tested on their own, not only behind it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_vote: Option<bool>,
 }
 
 impl ReplicaTuning {
@@ -102,6 +107,7 @@ impl ReplicaTuning {
             session_expiry_us: None,
             segment_bytes_max: None,
             promotion_lag_entries_max: None,
+            pre_vote: None,
         }
     }
 
@@ -439,6 +445,10 @@ impl Scenario {
             0 => None,
             n => Some(1024 << (n * 2 - 1)),
         };
+        // Derived too: a quarter of the seeds run without pre-vote.
+        if crate::rng::derive_seed(seed, Stream::Replicas, PRE_VOTE_PICK).is_multiple_of(4) {
+            tuning.pre_vote = Some(false);
+        }
         let quick_restart_per_10k = if on(FaultKind::Crash) {
             rng.random_range(0..=100)
         } else {
@@ -569,6 +579,10 @@ impl Scenario {
 /// most at a time, see `chat_core::membership::MEMBERS_MAX`), and within the liveness
 /// checker's 32-bit node sets.
 pub const NODE_ID_MAX: u64 = 30;
+
+/// The index under `Stream::Replicas` of the derived number that turns pre-vote off for
+/// a seed (replica jitter seeds use small indexes: id times a million plus restarts).
+const PRE_VOTE_PICK: u64 = u64::MAX;
 
 /// The founding cluster size of a generated seed: five for half the seeds, 3, 4, 6 or 7
 /// for the others (derived, not drawn, so that no stream moves).

@@ -50,6 +50,14 @@ pub struct Config {
     /// A learner is promoted to voter only if its log is at most this many entries behind
     /// the leader's, so that a promotion never makes a quorum wait for a slow catch-up.
     pub promotion_lag_entries_max: u64,
+    /// Whether a node whose election timer fires first asks a quorum whether it could win
+    /// (pre-vote, thesis §9.6) before it raises its term. On in production: without it a
+    /// node that rejoins after a partition, with a term raised by its failed elections,
+    /// deposes a healthy leader. Off only to test that the other defences (the election
+    /// restriction, the leader lease) hold on their own: the simulator turns it off in a
+    /// share of its seeds, since pre-vote masks a broken election restriction (a pre-vote
+    /// is already refused to a candidate whose log is behind).
+    pub pre_vote: bool,
     /// Seeds election jitter. Different replicas should get different seeds.
     pub rng_seed: u64,
 }
@@ -90,6 +98,7 @@ impl Config {
             session_expiry_us: 3_600 * 1_000_000,
             pending_requests_max: 4096,
             promotion_lag_entries_max: 1024,
+            pre_vote: true,
             rng_seed: id.0,
         }
     }

@@ -40,7 +40,11 @@ impl Replica {
             // Learners, removed nodes and nodes waiting to join never campaign.
             return self.reset_election_deadline();
         }
-        self.become_pre_candidate();
+        if self.config.pre_vote {
+            self.become_pre_candidate();
+        } else {
+            self.become_candidate(false);
+        }
     }
 
     pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {

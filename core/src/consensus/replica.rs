@@ -566,7 +566,15 @@ impl Replica {
                 | Message::InstallSnapshot { .. } => Some(from),
                 _ => None,
             };
+            let (role, deadline) = (self.role, self.election_deadline);
             self.become_follower(term, leader);
+            if matches!(message, Message::RequestVote { .. }) && role != Role::Leader {
+                // Only a vote granted resets the election timer (Figure 2), not a vote
+                // request's higher term: otherwise candidates whose logs are behind
+                // (which cannot win) keep postponing the one node that can, round after
+                // round, whenever pre-vote is off.
+                self.election_deadline = deadline;
+            }
         } else if term < self.term {
             return self.answer_stale_term(from, &message);
         }

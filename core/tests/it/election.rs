@@ -143,3 +143,56 @@ pub fn list_all(cluster: &mut Cluster) -> Vec<String> {
     }
     unreachable!("pages are finite")
 }
+
+/// Without pre-vote, candidates whose logs are behind raise the term again and again. The
+/// one node that can win refuses them, and must keep its election timer (Raft's Figure 2:
+/// only a granted vote or the current leader resets it), or they postpone it round after
+/// round and nobody is elected (found by the simulator with pre-vote off).
+#[test]
+fn a_refused_vote_request_does_not_postpone_the_election_timer() {
+    use chat_core::{Envelope, Message, Recovered, Replica, Time};
+    use chat_core::{LogIndex, Term};
+    let mut config = config(1, 3);
+    config.pre_vote = false;
+    let mut replica = Replica::new(config, Recovered::default(), Time(0)).expect("valid config");
+    let deadline = replica.poll_timeout();
+    let behind = Envelope {
+        from: NodeId(2),
+        to: NodeId(1),
+        message: Message::RequestVote {
+            term: Term(5),
+            last_log_index: LogIndex(0),
+            last_log_term: Term(0),
+            leadership_transfer: false,
+        },
+    };
+    replica.handle_message(Time(1_000), behind);
+    assert_eq!(replica.term(), Term(5), "the higher term is adopted");
+    assert_eq!(
+        replica.voted_for(),
+        None,
+        "the candidate's log is behind ours"
+    );
+    assert_eq!(
+        replica.poll_timeout(),
+        deadline,
+        "a refused request kept the timer"
+    );
+
+    let up_to_date = Envelope {
+        from: NodeId(3),
+        to: NodeId(1),
+        message: Message::RequestVote {
+            term: Term(6),
+            last_log_index: LogIndex(1),
+            last_log_term: Term(0),
+            leadership_transfer: false,
+        },
+    };
+    replica.handle_message(Time(2_000), up_to_date);
+    assert_eq!(replica.voted_for(), Some(NodeId(3)));
+    assert!(
+        replica.poll_timeout() > deadline,
+        "a granted vote resets the timer"
+    );
+}

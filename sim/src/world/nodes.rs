@@ -156,6 +156,9 @@ impl World<'_> {
         if let Some(lag_entries_max) = tuning.promotion_lag_entries_max {
             config.promotion_lag_entries_max = lag_entries_max;
         }
+        if let Some(pre_vote) = tuning.pre_vote {
+            config.pre_vote = pre_vote;
+        }
         let node = &mut self.nodes[index];
         config.rng_seed = derive_seed(
             self.scenario.seed,
