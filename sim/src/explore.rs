@@ -375,7 +375,9 @@ fn retarget(rng: &mut ChaCha8Rng, action: &mut FaultAction, nodes: u64) {
         FaultAction::ClockRate { node, .. } | FaultAction::DiskOpCrash { node, .. } => {
             *node = if rng.random_bool(0.5) { LEADER } else { any }
         }
-        FaultAction::PauseLeader { .. } | FaultAction::ElectionBurst { .. } => {}
+        FaultAction::PauseLeader { .. }
+        | FaultAction::ElectionBurst { .. }
+        | FaultAction::LeaderChurn { .. } => {}
         FaultAction::LinkSplit { client_cut, .. } => {
             if let Some(first) = client_cut.first_mut() {
                 *first = any;
@@ -448,7 +450,8 @@ fn rescale(rng: &mut ChaCha8Rng, action: &mut FaultAction) {
         | FaultAction::LinkSplit { duration_us, .. }
         | FaultAction::PauseLeader { duration_us }
         | FaultAction::ClockRate { duration_us, .. }
-        | FaultAction::ElectionBurst { duration_us, .. } => scale(duration_us),
+        | FaultAction::ElectionBurst { duration_us, .. }
+        | FaultAction::LeaderChurn { duration_us, .. } => scale(duration_us),
         FaultAction::PersistCrash { window_us, .. } => scale(window_us),
         FaultAction::DiskOpCrash { nth, down_us, .. } => {
             scale(down_us);

@@ -59,11 +59,18 @@ pub enum FaultKind {
     /// was lost by a new id; and replaces every node whose damaged disk refuses to start.
     /// Drawn for half the seeds that allow it, from its own stream.
     Membership,
+    /// Figure 8 of the Raft paper, as a nemesis: for a window, every node that wins an
+    /// election is cut off at once from all but a minority of its peers (its first
+    /// entries reach only them) and crashed soon after, during the cut or a moment after
+    /// it heals; so entries of several terms lie on different minorities, and a leader
+    /// that returns replicates an older term's entry to a majority just before it dies.
+    /// Drawn for half the seeds that allow it, from its own stream.
+    LeaderChurn,
 }
 
 impl FaultKind {
     /// The kinds `all` means: every kind but the opt-in ones.
-    pub const ALL: [FaultKind; 18] = [
+    pub const ALL: [FaultKind; 19] = [
         FaultKind::Crash,
         FaultKind::TornWrite,
         FaultKind::RecoveryCrash,
@@ -82,6 +89,7 @@ impl FaultKind {
         FaultKind::DiskOpCrash,
         FaultKind::ClientAbuse,
         FaultKind::Membership,
+        FaultKind::LeaderChurn,
     ];
 
     /// Kinds outside `all`, named explicitly (`--faults all,large-state`).
@@ -120,6 +128,7 @@ impl FaultKind {
             FaultKind::LargeState => "large-state",
             FaultKind::ClientAbuse => "client-abuse",
             FaultKind::Membership => "membership",
+            FaultKind::LeaderChurn => "leader-churn",
         }
     }
 }

@@ -38,6 +38,9 @@ pub struct SimNode {
     pub last_role: Option<(Role, Term)>,
     /// The last input changed the role, the vote or the commit index.
     pub at_milestone: bool,
+    /// Leader churn: crash this leader as soon as its commit index passes this one (its
+    /// first commit as leader), before the news spreads.
+    pub churn_commit_watch: Option<chat_core::LogIndex>,
     /// A founding member (started with the founding voters); otherwise a node the
     /// operator added, started with none.
     pub founding: bool,
@@ -67,6 +70,7 @@ impl SimNode {
             torn_write_down_us: None,
             last_role: None,
             at_milestone: false,
+            churn_commit_watch: None,
             founding: true,
             retired: false,
         }

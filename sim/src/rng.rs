@@ -29,6 +29,9 @@ pub enum Stream {
     /// Cluster size and the operator's membership changes (`membership`): drawn only
     /// when the kind is allowed, after everything else.
     Membership = 13,
+    /// The leader-churn nemesis (`leader-churn`): drawn only when the kind is allowed,
+    /// after everything else.
+    Churn = 14,
 }
 
 /// A portable generator (ChaCha8: the same numbers on every machine and build) for one

@@ -200,6 +200,17 @@ pub enum FaultAction {
         crash: bool,
         down_us: u64,
     },
+    /// For `duration_us`, every node that wins an election keeps its links to only
+    /// `reach_peers` other nodes (picked at random per win) for up to `cut_us_max`, and
+    /// is crashed for `down_us`: half the time during the cut, otherwise up to
+    /// `settle_us_max` after it heals (see `FaultKind::LeaderChurn`).
+    LeaderChurn {
+        duration_us: u64,
+        reach_peers: u64,
+        cut_us_max: u64,
+        settle_us_max: u64,
+        down_us: u64,
+    },
     /// Armed on `node` for `window_us`: right after a drive that persisted a granted vote
     /// (`vote`) or an append ack (otherwise), the node crashes. With `lose_messages`, the
     /// acks of that drive never reach the wire; otherwise they leave before the crash.
@@ -259,6 +270,7 @@ impl FaultAction {
             FaultAction::PauseLeader { .. } => FaultKind::LeaderPause,
             FaultAction::ClockRate { .. } => FaultKind::SlowClock,
             FaultAction::ElectionBurst { .. } => FaultKind::ElectionBurst,
+            FaultAction::LeaderChurn { .. } => FaultKind::LeaderChurn,
             FaultAction::PersistCrash { .. } => FaultKind::PersistCrash,
             FaultAction::DiskOpCrash { .. } => FaultKind::DiskOpCrash,
             FaultAction::AddLearner { .. }
@@ -290,7 +302,9 @@ impl FaultAction {
             | FaultAction::LinkSplit { blocked, .. } => {
                 blocked.iter().flat_map(|&(a, b)| [a, b]).collect()
             }
-            FaultAction::PauseLeader { .. } | FaultAction::ElectionBurst { .. } => Vec::new(),
+            FaultAction::PauseLeader { .. }
+            | FaultAction::ElectionBurst { .. }
+            | FaultAction::LeaderChurn { .. } => Vec::new(),
         };
         ids.into_iter().filter(|&id| id != LEADER).collect()
     }
@@ -522,6 +536,25 @@ impl Scenario {
                 fault_events.sort_by_key(|e| e.at_us);
             }
         }
+        // Drawn from its own stream, after everything else, as `membership` is.
+        if options.faults.contains(FaultKind::LeaderChurn) {
+            let mut churn = stream(seed, Stream::Churn);
+            if churn.random_bool(0.5) {
+                enabled.0.insert(FaultKind::LeaderChurn);
+                // Small batches: Figure 8's window is an older term's entries reaching a
+                // majority ahead of the new leader's first entry, which a batch holding
+                // both closes.
+                tuning.append_entries_count_max = [1, 2, 4][churn.random_range(0..3)];
+                fault_events.extend(generate_churn_events(
+                    &mut churn,
+                    nodes,
+                    &network,
+                    &tuning,
+                    options.chaos_duration_us,
+                ));
+                fault_events.sort_by_key(|e| e.at_us);
+            }
+        }
         let disk_cost = if enabled.contains(FaultKind::LargeState) {
             // Big bodies and frequent snapshots of a big state, on a disk that takes
             // time per byte plus a fixed cost per flush. The simulated state is about a
@@ -593,6 +626,35 @@ fn founding_members(seed: u64) -> u64 {
     } else {
         [3, 4, 6, 7][((pick >> 1) % 4) as usize]
     }
+}
+
+/// The windows of a `leader-churn` seed. Each new leader keeps at most a minority
+/// (itself included) reachable while cut, so that its first entries cannot commit; the
+/// cut lasts from a message's flight to a few heartbeats, and a crash after the cut heals
+/// comes within a few round trips, while the leader replicates older entries in batches.
+fn generate_churn_events(
+    rng: &mut impl Rng,
+    nodes: u64,
+    network: &NetworkParams,
+    tuning: &ReplicaTuning,
+    duration_us: u64,
+) -> Vec<FaultEvent> {
+    let quorum = nodes / 2 + 1;
+    let timeout_max = tuning.election_timeout_us_max();
+    let one_way_us = network.latency_us_max.max(1_000);
+    (0..rng.random_range(1..=3))
+        .map(|_| FaultEvent {
+            at_us: rng.random_range(0..duration_us.max(1)),
+            action: FaultAction::LeaderChurn {
+                duration_us: rng.random_range(3 * timeout_max..=10 * timeout_max),
+                reach_peers: rng.random_range(0..=quorum.saturating_sub(2)),
+                cut_us_max: rng
+                    .random_range(one_way_us..=one_way_us.max(4 * tuning.heartbeat_interval_us)),
+                settle_us_max: rng.random_range(one_way_us..=4 * one_way_us),
+                down_us: rng.random_range(tuning.heartbeat_interval_us..=timeout_max),
+            },
+        })
+        .collect()
 }
 
 /// The operator's procedures of a `membership` seed: each picks a time and what to do;

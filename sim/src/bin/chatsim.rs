@@ -111,7 +111,10 @@ struct SimArgs {
     /// (misbehaving clients: session churn, made-up and foreign sessions, mismatched
     /// retries, late replays), and membership (an operator adds learners with new ids,
     /// promotes them, removes followers and the leader, transfers leadership, and
-    /// replaces nodes whose disk is lost). Each seed turns on a random subset (swarm testing). One
+    /// replaces nodes whose disk is lost), and leader-churn (Figure 8 of the Raft paper:
+    /// each new leader cut off to a minority and crashed, during the cut, after it, or
+    /// at its first commit; small batches). Each seed turns on a random subset (swarm
+    /// testing); a quarter of the seeds also run without pre-vote. One
     /// kind is opt-in, not in `all`: `large-state` (big state on a disk whose time grows
     /// with the bytes written; its seeds run about five times slower per virtual second,
     /// which would take the default sweep below 1,000x). Ask: `--faults all,large-state`.

@@ -3,6 +3,16 @@
 
 use super::*;
 
+/// A leader-churn window in force (see `FaultAction::LeaderChurn`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Churn {
+    until: Time,
+    reach_peers: u64,
+    cut_us_max: u64,
+    settle_us_max: u64,
+    down_us: u64,
+}
+
 impl World<'_> {
     /// A crash at an arbitrary point of the protocol, with a quick return.
     pub(super) fn maybe_quick_restart(&mut self, id: NodeId) -> bool {
@@ -189,6 +199,25 @@ impl World<'_> {
                     self.maybe_strike_new_leader(leader);
                 }
             }
+            FaultAction::LeaderChurn {
+                duration_us,
+                reach_peers,
+                cut_us_max,
+                settle_us_max,
+                down_us,
+            } => {
+                self.churn = Some(Churn {
+                    until: self.now.saturating_add_us(duration_us),
+                    reach_peers,
+                    cut_us_max,
+                    settle_us_max,
+                    down_us,
+                });
+                // The churn starts with the leader in office.
+                if let Some(leader) = self.resolve(LEADER) {
+                    self.maybe_churn_new_leader(leader);
+                }
+            }
             FaultAction::PersistCrash {
                 node,
                 vote,
@@ -238,8 +267,10 @@ impl World<'_> {
         }
     }
 
-    /// During an election burst, schedules a strike on a node that just won.
+    /// During an election burst, schedules a strike on a node that just won; during a
+    /// leader churn, cuts it off from all but a minority now and schedules its crash.
     pub(super) fn maybe_strike_new_leader(&mut self, id: NodeId) {
+        self.maybe_churn_new_leader(id);
         let Some((until, delay_us, _, _)) = self.burst else {
             return;
         };
@@ -277,6 +308,114 @@ impl World<'_> {
                 .line(self.now, || format!("FAULT burst: cut off new leader {id}"));
             self.isolate_for(id, down_us);
         }
+    }
+
+    fn maybe_churn_new_leader(&mut self, id: NodeId) {
+        let Some(churn) = self.churn else {
+            return;
+        };
+        if self.now >= churn.until || self.phase != Phase::Chaos {
+            return;
+        }
+        // The peers it still reaches: `reach_peers` of the others, picked at random. The
+        // cut is in force before anything this leader sent on winning is delivered (a
+        // message is checked against partitions when it arrives).
+        // Picked among the voters it knows of (the others stay cut off too).
+        let voters: Vec<NodeId> = match self.node(id).replica.as_ref() {
+            Some(replica) => replica.membership().voters().filter(|&v| v != id).collect(),
+            None => return,
+        };
+        let mut reached = Vec::new();
+        let mut candidates = voters;
+        for _ in 0..churn.reach_peers.min(candidates.len() as u64) {
+            let pick = self.chaos_rng.random_range(0..candidates.len());
+            reached.push(candidates.swap_remove(pick));
+        }
+        let others: Vec<NodeId> = (1..=self.nodes.len() as u64)
+            .map(NodeId)
+            .filter(|other| *other != id && !reached.contains(other))
+            .collect();
+        if self.chaos_rng.random_bool(0.5) {
+            // Or sooner: at its first commit, the moment Figure 8 is about.
+            let commit = self.node(id).replica.as_ref().map(|r| r.commit_index());
+            self.node_mut(id).churn_commit_watch = commit;
+        }
+        // Half the winners are cut off (their entries stay on a minority), the others
+        // replicate freely until their crash (an older term's entries reach a majority).
+        let cut_us = if self.chaos_rng.random_bool(0.5) {
+            self.chaos_rng
+                .random_range(1_000..=churn.cut_us_max.max(1_000))
+        } else {
+            0
+        };
+        let crash_after_us = if self.chaos_rng.random_bool(0.5) {
+            self.chaos_rng.random_range(0..=cut_us)
+        } else {
+            cut_us + self.chaos_rng.random_range(0..=churn.settle_us_max)
+        };
+        self.tracer.line(self.now, || {
+            format!(
+                "FAULT churn: new leader {id} cut off from {others:?} for {cut_us}us, \
+                 crash in {crash_after_us}us"
+            )
+        });
+        if cut_us > 0 {
+            self.cut_off_for(id, &others, cut_us);
+        }
+        let incarnation = self.node(id).incarnation;
+        self.push(
+            self.now.saturating_add_us(crash_after_us),
+            Event::ChurnCrash {
+                node: id,
+                incarnation,
+            },
+        );
+    }
+
+    /// Whether a churned leader just made its first commit, and so crashed.
+    pub(super) fn churn_crash_at_commit(&mut self, id: NodeId) -> bool {
+        let node = self.node(id);
+        let (Some(watch), Some(replica)) = (node.churn_commit_watch, node.replica.as_ref()) else {
+            return false;
+        };
+        if replica.commit_index() <= watch || self.phase != Phase::Chaos {
+            return false;
+        }
+        let Some(churn) = self.churn else {
+            return false;
+        };
+        self.tracer.line(self.now, || {
+            format!("FAULT churn: crash {id} at its first commit")
+        });
+        self.crash_for(id, churn.down_us);
+        true
+    }
+
+    pub(super) fn churn_crash(&mut self, id: NodeId, incarnation: u64) {
+        let Some(churn) = self.churn else {
+            return;
+        };
+        if self.node(id).incarnation != incarnation || self.phase != Phase::Chaos {
+            return;
+        }
+        self.tracer
+            .line(self.now, || format!("FAULT churn: crash {id}"));
+        self.crash_for(id, churn.down_us);
+    }
+
+    /// Cuts `id` off from `others`, both ways, for `duration_us`; it stays up.
+    fn cut_off_for(&mut self, id: NodeId, others: &[NodeId], duration_us: u64) {
+        self.next_partition += 1;
+        let partition = self.next_partition;
+        let links = others
+            .iter()
+            .flat_map(|&other| [(id, other), (other, id)])
+            .collect();
+        self.network.add_partition(partition, links);
+        self.push(
+            self.now.saturating_add_us(duration_us),
+            Event::HealPartition { id: partition },
+        );
     }
 
     /// Cuts `id` off from every other node, both ways, for `duration_us`; it stays up.

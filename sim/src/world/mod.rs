@@ -147,6 +147,12 @@ enum Event {
         node: NodeId,
         incarnation: u64,
     },
+    /// The leader-churn nemesis crashes a node that won an election (if it still runs
+    /// the same incarnation).
+    ChurnCrash {
+        node: NodeId,
+        incarnation: u64,
+    },
     /// The snapshot a replica asked to save (`Ready::snapshot_to_save`) is encoded and
     /// written, as a node's background writer would: at some later time, unless the node
     /// crashed first (then the save is lost with it). The image is encoded only then, so
@@ -220,6 +226,8 @@ pub struct World<'a> {
     /// An election burst is on until `.0`: (until, delay, crash rather than cut off,
     /// for how long).
     burst: Option<(Time, u64, bool, u64)>,
+    /// A leader-churn window is on (see `FaultAction::LeaderChurn`).
+    churn: Option<faults::Churn>,
     operator: operator::Operator,
 }
 
@@ -319,6 +327,7 @@ impl<'a> World<'a> {
             failure: None,
             observer: Observer::new(),
             burst: None,
+            churn: None,
             operator: operator::Operator::new(scenario),
         }
     }
@@ -565,6 +574,7 @@ impl<'a> World<'a> {
             Event::Probe => self.probe(),
             Event::RestoreClock { node } => self.restore_clock(node),
             Event::StrikeLeader { node, incarnation } => self.strike_leader(node, incarnation),
+            Event::ChurnCrash { node, incarnation } => self.churn_crash(node, incarnation),
             Event::SnapshotSaved {
                 node,
                 incarnation,
@@ -816,7 +826,7 @@ impl<'a> World<'a> {
                 .line(self.now, || format!("{id} knows it was removed: it stops"));
             return self.stop_for_good(id);
         }
-        if self.maybe_quick_restart(id) {
+        if self.maybe_quick_restart(id) || self.churn_crash_at_commit(id) {
             return;
         }
         let Some(replica) = self.nodes[index].replica.as_ref() else {

@@ -27,6 +27,7 @@ impl World<'_> {
         node.last_role = None;
         node.incarnation += 1;
         node.torn_write_down_us = None;
+        node.churn_commit_watch = None;
         if let Some(store) = node.store.take() {
             let mut disk = store.into_disk();
             let report = disk.crash(&mut self.disk_rng);
