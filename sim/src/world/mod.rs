@@ -838,6 +838,7 @@ impl<'a> World<'a> {
             if role.0 == Role::Leader {
                 self.stats.elections += 1;
                 self.maybe_strike_new_leader(id);
+                self.maybe_hasty_promote(id);
             }
             self.tracer.line(self.now, || {
                 format!("{id} is {:?} in term {}", role.0, role.1)

@@ -436,6 +436,40 @@ impl World<'_> {
         let Some(leader) = self.resolve(LEADER) else {
             return self.operator_record(&format!("impatient promote {id}"), "skipped: no leader");
         };
+        self.impatient_promote_at(leader, id);
+    }
+
+    /// Right after a failover, half the time, the second operator promotes a learner
+    /// through the new leader at once, while the first may have a change in flight
+    /// that the old leader appended and nobody committed: the interleaving of the 2015
+    /// single-server bug, which a new leader must refuse (`LeaderNotReady`) until an
+    /// entry of its own term has committed.
+    pub(super) fn maybe_hasty_promote(&mut self, leader: NodeId) {
+        if self.phase != Phase::Chaos
+            || !self
+                .scenario
+                .faults
+                .contains(crate::faults::FaultKind::Membership)
+        {
+            return;
+        }
+        let learners: Vec<NodeId> = self
+            .operator
+            .model
+            .members()
+            .keys()
+            .copied()
+            .filter(|&id| !self.operator.model.is_voter(id))
+            .filter(|id| !self.operator.impatient_unknown.contains(id))
+            .collect();
+        if learners.is_empty() || !self.operator.rng.random_bool(0.5) {
+            return;
+        }
+        let id = learners[self.operator.rng.random_range(0..learners.len())];
+        self.impatient_promote_at(leader, id);
+    }
+
+    fn impatient_promote_at(&mut self, leader: NodeId, id: NodeId) {
         let request_id = self.new_request_id(operator::OPERATOR);
         self.operator.impatient.insert(request_id, id);
         self.operator.impatient_unknown.insert(id);
@@ -467,6 +501,21 @@ impl World<'_> {
             // Lost leadership after appending: the promotion may still commit.
             Err(ClientError::NotLeader { .. }) => {
                 self.operator_record(&what, "unknown: not the leader")
+            }
+            Err(ClientError::Membership(error))
+                if already_done(&MembershipChange::Promote { id }, &error)
+                    && self.operator.model.contains(id)
+                    && !self.operator.model.is_voter(id) =>
+            {
+                // An earlier impatient promotion whose answer was lost took effect (the
+                // operator's own promotions keep the model up to date, so it was not
+                // one of them).
+                if let Ok(next) = self.operator.model.apply(&MembershipChange::Promote { id }) {
+                    self.operator.model = next;
+                    self.stats.membership_changes += 1;
+                }
+                self.operator.impatient_unknown.remove(&id);
+                self.operator_record(&what, &format!("refused: {error} (a lost one applied)"));
             }
             Err(error) => {
                 self.operator.impatient_unknown.remove(&id);
