@@ -461,3 +461,113 @@ fn a_learner_behind_the_snapshot_installs_it_and_everyone_recovers_the_membershi
     cluster.run_for(ms(300));
     cluster.assert_converged();
 }
+
+/// Cuts `a` and `b` apart, both ways.
+fn cut(cluster: &mut Cluster, a: u64, b: u64) {
+    cluster.block(a, b);
+    cluster.block(b, a);
+}
+
+/// The single-server change bug of 2015 (Ongaro, raft-dev): the old leader appends one
+/// change that reaches only its subject; a new leader, elected without it, proposes
+/// another at once; each change then commits under its own majority, and the two
+/// majorities need not overlap. The fix: no change until the new leader has committed
+/// an entry of its term (`LeaderNotReady`). This replays the interleaving (four voters,
+/// learners 5 and 6) and checks that the new leader refuses, and that the old leader,
+/// winning later with the voter the new one never reached, loses nothing committed (the
+/// harness checks every committed entry after every input).
+#[test]
+fn a_new_leader_proposes_no_change_before_its_term_commits_the_2015_bug() {
+    let mut cluster = Cluster::new(4);
+    for id in [5, 6] {
+        cluster.join(id);
+        applied(cluster.change(add(id)));
+    }
+    fill(&mut cluster, "a", 3);
+    let old = cluster.wait_for_ready_leader().0;
+    // The old leader reaches only learner 5, which hears nobody else.
+    for n in (1..=6).filter(|&n| n != old && n != 5) {
+        cut(&mut cluster, old, n);
+        cut(&mut cluster, 5, n);
+    }
+    let first = cluster.request(NodeId(old), ClientRequest::ChangeMembership(promote(5)));
+    cluster.run_for(ms(20));
+    assert!(!cluster.replies.contains_key(&first), "it cannot commit");
+    // The three other founders elect a new leader among themselves.
+    let others: Vec<u64> = (1..=4).filter(|&n| n != old).collect();
+    let elected = cluster.run_until(ms(10_000), |c| {
+        c.leader()
+            .is_some_and(|l| l.0 != old && c.replicas[&l].term() > c.replicas[&NodeId(old)].term())
+    });
+    assert!(elected);
+    let new = cluster.leader().expect("checked").0;
+    // From the moment it wins, the new leader reaches one founder and learner 6 only:
+    // `lagging` voted for it and hears nothing more from it.
+    let lagging = *others.iter().find(|&&n| n != new).expect("three others");
+    cut(&mut cluster, new, lagging);
+    let second = cluster.request(NodeId(new), ClientRequest::ChangeMembership(promote(6)));
+    assert_eq!(
+        refused(cluster.outcome(second)),
+        MembershipError::LeaderNotReady,
+        "a change before the new leader's term committed"
+    );
+    cluster.run_for(ms(500));
+    // Now the old leader, 5 and `lagging` reach each other and nobody else.
+    cluster.heal();
+    let side: [u64; 3] = [old, 5, lagging];
+    for a in side {
+        for b in (1..=6).filter(|b| !side.contains(b)) {
+            cut(&mut cluster, a, b);
+        }
+    }
+    cluster.run_for(ms(3_000));
+    cluster.heal();
+    cluster.run_for(ms(3_000));
+    cluster.assert_converged();
+    assert_eq!(
+        voters(&applied(cluster.change(promote(6)))).last(),
+        Some(&6)
+    );
+}
+
+/// A leader cut off from its peers leads on (until check-quorum) with the configuration
+/// it last knew. Asked to promote a node the new leader added meanwhile, it must not
+/// answer "not a member" (an operator takes that as final): a refusal reads the
+/// configuration and waits, like a read, for a quorum to confirm the leadership, which
+/// never comes; the request fails with `NotLeader` when the old leader steps down.
+/// (Found by the simulator: a stale leader's `UnknownMember` made the operator give up
+/// a promotion that a lost attempt had in fact made.)
+#[test]
+fn a_deposed_leader_does_not_refuse_from_a_stale_configuration() {
+    let mut configs: Vec<_> = (1..=3).map(|id| config(id, 3)).collect();
+    // Node 1 checks its quorum only every 10 s, so it leads on, cut off, for a while.
+    configs[0] = configs[0]
+        .clone()
+        .with_election_timeout_us(ms(10_000), ms(20_000));
+    let mut cluster = Cluster::with_configs(configs);
+    let first = cluster.wait_for_ready_leader();
+    if first != NodeId(1) {
+        cluster.transfer(first, Some(1)).expect("transfer to 1");
+        assert!(cluster.run_until(ms(5_000), |c| c.leader() == Some(NodeId(1))));
+    }
+    cluster.wait_for_ready_leader();
+    cluster.isolate(1);
+    assert!(cluster.run_until(ms(5_000), |c| c
+        .replicas
+        .iter()
+        .any(|(id, r)| id.0 != 1 && r.role() == Role::Leader)));
+    cluster.join(4);
+    // Through the leader of the highest term: the new one.
+    applied(cluster.change(add(4)));
+    assert_eq!(
+        cluster.replica(1).role(),
+        Role::Leader,
+        "still leads, cut off"
+    );
+    let stale = cluster.request(NodeId(1), ClientRequest::ChangeMembership(promote(4)));
+    assert!(cluster.run_until(ms(30_000), |c| c.replies.contains_key(&stale)));
+    match &cluster.replies[&stale] {
+        Err(ClientError::NotLeader { .. }) => {}
+        other => panic!("a cut-off leader answered {other:?}"),
+    }
+}
