@@ -1,7 +1,7 @@
 //! Client requests: proposing writes with exactly-once sessions, linearizable reads by
 //! read index, stale reads, and applying committed entries to the state machine.
 
-use super::replica::{PendingRead, ReadConsistency, Replica, Role};
+use super::replica::{PendingQuery, PendingRead, ReadConsistency, Replica, Role};
 use crate::app::{AppError, ApplyContext, Auth, ChatState, Command, CommandOutput, Query};
 use crate::effects::{ClientError, Reply, Response};
 use crate::entry::{Entry, EntryPayload, Proposal, SessionRef};
@@ -128,10 +128,10 @@ impl Replica {
             self.reads_awaiting_term_commit.push((request_id, query));
             return;
         }
-        self.register_read(request_id, query);
+        self.register_read(request_id, PendingQuery::Chat(query));
     }
 
-    fn register_read(&mut self, request_id: RequestId, query: Query) {
+    pub(super) fn register_read(&mut self, request_id: RequestId, query: PendingQuery) {
         // A read index is only as good as the commit index it copies: a leader knows the
         // true commit index once an entry of its own term is committed (Raft §6.4).
         debug_assert_eq!(self.role, Role::Leader, "only a leader takes a read index");
@@ -159,6 +159,15 @@ impl Replica {
         if self.voter_peers().is_empty() {
             self.heartbeat_requested = false;
             self.broadcast_heartbeat();
+        }
+    }
+
+    fn serve_pending(&mut self, request_id: RequestId, query: PendingQuery) {
+        match query {
+            PendingQuery::Chat(query) => self.serve_read(request_id, &query),
+            PendingQuery::MembershipRefusal(error) => {
+                self.reply_err(request_id, ClientError::Membership(error))
+            }
         }
     }
 
@@ -212,7 +221,7 @@ impl Replica {
                 .reads_awaiting_apply
                 .pop_front()
                 .expect("front exists: checked");
-            self.serve_read(read.request_id, &read.query);
+            self.serve_pending(read.request_id, read.query);
         }
     }
 
@@ -222,7 +231,7 @@ impl Replica {
             && !self.reads_awaiting_term_commit.is_empty()
         {
             for (request_id, query) in std::mem::take(&mut self.reads_awaiting_term_commit) {
-                self.register_read(request_id, query);
+                self.register_read(request_id, PendingQuery::Chat(query));
             }
         }
     }

@@ -4,7 +4,7 @@
 //! change are in [`crate::membership`].
 
 use super::progress::Progress;
-use super::replica::{Replica, Role};
+use super::replica::{PendingQuery, Replica, Role};
 use crate::effects::{ClientError, Response};
 use crate::entry::{Entry, EntryPayload};
 use crate::membership::{Membership, MembershipChange, MembershipError};
@@ -218,7 +218,12 @@ impl Replica {
         }
         let next = match self.membership().apply(&change) {
             Ok(next) => next,
-            Err(error) => return self.reply_err(request_id, ClientError::Membership(error)),
+            // Answered once a quorum confirms this node still leads (see
+            // `PendingQuery::MembershipRefusal`); the check above made sure an entry of
+            // this term has committed, so the configuration read is the committed one.
+            Err(error) => {
+                return self.register_read(request_id, PendingQuery::MembershipRefusal(error))
+            }
         };
         let timestamp = self.stamp_time();
         let index = self.append_own(EntryPayload::Membership {

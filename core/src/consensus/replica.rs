@@ -82,9 +82,22 @@ pub enum ReplicaError {
 #[derive(Clone, Debug)]
 pub(super) struct PendingRead {
     pub request_id: RequestId,
-    pub query: Query,
+    pub query: PendingQuery,
     pub read_index: LogIndex,
     pub seq: u64,
+}
+
+/// What a confirmed read answers.
+#[derive(Clone, Debug)]
+pub(super) enum PendingQuery {
+    Chat(Query),
+    /// A membership change refused by the structure of this leader's configuration
+    /// (unknown id, already a voter, removed...). The refusal reads the configuration,
+    /// so it is answered, like a read, only once a quorum has confirmed that this node
+    /// still led after the request arrived: a deposed leader that does not know it yet
+    /// would refuse from a stale configuration ("not a member" for a node added since),
+    /// and an operator takes such an answer as final.
+    MembershipRefusal(crate::membership::MembershipError),
 }
 
 /// In debug (and simulator) builds the incremental state hash is recomputed from scratch

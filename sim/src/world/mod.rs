@@ -25,6 +25,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet};
 
+mod change_split;
 mod clients;
 mod faults;
 mod listeners;
@@ -228,6 +229,8 @@ pub struct World<'a> {
     burst: Option<(Time, u64, bool, u64)>,
     /// A leader-churn window is on (see `FaultAction::LeaderChurn`).
     churn: Option<faults::Churn>,
+    /// A change-window split is on (see `world/change_split.rs`).
+    change_split: Option<change_split::ChangeSplit>,
     operator: operator::Operator,
 }
 
@@ -328,6 +331,7 @@ impl<'a> World<'a> {
             observer: Observer::new(),
             burst: None,
             churn: None,
+            change_split: None,
             operator: operator::Operator::new(scenario),
         }
     }
@@ -838,6 +842,7 @@ impl<'a> World<'a> {
             if role.0 == Role::Leader {
                 self.stats.elections += 1;
                 self.maybe_strike_new_leader(id);
+                self.maybe_cross_to_old_side(id);
                 self.maybe_hasty_promote(id);
             }
             self.tracer.line(self.now, || {

@@ -72,6 +72,8 @@ pub(super) struct Operator {
     impatient: BTreeMap<RequestId, NodeId>,
     pub(super) impatient_unknown: BTreeSet<NodeId>,
     rng: ChaCha8Rng,
+    /// The change-window nemesis's choices (`world/change_split.rs`).
+    pub(super) split_rng: ChaCha8Rng,
 }
 
 impl Operator {
@@ -88,6 +90,7 @@ impl Operator {
             impatient: BTreeMap::new(),
             impatient_unknown: BTreeSet::new(),
             rng: ChaCha8Rng::seed_from_u64(derive_seed(scenario.seed, Stream::Membership, 2)),
+            split_rng: ChaCha8Rng::seed_from_u64(derive_seed(scenario.seed, Stream::Membership, 3)),
         }
     }
 
@@ -387,8 +390,10 @@ impl World<'_> {
             self.requests.remove(&attempt.request_id);
         }
         attempt.request_id = request_id;
-        let request = ClientRequest::ChangeMembership(attempt.change.clone());
+        let change = attempt.change.clone();
+        let request = ClientRequest::ChangeMembership(change.clone());
         let node = self.operator.target;
+        self.maybe_split_change_window(node, &change);
         self.tracer.line(self.now, || {
             format!("operator -> {node} request #{} {request:?}", request_id.0)
         });
@@ -453,13 +458,18 @@ impl World<'_> {
         {
             return;
         }
+        // Another change than the first operator's in flight, if any.
+        let in_flight = match self.operator.attempt.as_ref().map(|a| &a.change) {
+            Some(MembershipChange::Promote { id }) => Some(*id),
+            _ => None,
+        };
         let learners: Vec<NodeId> = self
             .operator
             .model
             .members()
             .keys()
             .copied()
-            .filter(|&id| !self.operator.model.is_voter(id))
+            .filter(|&id| !self.operator.model.is_voter(id) && Some(id) != in_flight)
             .filter(|id| !self.operator.impatient_unknown.contains(id))
             .collect();
         if learners.is_empty() || !self.operator.rng.random_bool(0.5) {
