@@ -591,7 +591,7 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
     println!(
         "liveness: longest leaderless with a healthy quorum {:.3}s (bound {:.3}s), end of chaos to first new commit {}",
         stats.leaderless_us_max as f64 / 1e6,
-        chat_sim::world::leaderless_bound_us(&scenario) as f64 / 1e6,
+        stats.leaderless_bound_us as f64 / 1e6,
         stats
             .first_commit_after_chaos_us
             .map_or("none".to_string(), |us| format!("{:.3}s", us as f64 / 1e6))

@@ -34,7 +34,10 @@ mod nodes;
 mod operator;
 mod phases;
 
-pub use liveness::{leaderless_bound_us, LEADERLESS_ELECTION_TIMEOUTS, LEADERLESS_ROUND_TRIPS};
+pub use liveness::{
+    leaderless_bound_bare_us, leaderless_bound_us, LEADERLESS_CALIBRATED_BARE_ANSWERS,
+    LEADERLESS_ELECTION_TIMEOUTS, LEADERLESS_ROUND_TRIPS,
+};
 
 /// After the faults stop, the cluster must recover and finish every request within this.
 pub const LIVENESS_BOUND_US: u64 = 30_000_000;
@@ -72,6 +75,8 @@ pub struct RunStats {
     pub linearizability_unknown: u64,
     /// The longest a healthy quorum went without a leader (see `world/liveness.rs`).
     pub leaderless_us_max: u64,
+    /// The bound that interval was held to: more for a bare majority of many voters.
+    pub leaderless_bound_us: u64,
     /// From the end of chaos to the first commit of an entry appended after it; `None`
     /// if the cluster settled without committing anything new.
     pub first_commit_after_chaos_us: Option<u64>,
@@ -420,6 +425,7 @@ impl<'a> World<'a> {
         }
         self.liveness.finish(self.now);
         self.stats.leaderless_us_max = self.liveness.leaderless_us_max;
+        self.stats.leaderless_bound_us = self.liveness.leaderless_bound_us;
         self.stats.first_commit_after_chaos_us = self.liveness.first_commit_after_chaos_us;
         for node in &self.nodes {
             if let Some(replica) = &node.replica {
