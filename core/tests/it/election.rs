@@ -196,3 +196,61 @@ fn a_refused_vote_request_does_not_postpone_the_election_timer() {
         "a granted vote resets the timer"
     );
 }
+
+/// A follower's commit index follows the leader's only as far as the leader's entries
+/// are known to match its log (Figure 2: "index of last new entry"), never over an
+/// uncommitted suffix of its own from an older term. The protocol rarely sends such a
+/// message (conflict hints make the first AppendEntries after an election start right at
+/// the divergence), which is why the simulator cannot reach a follower that caps at its
+/// own last index instead; so the rule is pinned here, on a well-formed message.
+#[test]
+fn a_follower_never_commits_its_own_divergent_suffix() {
+    use chat_core::{Envelope, Message};
+    let mut cluster = Cluster::new(3);
+    let old = cluster.wait_for_ready_leader();
+    cluster.write_ok(1, 1, create("alice"));
+    let matched = cluster.replicas[&old].last_log_index();
+    cluster.isolate(old.0);
+    // Accepted by the cut-off leader, never committed: its divergent suffix.
+    for name in ["carol", "erin", "frank"] {
+        cluster.write(old, 2, 1, create(name));
+    }
+    let divergent_end = cluster.replicas[&old].last_log_index();
+    assert!(cluster.run_until(ms(5_000), |c| c.leader().is_some_and(|l| l != old)));
+    let new = cluster.leader().expect("checked");
+    for (seq, name) in ["dave", "gina", "hank", "ivan"].into_iter().enumerate() {
+        cluster.write_ok(3, seq as u64 + 1, create(name));
+    }
+    let leader_commit = cluster.replicas[&new].commit_index();
+    assert!(leader_commit > divergent_end);
+    // A well-formed AppendEntries from the new leader: the prefix up to `matched` holds,
+    // no entries follow in this message, and the leader's commit is far ahead.
+    let term = cluster.replicas[&new].term();
+    let message = Message::AppendEntries {
+        term,
+        prev_log_index: matched,
+        prev_log_term: cluster.replicas[&new].term_at(matched).expect("in the log"),
+        entries: Vec::new(),
+        leader_commit,
+    };
+    let now = cluster.now;
+    let follower = cluster.replicas.get_mut(&old).expect("up");
+    follower.handle_message(
+        now,
+        Envelope {
+            from: new,
+            to: old,
+            message,
+        },
+    );
+    assert_eq!(
+        follower.last_log_index(),
+        divergent_end,
+        "nothing to truncate yet"
+    );
+    assert!(
+        follower.commit_index() <= matched,
+        "committed {} of its own entries past the matched prefix",
+        follower.commit_index().0 - matched.0
+    );
+}
