@@ -236,6 +236,8 @@ pub struct World<'a> {
     churn: Option<faults::Churn>,
     /// A change-window split is on (see `world/change_split.rs`).
     change_split: Option<change_split::ChangeSplit>,
+    /// The node that won the latest election (the one a failover replaces).
+    last_leader: Option<NodeId>,
     operator: operator::Operator,
 }
 
@@ -337,6 +339,7 @@ impl<'a> World<'a> {
             burst: None,
             churn: None,
             change_split: None,
+            last_leader: None,
             operator: operator::Operator::new(scenario),
         }
     }
@@ -849,7 +852,8 @@ impl<'a> World<'a> {
                 self.stats.elections += 1;
                 self.maybe_strike_new_leader(id);
                 self.maybe_cross_to_old_side(id);
-                self.maybe_hasty_promote(id);
+                let previous = self.last_leader.replace(id);
+                self.maybe_hasty_change(id, previous);
             }
             self.tracer.line(self.now, || {
                 format!("{id} is {:?} in term {}", role.0, role.1)

@@ -71,6 +71,10 @@ pub(super) struct Operator {
     /// request, and the learners they promote whose fate is not known yet.
     impatient: BTreeMap<RequestId, NodeId>,
     pub(super) impatient_unknown: BTreeSet<NodeId>,
+    /// Removals of a failed-over leader by the second operator, by request, and the
+    /// nodes whose removal's fate is not known yet.
+    hasty_removals: BTreeMap<RequestId, NodeId>,
+    removal_unknown: BTreeSet<NodeId>,
     rng: ChaCha8Rng,
     /// The change-window nemesis's choices (`world/change_split.rs`).
     pub(super) split_rng: ChaCha8Rng,
@@ -89,6 +93,8 @@ impl Operator {
             model: Membership::founding(&founding),
             impatient: BTreeMap::new(),
             impatient_unknown: BTreeSet::new(),
+            hasty_removals: BTreeMap::new(),
+            removal_unknown: BTreeSet::new(),
             rng: ChaCha8Rng::seed_from_u64(derive_seed(scenario.seed, Stream::Membership, 2)),
             split_rng: ChaCha8Rng::seed_from_u64(derive_seed(scenario.seed, Stream::Membership, 3)),
         }
@@ -444,12 +450,13 @@ impl World<'_> {
         self.impatient_promote_at(leader, id);
     }
 
-    /// Right after a failover, half the time, the second operator promotes a learner
-    /// through the new leader at once, while the first may have a change in flight
-    /// that the old leader appended and nobody committed: the interleaving of the 2015
-    /// single-server bug, which a new leader must refuse (`LeaderNotReady`) until an
-    /// entry of its own term has committed.
-    pub(super) fn maybe_hasty_promote(&mut self, leader: NodeId) {
+    /// Right after a failover, half the time, the second operator changes the
+    /// membership through the new leader at once: it promotes a learner, or removes the
+    /// leader that just failed over (an automation replacing a dead node would), while
+    /// the first may have a change in flight that the old leader appended and nobody
+    /// committed: the interleaving of the 2015 single-server bug, which a new leader must
+    /// refuse (`LeaderNotReady`) until an entry of its own term has committed.
+    pub(super) fn maybe_hasty_change(&mut self, leader: NodeId, previous: Option<NodeId>) {
         if self.phase != Phase::Chaos
             || !self
                 .scenario
@@ -472,11 +479,81 @@ impl World<'_> {
             .filter(|&id| !self.operator.model.is_voter(id) && Some(id) != in_flight)
             .filter(|id| !self.operator.impatient_unknown.contains(id))
             .collect();
-        if learners.is_empty() || !self.operator.rng.random_bool(0.5) {
+        if !self.operator.rng.random_bool(0.5) {
+            return;
+        }
+        let model = &self.operator.model;
+        let removable = previous.filter(|&p| {
+            p != leader
+                && model.is_voter(p)
+                && model.voters().count() > 2
+                && !self.operator.removal_unknown.contains(&p)
+        });
+        let remove = match removable {
+            Some(_) if learners.is_empty() => removable,
+            Some(_) if self.operator.split_rng.random_bool(0.5) => removable,
+            _ => None,
+        };
+        if let Some(id) = remove {
+            return self.hasty_remove_at(leader, id);
+        }
+        if learners.is_empty() {
             return;
         }
         let id = learners[self.operator.rng.random_range(0..learners.len())];
         self.impatient_promote_at(leader, id);
+    }
+
+    fn hasty_remove_at(&mut self, leader: NodeId, id: NodeId) {
+        let request_id = self.new_request_id(operator::OPERATOR);
+        self.operator.hasty_removals.insert(request_id, id);
+        self.operator.removal_unknown.insert(id);
+        let request = ClientRequest::ChangeMembership(MembershipChange::Remove { id });
+        self.tracer.line(self.now, || {
+            format!(
+                "second operator -> {leader} request #{} {request:?}",
+                request_id.0
+            )
+        });
+        let at = self.now.saturating_add_us(self.network.latency_us());
+        self.push(
+            at,
+            Event::Request {
+                node: leader,
+                request_id,
+                request,
+            },
+        );
+    }
+
+    fn hasty_removal_reply(&mut self, id: NodeId, outcome: Result<Response, ClientError>) {
+        let what = format!("second operator removes {id}");
+        match outcome {
+            Ok(Response::Membership(answered)) => {
+                self.reconcile_impatient(&answered);
+                self.operator_record(&what, "ok");
+            }
+            Err(ClientError::NotLeader { .. }) => {
+                self.operator_record(&what, "unknown: not the leader")
+            }
+            Err(ClientError::Membership(error))
+                if already_done(&MembershipChange::Remove { id }, &error)
+                    && self.operator.model.contains(id) =>
+            {
+                // An earlier removal whose answer was lost (by either operator).
+                if let Ok(next) = self.operator.model.apply(&MembershipChange::Remove { id }) {
+                    self.operator.model = next;
+                    self.stats.membership_changes += 1;
+                }
+                self.operator.removal_unknown.remove(&id);
+                self.operator_record(&what, &format!("refused: {error} (a lost one applied)"));
+            }
+            Err(error) => {
+                self.operator.removal_unknown.remove(&id);
+                self.operator_record(&what, &format!("refused: {error}"));
+            }
+            Ok(other) => self.operator_record(&what, &format!("answered {other:?}")),
+        }
     }
 
     fn impatient_promote_at(&mut self, leader: NodeId, id: NodeId) {
@@ -554,6 +631,21 @@ impl World<'_> {
                 self.stats.membership_changes += 1;
             }
         }
+        // Likewise a removal by the second operator whose answer was lost.
+        let removed: Vec<NodeId> = self
+            .operator
+            .removal_unknown
+            .iter()
+            .copied()
+            .filter(|&id| committed.is_removed(id))
+            .collect();
+        for id in removed {
+            self.operator.removal_unknown.remove(&id);
+            if let Ok(next) = self.operator.model.apply(&MembershipChange::Remove { id }) {
+                self.operator.model = next;
+                self.stats.membership_changes += 1;
+            }
+        }
     }
 
     pub(super) fn operator_reply(
@@ -564,6 +656,9 @@ impl World<'_> {
         self.requests.remove(&request_id);
         if let Some(id) = self.operator.impatient.remove(&request_id) {
             return self.impatient_reply(id, outcome);
+        }
+        if let Some(id) = self.operator.hasty_removals.remove(&request_id) {
+            return self.hasty_removal_reply(id, outcome);
         }
         let Some(attempt) = self.operator.attempt.clone() else {
             return;
@@ -675,6 +770,18 @@ impl World<'_> {
         }
         let expected = match self.operator.model.apply(change) {
             Ok(expected) => expected,
+            // The second operator made the same change, and the model already follows
+            // it (its answer, or a committed membership, came first).
+            Err(error)
+                if already_done(change, &error)
+                    && answered.is_none_or(|a| *a == self.operator.model) =>
+            {
+                self.operator_record(
+                    &format!("{change:?}"),
+                    "ok (also done by the second operator)",
+                );
+                return self.operator_wake_after(0);
+            }
             Err(error) => {
                 return self.fail(Violation {
                     check: "membership",
