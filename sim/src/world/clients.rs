@@ -139,7 +139,21 @@ impl World<'_> {
                     id: c.session?,
                     seq,
                 };
-                Some((with_session(request, session), kind, Some(Abuse::SeqJump)))
+                let request = with_session(request, session);
+                // Back to a number this client already sent the very same request under:
+                // an honest retry, answered with that request's answer, so the history
+                // must count it as that operation again, not as a new one (a repeated
+                // `ReadMessages` legitimately returns the same messages as unread).
+                let earlier = c
+                    .sent
+                    .iter()
+                    .rev()
+                    .find_map(|(sent, of)| (*delta <= 0 && *sent == request).then_some(*of));
+                if let Some(of) = earlier {
+                    let kind = self.history.ops[of].kind.clone();
+                    return Some((request, kind, Some(Abuse::Replay { of })));
+                }
+                Some((request, kind, Some(Abuse::SeqJump)))
             }
             OpPlan::OpenSession => {
                 let (request, kind) = self.clients[client].open_session()?;
