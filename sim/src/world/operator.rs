@@ -308,13 +308,23 @@ impl World<'_> {
     fn operator_retire(&mut self, id: NodeId) {
         let model = &self.operator.model;
         let gone = |n: &SimNode| n.retired || n.failed.is_some() || n.corrupted;
-        let voters: Vec<NodeId> = model.voters().collect();
-        let gone_after = voters
-            .iter()
-            .filter(|&&v| v == id || self.nodes.get(v.0 as usize - 1).is_some_and(gone))
-            .count();
-        let tolerance = voters.len().saturating_sub(1) / 2;
-        if !model.contains(id) || gone_after > tolerance {
+        let loses_quorum = |voters: Vec<NodeId>| {
+            let gone_after = voters
+                .iter()
+                .filter(|&&v| v == id || self.nodes.get(v.0 as usize - 1).is_some_and(gone))
+                .count();
+            gone_after > voters.len().saturating_sub(1) / 2
+        };
+        // The model's configuration, and every configuration a replica holds in its log
+        // (a change the operator does not know of yet, such as the second operator's,
+        // may still take force): the disk loss must leave each of them a quorum.
+        let at_risk = loses_quorum(model.voters().collect())
+            || self
+                .nodes
+                .iter()
+                .filter_map(|n| n.replica.as_ref())
+                .any(|r| loses_quorum(r.membership().voters().collect()));
+        if !model.contains(id) || at_risk {
             self.operator_record(&format!("replace {id}"), "skipped: would cost the quorum");
             self.operator.current.clear();
             return;
