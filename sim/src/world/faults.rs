@@ -148,6 +148,21 @@ impl World<'_> {
                 else {
                     return;
                 };
+                // The leader cut from its peers (and still reachable by clients) runs on its
+                // own clock: half the time that clock is also slow for the cut, so its
+                // lease and check-quorum outlast its successor's election in true time,
+                // the stale-read window of a leader that skips its quorum round.
+                let stale_leader = blocked
+                    .iter()
+                    .any(|&(a, b)| a == LEADER || b == LEADER)
+                    .then(|| self.resolve(LEADER))
+                    .flatten();
+                if let Some(leader) = stale_leader {
+                    if self.skew_rng.random_bool(0.5) {
+                        let rate_ppm = -self.skew_rng.random_range(300_000..=600_000);
+                        self.slow_clock(leader, rate_ppm, duration_us);
+                    }
+                }
                 self.next_partition += 1;
                 let id = self.next_partition;
                 self.network.add_partition(id, links);
@@ -172,20 +187,7 @@ impl World<'_> {
                 let Some(id) = self.resolve(node) else {
                     return;
                 };
-                let now = self.now;
-                let sim_node = self.node_mut(id);
-                let original = match sim_node.clock_fault {
-                    Some((_, original)) => original,
-                    None => sim_node.drift_ppm,
-                };
-                let until = now.saturating_add_us(duration_us);
-                sim_node.clock_fault = Some((until, original));
-                sim_node.set_drift(now, rate_ppm);
-                self.tracer.line(self.now, || {
-                    format!("FAULT clock of {id} runs at {rate_ppm} ppm")
-                });
-                self.schedule_timer(id);
-                self.push(until, Event::RestoreClock { node: id });
+                self.slow_clock(id, rate_ppm, duration_us);
             }
             FaultAction::ElectionBurst {
                 duration_us,
@@ -250,6 +252,25 @@ impl World<'_> {
             | FaultAction::TransferLeader { .. }
             | FaultAction::Replace { .. } => self.operator_enqueue(&action),
         }
+    }
+
+    /// Runs `id`'s clock at `rate_ppm` off true time for `duration_us`, then at its old
+    /// rate again (local time stays monotonic).
+    fn slow_clock(&mut self, id: NodeId, rate_ppm: i64, duration_us: u64) {
+        let now = self.now;
+        let sim_node = self.node_mut(id);
+        let original = match sim_node.clock_fault {
+            Some((_, original)) => original,
+            None => sim_node.drift_ppm,
+        };
+        let until = now.saturating_add_us(duration_us);
+        sim_node.clock_fault = Some((until, original));
+        sim_node.set_drift(now, rate_ppm);
+        self.tracer.line(self.now, || {
+            format!("FAULT clock of {id} runs at {rate_ppm} ppm")
+        });
+        self.schedule_timer(id);
+        self.push(until, Event::RestoreClock { node: id });
     }
 
     pub(super) fn restore_clock(&mut self, id: NodeId) {

@@ -210,6 +210,10 @@ pub struct World<'a> {
     network: Network,
     disk_rng: ChaCha8Rng,
     chaos_rng: ChaCha8Rng,
+    /// Whether a leader cut off from its peers also gets a slow clock (see
+    /// `FaultAction::LinkSplit` in `world/faults.rs`); its own stream, so that no other
+    /// choice moves.
+    skew_rng: ChaCha8Rng,
     client_rng: ChaCha8Rng,
     clients: Vec<Client>,
     listeners: Vec<listeners::Listener>,
@@ -315,6 +319,11 @@ impl<'a> World<'a> {
             ),
             disk_rng: stream(scenario.seed, Stream::Disk),
             chaos_rng: stream(scenario.seed, Stream::Chaos),
+            skew_rng: rand::SeedableRng::seed_from_u64(crate::rng::derive_seed(
+                scenario.seed,
+                Stream::Nemeses,
+                1,
+            )),
             client_rng,
             listeners: listeners::listening_clients(clients.len())
                 .into_iter()
