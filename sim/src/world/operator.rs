@@ -69,11 +69,11 @@ pub(super) struct Operator {
     pub(super) model: Membership,
     /// Impatient promotions sent outside the queue (by a second operator, say), by
     /// request, and the learners they promote whose fate is not known yet.
-    impatient: BTreeMap<RequestId, NodeId>,
+    /// Changes sent beside the queue, never retried (by an impatient or a second
+    /// operator), by request.
+    side_requests: BTreeMap<RequestId, MembershipChange>,
     pub(super) impatient_unknown: BTreeSet<NodeId>,
-    /// Removals of a failed-over leader by the second operator, by request, and the
-    /// nodes whose removal's fate is not known yet.
-    hasty_removals: BTreeMap<RequestId, NodeId>,
+    /// Nodes whose removal by the second operator has a fate not known yet.
     removal_unknown: BTreeSet<NodeId>,
     rng: ChaCha8Rng,
     /// The change-window nemesis's choices (`world/change_split.rs`).
@@ -91,9 +91,8 @@ impl Operator {
             token: 0,
             target: NodeId(1),
             model: Membership::founding(&founding),
-            impatient: BTreeMap::new(),
+            side_requests: BTreeMap::new(),
             impatient_unknown: BTreeSet::new(),
-            hasty_removals: BTreeMap::new(),
             removal_unknown: BTreeSet::new(),
             rng: ChaCha8Rng::seed_from_u64(derive_seed(scenario.seed, Stream::Membership, 2)),
             split_rng: ChaCha8Rng::seed_from_u64(derive_seed(scenario.seed, Stream::Membership, 3)),
@@ -466,7 +465,7 @@ impl World<'_> {
         let Some(leader) = self.resolve(LEADER) else {
             return self.operator_record(&format!("impatient promote {id}"), "skipped: no leader");
         };
-        self.impatient_promote_at(leader, id);
+        self.side_request_at(leader, MembershipChange::Promote { id });
     }
 
     /// Right after a failover, half the time, the second operator changes the
@@ -514,23 +513,33 @@ impl World<'_> {
             _ => None,
         };
         if let Some(id) = remove {
-            return self.hasty_remove_at(leader, id);
+            return self.side_request_at(leader, MembershipChange::Remove { id });
         }
         if learners.is_empty() {
             return;
         }
         let id = learners[self.operator.rng.random_range(0..learners.len())];
-        self.impatient_promote_at(leader, id);
+        self.side_request_at(leader, MembershipChange::Promote { id });
     }
 
-    fn hasty_remove_at(&mut self, leader: NodeId, id: NodeId) {
+    /// Sends `change` (a promotion or a removal) to `leader` beside the queue, once.
+    fn side_request_at(&mut self, leader: NodeId, change: MembershipChange) {
         let request_id = self.new_request_id(operator::OPERATOR);
-        self.operator.hasty_removals.insert(request_id, id);
-        self.operator.removal_unknown.insert(id);
-        let request = ClientRequest::ChangeMembership(MembershipChange::Remove { id });
+        let who = match change {
+            MembershipChange::Remove { id } => {
+                self.operator.removal_unknown.insert(id);
+                "second"
+            }
+            MembershipChange::Promote { id } | MembershipChange::AddLearner { id, .. } => {
+                self.operator.impatient_unknown.insert(id);
+                "impatient"
+            }
+        };
+        let request = ClientRequest::ChangeMembership(change.clone());
+        self.operator.side_requests.insert(request_id, change);
         self.tracer.line(self.now, || {
             format!(
-                "second operator -> {leader} request #{} {request:?}",
+                "{who} operator -> {leader} request #{} {request:?}",
                 request_id.0
             )
         });
@@ -545,86 +554,45 @@ impl World<'_> {
         );
     }
 
-    fn hasty_removal_reply(&mut self, id: NodeId, outcome: Result<Response, ClientError>) {
-        let what = format!("second operator removes {id}");
+    /// The answer to a change sent beside the queue: the model follows what it shows.
+    fn side_reply(&mut self, change: MembershipChange, outcome: Result<Response, ClientError>) {
+        let (what, id) = match change {
+            MembershipChange::Remove { id } => (format!("second operator removes {id}"), id),
+            MembershipChange::Promote { id } | MembershipChange::AddLearner { id, .. } => {
+                (format!("impatient promote {id}"), id)
+            }
+        };
+        let forget = |operator: &mut Operator| match change {
+            MembershipChange::Remove { .. } => operator.removal_unknown.remove(&id),
+            _ => operator.impatient_unknown.remove(&id),
+        };
         match outcome {
             Ok(Response::Membership(answered)) => {
                 self.reconcile_impatient(&answered);
                 self.operator_record(&what, "ok");
             }
+            // Lost leadership after appending: the change may still commit.
             Err(ClientError::NotLeader { .. }) => {
                 self.operator_record(&what, "unknown: not the leader")
             }
-            Err(ClientError::Membership(error))
-                if already_done(&MembershipChange::Remove { id }, &error)
-                    && self.operator.model.contains(id) =>
-            {
-                // An earlier removal whose answer was lost (by either operator).
-                if let Ok(next) = self.operator.model.apply(&MembershipChange::Remove { id }) {
+            Err(ClientError::Membership(error)) => {
+                forget(&mut self.operator);
+                // Refused as already done: an earlier one whose answer was lost took
+                // effect (the first operator's own changes keep the model up to date, so
+                // it was not one of them).
+                let lost_applied = already_done(&change, &error)
+                    .then(|| self.operator.model.apply(&change).ok())
+                    .flatten();
+                if let Some(next) = lost_applied {
                     self.operator.model = next;
                     self.stats.membership_changes += 1;
+                    self.operator_record(&what, &format!("refused: {error} (a lost one applied)"));
+                } else {
+                    self.operator_record(&what, &format!("refused: {error}"));
                 }
-                self.operator.removal_unknown.remove(&id);
-                self.operator_record(&what, &format!("refused: {error} (a lost one applied)"));
             }
             Err(error) => {
-                self.operator.removal_unknown.remove(&id);
-                self.operator_record(&what, &format!("refused: {error}"));
-            }
-            Ok(other) => self.operator_record(&what, &format!("answered {other:?}")),
-        }
-    }
-
-    fn impatient_promote_at(&mut self, leader: NodeId, id: NodeId) {
-        let request_id = self.new_request_id(operator::OPERATOR);
-        self.operator.impatient.insert(request_id, id);
-        self.operator.impatient_unknown.insert(id);
-        let request = ClientRequest::ChangeMembership(MembershipChange::Promote { id });
-        self.tracer.line(self.now, || {
-            format!(
-                "impatient operator -> {leader} request #{} {request:?}",
-                request_id.0
-            )
-        });
-        let at = self.now.saturating_add_us(self.network.latency_us());
-        self.push(
-            at,
-            Event::Request {
-                node: leader,
-                request_id,
-                request,
-            },
-        );
-    }
-
-    fn impatient_reply(&mut self, id: NodeId, outcome: Result<Response, ClientError>) {
-        let what = format!("impatient promote {id}");
-        match outcome {
-            Ok(Response::Membership(answered)) => {
-                self.reconcile_impatient(&answered);
-                self.operator_record(&what, "ok");
-            }
-            // Lost leadership after appending: the promotion may still commit.
-            Err(ClientError::NotLeader { .. }) => {
-                self.operator_record(&what, "unknown: not the leader")
-            }
-            Err(ClientError::Membership(error))
-                if already_done(&MembershipChange::Promote { id }, &error)
-                    && self.operator.model.contains(id)
-                    && !self.operator.model.is_voter(id) =>
-            {
-                // An earlier impatient promotion whose answer was lost took effect (the
-                // operator's own promotions keep the model up to date, so it was not
-                // one of them).
-                if let Ok(next) = self.operator.model.apply(&MembershipChange::Promote { id }) {
-                    self.operator.model = next;
-                    self.stats.membership_changes += 1;
-                }
-                self.operator.impatient_unknown.remove(&id);
-                self.operator_record(&what, &format!("refused: {error} (a lost one applied)"));
-            }
-            Err(error) => {
-                self.operator.impatient_unknown.remove(&id);
+                forget(&mut self.operator);
                 self.operator_record(&what, &format!("refused: {error}"));
             }
             Ok(other) => self.operator_record(&what, &format!("answered {other:?}")),
@@ -673,11 +641,8 @@ impl World<'_> {
         outcome: Result<Response, ClientError>,
     ) {
         self.requests.remove(&request_id);
-        if let Some(id) = self.operator.impatient.remove(&request_id) {
-            return self.impatient_reply(id, outcome);
-        }
-        if let Some(id) = self.operator.hasty_removals.remove(&request_id) {
-            return self.hasty_removal_reply(id, outcome);
+        if let Some(change) = self.operator.side_requests.remove(&request_id) {
+            return self.side_reply(change, outcome);
         }
         let Some(attempt) = self.operator.attempt.clone() else {
             return;
