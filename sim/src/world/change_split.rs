@@ -105,18 +105,4 @@ impl World<'_> {
             moved: true,
         });
     }
-
-    /// Cuts `side` off from every other node, both ways, until `until`.
-    fn split_off(&mut self, side: &[NodeId], until: Time) -> u64 {
-        self.next_partition += 1;
-        let partition = self.next_partition;
-        let links = (1..=self.nodes.len() as u64)
-            .map(NodeId)
-            .filter(|n| !side.contains(n))
-            .flat_map(|other| side.iter().flat_map(move |&s| [(s, other), (other, s)]))
-            .collect();
-        self.network.add_partition(partition, links);
-        self.push(until, Event::HealPartition { id: partition });
-        partition
-    }
 }

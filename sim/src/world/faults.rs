@@ -441,18 +441,21 @@ impl World<'_> {
 
     /// Cuts `id` off from every other node, both ways, for `duration_us`; it stays up.
     fn isolate_for(&mut self, id: NodeId, duration_us: u64) {
+        self.split_off(&[id], self.now.saturating_add_us(duration_us));
+    }
+
+    /// Cuts `side` off from every other node, both ways, until `until`.
+    pub(super) fn split_off(&mut self, side: &[NodeId], until: Time) -> u64 {
         self.next_partition += 1;
         let partition = self.next_partition;
         let links = (1..=self.nodes.len() as u64)
             .map(NodeId)
-            .filter(|&other| other != id)
-            .flat_map(|other| [(id, other), (other, id)])
+            .filter(|n| !side.contains(n))
+            .flat_map(|other| side.iter().flat_map(move |&s| [(s, other), (other, s)]))
             .collect();
         self.network.add_partition(partition, links);
-        self.push(
-            self.now.saturating_add_us(duration_us),
-            Event::HealPartition { id: partition },
-        );
+        self.push(until, Event::HealPartition { id: partition });
+        partition
     }
 
     /// Whether an armed persist crash is due after this drive (it sent a granted vote,
