@@ -23,6 +23,7 @@ pub mod entry;
 pub mod machine;
 pub mod membership;
 pub mod session;
+pub mod snapshot_source;
 pub mod storage;
 pub mod types;
 

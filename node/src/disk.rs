@@ -5,12 +5,14 @@
 //! `rename(2)`, atomic on POSIX file systems. Files stay open between calls, so an
 //! append costs one `pwrite` and its sync one `fdatasync`.
 
+use chat_core::snapshot_source::ReadBytes;
 use chat_core::storage::{Disk, DiskError};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug)]
 pub struct FsDisk {
@@ -173,6 +175,14 @@ impl Disk for FsDisk {
             .map_err(|e| io_error("sync", file, e))
     }
 
+    fn open_reader(&self, file: &str) -> Result<Arc<dyn ReadBytes>, DiskError> {
+        let handle = File::open(self.path(file)?).map_err(|e| io_error("open", file, e))?;
+        Ok(Arc::new(FileReader {
+            name: file.to_string(),
+            handle,
+        }))
+    }
+
     fn rename(&mut self, source: &str, target: &str) -> Result<(), DiskError> {
         fs::rename(self.path(source)?, self.path(target)?)
             .map_err(|e| io_error("rename", source, e))?;
@@ -194,5 +204,22 @@ impl Disk for FsDisk {
         self.dir_handle
             .sync_all()
             .map_err(|e| io_error("sync dir", &display, e))
+    }
+}
+
+/// A file opened read-only, read with `pread` from any thread: the snapshot a leader
+/// streams to followers, chunk by chunk, without holding it in memory. The descriptor
+/// keeps the file's bytes readable after a newer snapshot is renamed over its name.
+#[derive(Debug)]
+struct FileReader {
+    name: String,
+    handle: File,
+}
+
+impl ReadBytes for FileReader {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        self.handle
+            .read_exact_at(buf, offset)
+            .map_err(|error| format!("read {} at {offset}: {error}", self.name))
     }
 }

@@ -12,10 +12,10 @@ use crate::members::AddressBook;
 use crate::metrics::{CoreMetrics, CoreObserver};
 use crate::peers::PeerRouter;
 use chat_core::app::Delivery;
-use chat_core::entry::{Persist, Snapshot};
+use chat_core::entry::{Persist, SnapshotMeta};
 use chat_core::machine::SnapshotImage;
 use chat_core::membership::Membership;
-use chat_core::storage::{stage_snapshot, LogStore, StorageError};
+use chat_core::storage::{stage_snapshot_image, LogStore, StorageError};
 use chat_core::{
     drive, ClientError, ClientRequest, Envelope, LogIndex, NodeId, Replica, Reply, RequestId,
     Response, Role, Shell, Term, TransferError,
@@ -63,11 +63,11 @@ pub enum Input {
     /// An operator's backup: a copy-on-write image of the applied state, to encode off
     /// the core thread (`None`: nothing applied).
     ExportSnapshot(oneshot::Sender<Option<SnapshotImage>>),
-    /// The snapshot writer encoded the replica's image into `snapshot` and staged
-    /// (wrote and synced) it, or failed to. The bytes come back shared, not copied: the
-    /// replica keeps them to send to followers.
+    /// The snapshot writer encoded the replica's image of `meta` straight into the
+    /// staged file and synced it (or failed to); the core commits it and hands the
+    /// replica a reader of the file.
     SnapshotStaged {
-        snapshot: Snapshot,
+        meta: SnapshotMeta,
         outcome: Result<(), StorageError>,
     },
     Shutdown,
@@ -238,6 +238,7 @@ pub fn spawn(
         observer: CoreObserver::new(metrics),
         book,
         membership_seen: None,
+        snapshot_attach_tried: None,
         next_request_id: 0,
         snapshots_installed: 0,
         counters: Counters::default(),
@@ -272,28 +273,29 @@ fn spawn_snapshot_writer(
     std::thread::Builder::new()
         .name(format!("snapshots-{}", id.0))
         .spawn(move || {
-            let mut scratch = Vec::new();
             for image in receiver {
                 let started = Instant::now();
-                let snapshot = image.encode();
+                // Encoded into the file as it is written: the bytes are never all in
+                // memory, here or in the replica (which reads the file back to send it).
+                let staged = stage_snapshot_image(&mut disk, &image);
+                let meta = image.meta.clone();
                 // The image shares accounts with the live state, which copies each one it
-                // changes while the image lives: let go of it as soon as it is encoded.
+                // changes while the image lives: let go of it as soon as it is written.
                 drop(image);
-                let encoded = started.elapsed();
-                let outcome = stage_snapshot(&mut disk, &snapshot, &mut scratch);
-                metrics.snapshot_staged(snapshot.data.len(), started.elapsed());
+                let bytes = *staged.as_ref().unwrap_or(&0);
+                metrics.snapshot_staged(bytes as usize, started.elapsed());
                 tracing::info!(
-                    last_index = snapshot.meta.last_index.0,
-                    bytes = snapshot.data.len(),
-                    encode_ms = encoded.as_millis() as u64,
+                    last_index = meta.last_index.0,
+                    bytes,
                     ms = started.elapsed().as_millis() as u64,
-                    ok = outcome.is_ok(),
+                    ok = staged.is_ok(),
                     "snapshot staged"
                 );
+                let outcome = staged.map(|_| ());
                 // Blocking is fine here (this thread has nothing else to do); an error
                 // means the core has stopped, and with it the need for the snapshot.
                 if inputs
-                    .send(Input::SnapshotStaged { snapshot, outcome })
+                    .send(Input::SnapshotStaged { meta, outcome })
                     .is_err()
                 {
                     return;
@@ -316,6 +318,8 @@ struct Core {
     /// Where the configuration in force is published for the peer transport.
     book: AddressBook,
     membership_seen: Option<Membership>,
+    /// The last snapshot whose file was attached to the replica, or tried.
+    snapshot_attach_tried: Option<SnapshotMeta>,
 }
 
 /// What the loop did, logged when it stops: the group-commit ratio in numbers.
@@ -355,6 +359,7 @@ impl Core {
                 let _ = self.shell.deliveries.send(Live::Resync);
             }
             drive(&mut self.replica, &mut self.shell)?;
+            self.attach_snapshot_file()?;
             self.follow_membership();
             self.publish();
             self.observer.observe(&self.replica);
@@ -370,6 +375,27 @@ impl Core {
                 return Ok(());
             }
         }
+    }
+
+    /// Once the replica holds a snapshot's bytes in memory (recovered at start, or just
+    /// installed from the leader and now written by the persist), hands it a reader of
+    /// the file instead, so that the bytes go: a snapshot is the size of the state. Tried
+    /// once per snapshot.
+    fn attach_snapshot_file(&mut self) -> Result<(), StorageError> {
+        if !self.replica.snapshot_in_memory() {
+            return Ok(());
+        }
+        let meta = self.replica.snapshot_meta().clone();
+        if self.snapshot_attach_tried.as_ref() == Some(&meta) {
+            return Ok(());
+        }
+        self.snapshot_attach_tried = Some(meta);
+        if let Some(source) = self.shell.store.snapshot_source()? {
+            if !self.replica.attach_snapshot_source(source) {
+                tracing::warn!("the snapshot file is not the snapshot the replica holds; keeping the bytes in memory");
+            }
+        }
+        Ok(())
     }
 
     /// Publishes the configuration in force when it changed, and brings the peer links
@@ -433,10 +459,14 @@ impl Core {
                 // As above.
                 let _ = reply.send(self.replica.export_image());
             }
-            Input::SnapshotStaged { snapshot, outcome } => {
+            Input::SnapshotStaged { meta, outcome } => {
                 outcome?;
-                self.shell.store.commit_staged_snapshot(&snapshot.meta)?;
-                self.replica.handle_snapshot_saved(now, snapshot);
+                let source = if self.shell.store.commit_staged_snapshot(&meta)? {
+                    self.shell.store.snapshot_source()?
+                } else {
+                    None
+                };
+                self.replica.handle_snapshot_saved(now, meta, source);
             }
             Input::Shutdown => return Ok(true),
         }

@@ -19,12 +19,12 @@ struct Sample {
 
 /// A parsed page in the Prometheus text format (only what these metrics use: no
 /// escaped quotes or commas inside label values).
-struct Page {
+pub(crate) struct Page {
     samples: Vec<Sample>,
 }
 
 impl Page {
-    fn parse(text: &str) -> Page {
+    pub(crate) fn parse(text: &str) -> Page {
         let samples = text
             .lines()
             .filter(|line| !line.is_empty() && !line.starts_with('#'))
@@ -73,7 +73,7 @@ impl Page {
         (!matching.is_empty()).then(|| matching.iter().sum())
     }
 
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.sum(name, labels)
             .unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
     }

@@ -78,6 +78,9 @@ pub enum Message {
         term: Term,
         meta: SnapshotMeta,
         total_bytes: u64,
+        /// The whole snapshot's checksum (`snapshot_source::snapshot_checksum`), the same
+        /// in every chunk: the receiver installs only bytes that match it.
+        checksum: u32,
         offset: u64,
         data: Vec<u8>,
         done: bool,
@@ -183,7 +186,7 @@ impl fmt::Display for Message {
             Message::HeartbeatResponse { term, seq, last_log_index } => {
                 write!(f, "HeartbeatResponse{{term:{term} seq:{seq} last:{last_log_index}}}")
             }
-            Message::InstallSnapshot { term, meta, total_bytes, offset, data, done } => write!(
+            Message::InstallSnapshot { term, meta, total_bytes, offset, data, done, .. } => write!(
                 f,
                 "InstallSnapshot{{term:{term} last:{}/{} bytes:{offset}+{}/{total_bytes} done:{done}}}",
                 meta.last_index,

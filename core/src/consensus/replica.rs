@@ -9,9 +9,10 @@ use super::progress::Progress;
 use super::transfer::Transfer;
 use crate::app::{ChatState, Command, Query};
 use crate::effects::Ready;
-use crate::entry::{Entry, HardState, Snapshot, SnapshotMeta};
+use crate::entry::{Entry, HardState, SnapshotMeta};
 use crate::machine::MachineState;
 use crate::membership::{Membership, MembershipChange};
+use crate::snapshot_source::SnapshotSource;
 use crate::storage::Recovered;
 use crate::types::{LogIndex, NodeId, RequestId, Term, Time};
 use rand::SeedableRng;
@@ -63,6 +64,11 @@ pub struct Metrics {
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
     pub snapshot_chunks_sent: u64,
+    /// Chunks that could not be read from the snapshot's source (retried).
+    pub snapshot_read_errors: u64,
+    /// Received snapshots not installed: their bytes did not match the sender's checksum
+    /// or did not decode.
+    pub snapshots_refused: u64,
     pub entries_applied: u64,
     pub leadership_transfers: u64,
 }
@@ -118,7 +124,19 @@ const SNAPSHOT_RNG_STREAM: u64 = 1;
 pub(super) struct IncomingSnapshot {
     pub meta: SnapshotMeta,
     pub total_bytes: u64,
+    pub checksum: u32,
     pub data: Vec<u8>,
+}
+
+/// One InstallSnapshot chunk, as received.
+#[derive(Debug)]
+pub(super) struct IncomingChunk {
+    pub meta: SnapshotMeta,
+    pub total_bytes: u64,
+    pub checksum: u32,
+    pub offset: u64,
+    pub data: Vec<u8>,
+    pub done: bool,
 }
 
 /// One member of a Raft cluster together with the chat state machine it replicates.
@@ -153,8 +171,10 @@ pub struct Replica {
     pub(super) term: Term,
     pub(super) voted_for: Option<NodeId>,
     pub(super) log: RaftLog,
-    /// The latest snapshot, whose meta equals `log.snapshot_meta()` when the log has one.
-    pub(super) snapshot: Option<Snapshot>,
+    /// The latest snapshot, whose meta equals `log.snapshot_meta()` when the log has one:
+    /// where its bytes are read from to stream it to followers (see
+    /// [`crate::snapshot_source`]).
+    pub(super) snapshot: Option<SnapshotSource>,
     /// A snapshot of this replica's own state that the shell is saving
     /// (`Ready::snapshot_to_save`); the log is compacted to it only once the shell says
     /// it is durable (`handle_snapshot_saved`). At most one at a time.
@@ -251,7 +271,7 @@ impl Replica {
             term: recovered.hard_state.term,
             voted_for: recovered.hard_state.voted_for,
             log,
-            snapshot: recovered.snapshot,
+            snapshot: recovered.snapshot.as_ref().map(SnapshotSource::in_memory),
             snapshot_saving: None,
             role: Role::Follower,
             leader_id: None,
@@ -433,14 +453,54 @@ impl Replica {
         self.check_invariants();
     }
 
-    /// The shell encoded the image it was asked to save (`Ready::snapshot_to_save`) into
-    /// `snapshot` and made it durable: the log may now be compacted to it, and the
-    /// replica keeps the bytes (shared, not copied) to send to followers. A snapshot
-    /// overtaken meanwhile (one installed from the leader) is ignored.
-    pub fn handle_snapshot_saved(&mut self, now: Time, snapshot: Snapshot) {
+    /// The shell encoded the image it was asked to save (`Ready::snapshot_to_save`),
+    /// whose meta is `meta`, and made it durable; `source` reads it back (the shell's
+    /// file, in the node): the log may now be compacted to it, and the replica streams it
+    /// to followers from there. `None` when the shell's storage declined it as older
+    /// than the snapshot it holds (one installed from the leader meanwhile, which the
+    /// replica holds too); such a save is simply over.
+    pub fn handle_snapshot_saved(
+        &mut self,
+        now: Time,
+        meta: SnapshotMeta,
+        source: Option<SnapshotSource>,
+    ) {
         self.advance_clock(now);
-        self.on_snapshot_saved(snapshot);
+        self.on_snapshot_saved(meta, source);
         self.check_invariants();
+    }
+
+    /// Replaces where the current snapshot's bytes are read from, if `source` is that
+    /// snapshot (same meta, length and checksum): the shell attaches its durable file
+    /// once it has one for a snapshot the replica holds in memory (one recovered at
+    /// start, or installed from the leader), so the memory can go. Returns whether it
+    /// was attached.
+    pub fn attach_snapshot_source(&mut self, source: SnapshotSource) -> bool {
+        let Some(current) = &self.snapshot else {
+            return false;
+        };
+        let same = current.meta == source.meta
+            && current.len_bytes == source.len_bytes
+            && current.checksum == source.checksum;
+        if same {
+            self.snapshot = Some(source);
+        }
+        same
+    }
+
+    /// Whether the current snapshot's bytes are held in memory rather than read from
+    /// the shell's file (see [`Replica::attach_snapshot_source`]).
+    pub fn snapshot_in_memory(&self) -> bool {
+        self.snapshot_bytes_in_memory() > 0
+    }
+
+    /// The bytes of the current snapshot held in memory: its length until the shell
+    /// attaches its file, 0 after (or without a snapshot).
+    pub fn snapshot_bytes_in_memory(&self) -> u64 {
+        self.snapshot
+            .as_ref()
+            .filter(|s| !s.file_backed)
+            .map_or(0, |s| s.len_bytes)
     }
 
     // Commands.
@@ -628,11 +688,22 @@ impl Replica {
             Message::InstallSnapshot {
                 meta,
                 total_bytes,
+                checksum,
                 offset,
                 data,
                 done,
                 ..
-            } => self.handle_install_snapshot(from, meta, total_bytes, offset, data, done),
+            } => self.handle_install_snapshot(
+                from,
+                IncomingChunk {
+                    meta,
+                    total_bytes,
+                    checksum,
+                    offset,
+                    data,
+                    done,
+                },
+            ),
             Message::InstallSnapshotResponse {
                 last_index,
                 next_offset,

@@ -3,9 +3,10 @@
 
 use super::message::Message;
 use super::progress::ReplicationState;
-use super::replica::{IncomingSnapshot, Replica, Role};
+use super::replica::{IncomingChunk, IncomingSnapshot, Replica, Role};
 use crate::entry::{Snapshot, SnapshotMeta};
 use crate::machine::{MachineState, SnapshotImage};
+use crate::snapshot_source::{snapshot_checksum, SnapshotSource};
 use crate::types::{LogIndex, NodeId};
 use rand::Rng;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ pub(super) struct SnapshotSaving {
 /// the replica handed out: a shell that reported other bytes would have followers install
 /// a state this replica never had. Larger ones are not checked, since decoding is linear
 /// and the point of encoding off the core thread is not to pay that on it.
-const SNAPSHOT_CHECK_BYTES_MAX: usize = 1 << 20;
+const SNAPSHOT_CHECK_BYTES_MAX: u64 = 1 << 20;
 
 impl Replica {
     /// Asks the shell to save a snapshot once enough applied entries follow the last
@@ -72,8 +73,8 @@ impl Replica {
             || u128::from(self.log.entries_bytes_through(self.last_applied)) >= threshold_bytes
     }
 
-    pub(super) fn on_snapshot_saved(&mut self, snapshot: Snapshot) {
-        let meta = &snapshot.meta;
+    pub(super) fn on_snapshot_saved(&mut self, meta: SnapshotMeta, source: Option<SnapshotSource>) {
+        let meta = &meta;
         let saving = self.snapshot_saving.take_if(|s| s.meta == *meta);
         // Anything else is a shell bug: a report of a save never asked for, or of one
         // asked for before a restart (the shell must drop those).
@@ -84,12 +85,34 @@ impl Replica {
         let Some(saving) = saving else {
             return;
         };
-        if cfg!(debug_assertions) && snapshot.data.len() <= SNAPSHOT_CHECK_BYTES_MAX {
-            let decoded_hash = MachineState::decode(&snapshot.data).map(|m| m.state_hash());
+        let Some(source) = source else {
+            assert!(
+                meta.last_index <= self.log.snapshot_meta().last_index,
+                "the shell declined the save of {meta:?}, which no snapshot held covers"
+            );
+            return;
+        };
+        assert_eq!(
+            &source.meta, meta,
+            "the shell reported another snapshot's source as the one saved"
+        );
+        if cfg!(debug_assertions) && source.len_bytes <= SNAPSHOT_CHECK_BYTES_MAX {
+            let bytes = source.read_all();
+            let decoded_hash = bytes
+                .as_deref()
+                .map_err(Clone::clone)
+                .and_then(MachineState::decode)
+                .map(|m| m.state_hash());
             assert_eq!(
                 decoded_hash,
                 Ok(saving.state_hash),
                 "the shell reported bytes that are not the image of {meta:?}"
+            );
+            let checksum = bytes.map(|bytes| snapshot_checksum(meta, &bytes));
+            assert_eq!(
+                checksum,
+                Ok(source.checksum),
+                "the shell reported a checksum that is not that of {meta:?}"
             );
         }
         if meta.last_index <= self.log.snapshot_meta().last_index {
@@ -101,7 +124,7 @@ impl Replica {
             kept_suffix,
             "applied entries stay in the log until compacted"
         );
-        self.snapshot = Some(snapshot);
+        self.snapshot = Some(source);
         self.metrics.snapshots_taken += 1;
         self.draw_snapshot_threshold();
         // Applied entries may have passed the next threshold while it was saved.
@@ -132,8 +155,10 @@ impl Replica {
         if let Some(truncate_from) = persist.truncate_from.as_mut() {
             *truncate_from = (*truncate_from).max(last_index.next());
         }
-        persist.snapshot = Some(snapshot.clone());
-        self.snapshot = Some(snapshot);
+        // The bytes stay shared with the persist (and in memory) until the shell attaches
+        // the file it writes them to (`Replica::attach_snapshot_source`).
+        self.snapshot = Some(SnapshotSource::in_memory(&snapshot));
+        persist.snapshot = Some(snapshot);
     }
 
     pub(super) fn start_snapshot_transfer(&mut self, to: NodeId) {
@@ -173,31 +198,42 @@ impl Replica {
             *last_index = snapshot.meta.last_index;
             *next_offset = 0;
         }
-        let total_bytes = snapshot.data.len() as u64;
-        let start = (*next_offset).min(total_bytes) as usize;
-        let end = (start + self.config.snapshot_chunk_bytes).min(snapshot.data.len());
+        let total_bytes = snapshot.len_bytes;
+        let start = (*next_offset).min(total_bytes);
+        let end = start
+            .saturating_add(self.config.snapshot_chunk_bytes as u64)
+            .min(total_bytes);
+        // At most `snapshot_chunk_bytes`, a usize.
+        let mut data = vec![0; (end - start) as usize];
+        if snapshot.read_at(start, &mut data).is_err() {
+            // The shell's file could not be read (the shell logs why, in its disk): not
+            // in flight, so the next heartbeat round tries again.
+            self.metrics.snapshot_read_errors += 1;
+            return;
+        }
         *in_flight = true;
         let message = Message::InstallSnapshot {
             term: self.term,
             meta: snapshot.meta.clone(),
             total_bytes,
-            offset: start as u64,
-            data: snapshot.data[start..end].to_vec(),
-            done: end == snapshot.data.len(),
+            checksum: snapshot.checksum,
+            offset: start,
+            data,
+            done: end == total_bytes,
         };
         self.metrics.snapshot_chunks_sent += 1;
         self.send(to, message);
     }
 
-    pub(super) fn handle_install_snapshot(
-        &mut self,
-        from: NodeId,
-        meta: SnapshotMeta,
-        total_bytes: u64,
-        offset: u64,
-        data: Vec<u8>,
-        done: bool,
-    ) {
+    pub(super) fn handle_install_snapshot(&mut self, from: NodeId, chunk: IncomingChunk) {
+        let IncomingChunk {
+            meta,
+            total_bytes,
+            checksum,
+            offset,
+            data,
+            done,
+        } = chunk;
         let end = offset.checked_add(data.len() as u64);
         let well_formed = meta.last_index > LogIndex::ZERO
             && meta.last_term <= self.term
@@ -226,6 +262,7 @@ impl Replica {
             self.incoming_snapshot = Some(IncomingSnapshot {
                 meta: meta.clone(),
                 total_bytes,
+                checksum,
                 // Exactly the size announced (at most `snapshot_bytes_max`, checked
                 // above): the buffer becomes the installed snapshot's shared bytes, kept
                 // until the next one, so it must not carry the spare capacity of growth.
@@ -233,7 +270,11 @@ impl Replica {
             });
         }
         let expected_offset = match &self.incoming_snapshot {
-            Some(incoming) if incoming.meta == meta && incoming.total_bytes == total_bytes => {
+            Some(incoming)
+                if incoming.meta == meta
+                    && incoming.total_bytes == total_bytes
+                    && incoming.checksum == checksum =>
+            {
                 incoming.data.len() as u64
             }
             _ => 0,
@@ -266,7 +307,14 @@ impl Replica {
         let Some(incoming) = self.incoming_snapshot.take() else {
             return;
         };
-        let Ok(machine) = MachineState::decode(&incoming.data) else {
+        // Bytes that do not match the sender's checksum (its file rotted, or a bug) are
+        // never installed; the leader starts over from offset 0.
+        let intact = snapshot_checksum(&incoming.meta, &incoming.data) == incoming.checksum;
+        let decoded = intact
+            .then(|| MachineState::decode(&incoming.data).ok())
+            .flatten();
+        let Some(machine) = decoded else {
+            self.metrics.snapshots_refused += 1;
             self.reject();
             return self.send(
                 from,

@@ -2,7 +2,9 @@
 //! through this trait, so the simulator's [`crate::storage::MemDisk`] and the node's
 //! file-backed disk run the same format and recovery code.
 
+use crate::snapshot_source::ReadBytes;
 use crate::storage::error::DiskError;
+use std::sync::Arc;
 
 /// A flat directory of files (names are single path components).
 ///
@@ -30,6 +32,14 @@ pub trait Disk {
         let mut buf = vec![0; len];
         self.read_at(file, 0, &mut buf)?;
         Ok(buf)
+    }
+
+    /// A reader of `file` as it is now, usable from any thread for as long as it is
+    /// kept, and unaffected by a later rename over the file or its removal (as an open
+    /// file descriptor is). Only for files no longer written in place (a committed
+    /// snapshot). By default a copy of the bytes; the node's disk opens the file.
+    fn open_reader(&self, file: &str) -> Result<Arc<dyn ReadBytes>, DiskError> {
+        Ok(Arc::new(self.read_all(file)?))
     }
 
     /// Creates an empty file, or empties an existing one.
@@ -60,6 +70,9 @@ impl<D: Disk + ?Sized> Disk for &mut D {
     }
     fn read_all(&self, file: &str) -> Result<Vec<u8>, DiskError> {
         (**self).read_all(file)
+    }
+    fn open_reader(&self, file: &str) -> Result<Arc<dyn ReadBytes>, DiskError> {
+        (**self).open_reader(file)
     }
     fn create(&mut self, file: &str) -> Result<(), DiskError> {
         (**self).create(file)

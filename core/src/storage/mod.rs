@@ -35,7 +35,9 @@ pub use hard_state::{HARD_STATE_FILE, HARD_STATE_TMP_FILE};
 pub use mem_disk::{CrashReport, DiskOpKind, DiskStats, MemDisk, WriteFate};
 pub use record::FORMAT_VERSION;
 pub use snapshot::{
-    stage as stage_snapshot, SNAPSHOT_FILE, SNAPSHOT_STAGED_FILE, SNAPSHOT_TMP_FILE,
+    open_source as open_snapshot_source, stage as stage_snapshot,
+    stage_image as stage_snapshot_image, SNAPSHOT_FILE, SNAPSHOT_STAGED_FILE, SNAPSHOT_TMP_FILE,
+    STREAM_BUFFER_BYTES,
 };
 pub use store::{LogStore, Recovered, StoreConfig};
 pub use wal::{

@@ -9,8 +9,10 @@
 //! the file in place.
 
 use crate::entry::{Snapshot, SnapshotMeta};
+use crate::machine::SnapshotImage;
+use crate::snapshot_source::{encode_snapshot_prefix, ReadBytes, SnapshotSource};
 use crate::storage::disk::Disk;
-use crate::storage::error::{CorruptReason, StorageError};
+use crate::storage::error::{CorruptReason, DiskError, StorageError};
 use crate::storage::record::{
     decode_header, encode_header, read_record, HeaderError, RecordRead, FORMAT_VERSION,
     HEADER_BYTES, MAGIC_SNAPSHOT, RECORD_HEADER_BYTES,
@@ -81,7 +83,12 @@ fn decode_prefix(payload: &[u8], payload_len: usize) -> Result<(SnapshotMeta, us
     let ((meta, data_len), used): ((SnapshotMeta, u64), usize) =
         bincode::serde::decode_from_slice(payload, bincode::config::standard())
             .map_err(|error| error.to_string())?;
-    let rest = (payload_len - used) as u64;
+    let Some(rest) = payload_len.checked_sub(used) else {
+        return Err(format!(
+            "the meta takes {used} bytes of a {payload_len}-byte record"
+        ));
+    };
+    let rest = rest as u64;
     if data_len != rest {
         return Err(format!(
             "the snapshot data says {data_len} bytes, the record holds {rest}"
@@ -125,33 +132,228 @@ fn write_synced<D: Disk>(
     buf: &mut Vec<u8>,
 ) -> Result<(), StorageError> {
     let data: &[u8] = &snapshot.data;
-    buf.clear();
-    encode_header(buf, MAGIC_SNAPSHOT, snapshot.meta.last_index.0);
-    let record_start = buf.len();
-    buf.extend_from_slice(&[0; RECORD_HEADER_BYTES]);
-    let payload_start = buf.len();
-    // Exactly what serde makes of a `Snapshot` up to its data: the meta, then the
-    // length of the byte sequence (`tests/store.rs` checks the whole against the
-    // encoding of the `Snapshot` itself).
-    let prefix = (&snapshot.meta, data.len() as u64);
-    bincode::serde::encode_into_std_write(prefix, buf, bincode::config::standard())
-        .map_err(|error| StorageError::InvalidRequest(format!("snapshot meta: {error}")))?;
-    let payload_len = buf.len() - payload_start + data.len();
-    if payload_len > SNAPSHOT_BYTES_MAX {
-        return Err(StorageError::InvalidRequest(format!(
-            "snapshot encodes to {payload_len} bytes; a record holds at most \
-             {SNAPSHOT_BYTES_MAX}"
-        )));
-    }
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&buf[payload_start..]), data);
-    // Bounded by SNAPSHOT_BYTES_MAX (u32::MAX) just above.
-    buf[record_start..record_start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
-    buf[record_start + 4..payload_start].copy_from_slice(&crc.to_le_bytes());
+    let prefix = RecordPrefix::new(&snapshot.meta, data.len() as u64, buf)?;
+    let crc = crc32c::crc32c_append(prefix.crc, data);
+    prefix.seal(buf, crc);
     disk.create(file)?;
     disk.write_at(file, 0, buf)?;
     disk.write_at(file, buf.len() as u64, data)?;
     disk.sync(file)?;
     Ok(())
+}
+
+/// The part of a snapshot file before the state's bytes, built in a caller's buffer:
+/// the file header, the record header (length, then a checksum that is filled in last),
+/// the meta and the data length.
+struct RecordPrefix {
+    record_start: usize,
+    /// The CRC32C of the payload so far (meta and length).
+    crc: u32,
+}
+
+impl RecordPrefix {
+    fn new(
+        meta: &SnapshotMeta,
+        data_len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<RecordPrefix, StorageError> {
+        buf.clear();
+        encode_header(buf, MAGIC_SNAPSHOT, meta.last_index.0);
+        let record_start = buf.len();
+        buf.extend_from_slice(&[0; RECORD_HEADER_BYTES]);
+        let payload_start = buf.len();
+        encode_snapshot_prefix(meta, data_len, buf);
+        let payload_len = (buf.len() - payload_start) as u64 + data_len;
+        if payload_len > SNAPSHOT_BYTES_MAX as u64 {
+            return Err(StorageError::InvalidRequest(format!(
+                "snapshot encodes to {payload_len} bytes; a record holds at most \
+                 {SNAPSHOT_BYTES_MAX}"
+            )));
+        }
+        // Bounded by SNAPSHOT_BYTES_MAX (u32::MAX) just above.
+        buf[record_start..record_start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+        Ok(RecordPrefix {
+            record_start,
+            crc: crc32c::crc32c(&buf[payload_start..]),
+        })
+    }
+
+    /// Writes the whole payload's checksum into the record header.
+    fn seal(&self, buf: &mut [u8], crc: u32) {
+        let at = self.record_start + 4;
+        buf[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+/// Encodes `image` straight into the staged file and syncs it: the state's bytes are
+/// never all in memory (a buffer of [`STREAM_BUFFER_BYTES`] at a time), so saving a
+/// snapshot costs no memory in proportion to the state. Two passes over the state: one
+/// counts the bytes (the record header and the data length come first), one writes
+/// them. Returns the length of the state's bytes.
+pub fn stage_image<D: Disk>(disk: &mut D, image: &SnapshotImage) -> Result<u64, StorageError> {
+    let data_len = image.encoded_size_bytes();
+    let mut head = Vec::with_capacity(HEADER_BYTES + RECORD_HEADER_BYTES + 32);
+    let prefix = RecordPrefix::new(&image.meta, data_len, &mut head)?;
+    disk.create(SNAPSHOT_STAGED_FILE)?;
+    let mut writer = StreamWriter {
+        disk: &mut *disk,
+        offset: head.len() as u64,
+        buf: Vec::with_capacity(STREAM_BUFFER_BYTES),
+        crc: prefix.crc,
+        written: 0,
+        failed: None,
+    };
+    let encoded = bincode::serde::encode_into_std_write(
+        &image.state,
+        &mut writer,
+        bincode::config::standard(),
+    );
+    let flushed = if encoded.is_ok() {
+        writer.flush_buf()
+    } else {
+        Ok(())
+    };
+    if let Some(error) = writer.failed.take() {
+        return Err(error.into());
+    }
+    if let Err(error) = encoded {
+        return Err(StorageError::InvalidRequest(format!(
+            "snapshot state: {error}"
+        )));
+    }
+    flushed?;
+    if writer.written != data_len {
+        return Err(StorageError::InvalidRequest(format!(
+            "the state encoded to {} bytes after counting {data_len}",
+            writer.written
+        )));
+    }
+    let crc = writer.crc;
+    prefix.seal(&mut head, crc);
+    disk.write_at(SNAPSHOT_STAGED_FILE, 0, &head)?;
+    disk.sync(SNAPSHOT_STAGED_FILE)?;
+    Ok(data_len)
+}
+
+/// How much of a streamed snapshot is buffered between writes to the disk.
+pub const STREAM_BUFFER_BYTES: usize = 1 << 20;
+
+/// `std::io::Write` over the staged file, checksumming what passes. A disk error is kept
+/// as it is (the encoder sees an `io::Error` and stops).
+struct StreamWriter<'d, D: Disk> {
+    disk: &'d mut D,
+    offset: u64,
+    buf: Vec<u8>,
+    crc: u32,
+    written: u64,
+    failed: Option<DiskError>,
+}
+
+impl<D: Disk> StreamWriter<'_, D> {
+    fn flush_buf(&mut self) -> Result<(), DiskError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.disk
+            .write_at(SNAPSHOT_STAGED_FILE, self.offset, &self.buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &self.buf);
+        self.offset += self.buf.len() as u64;
+        self.written += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl<D: Disk> std::io::Write for StreamWriter<'_, D> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + bytes.len() > STREAM_BUFFER_BYTES {
+            if let Err(error) = self.flush_buf() {
+                let words = error.to_string();
+                self.failed = Some(error);
+                return Err(std::io::Error::other(words));
+            }
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A reader of the committed snapshot's state bytes, with the meta, length and checksum
+/// its file records: what a leader streams to followers instead of holding the bytes.
+/// Reads only the file's prefix here; the reader keeps the file open, so it reads these
+/// bytes even after a newer snapshot is renamed over them.
+pub fn open_source<D: Disk>(disk: &D) -> Result<Option<SnapshotSource>, StorageError> {
+    if disk.len(SNAPSHOT_FILE).is_err() {
+        return Ok(None);
+    }
+    let reader = disk.open_reader(SNAPSHOT_FILE)?;
+    let corrupt =
+        |offset: usize, reason| StorageError::corrupt(SNAPSHOT_FILE, offset as u64, reason);
+    // Header, record header and a prefix (meta and a varint length) fit in this much.
+    let mut head = vec![0u8; HEADER_BYTES + RECORD_HEADER_BYTES + 64];
+    let file_len = disk.len(SNAPSHOT_FILE)?;
+    head.truncate(head.len().min(file_len as usize));
+    reader
+        .read_at(0, &mut head)
+        .map_err(|message| DiskError::Io {
+            op: "read",
+            file: SNAPSHOT_FILE.to_string(),
+            message,
+        })?;
+    if decode_header(&head, MAGIC_SNAPSHOT).is_err() {
+        return Err(corrupt(0, CorruptReason::BadHeader));
+    }
+    let record = &head[HEADER_BYTES..];
+    if record.len() < RECORD_HEADER_BYTES {
+        return Err(corrupt(HEADER_BYTES, CorruptReason::PartialRecord));
+    }
+    // Four bytes each, just checked present.
+    let payload_len = u32::from_le_bytes(record[..4].try_into().expect("4 bytes"));
+    let checksum = u32::from_le_bytes(record[4..8].try_into().expect("4 bytes"));
+    let payload_start = HEADER_BYTES + RECORD_HEADER_BYTES;
+    let (meta, data_start) = decode_prefix(&head[payload_start..], payload_len as usize)
+        .map_err(|error| corrupt(HEADER_BYTES, CorruptReason::Undecodable(error)))?;
+    let data_offset = (payload_start + data_start) as u64;
+    let len_bytes = u64::from(payload_len) - data_start as u64;
+    if data_offset + len_bytes != file_len {
+        return Err(corrupt(payload_start, CorruptReason::PartialRecord));
+    }
+    Ok(Some(SnapshotSource::from_file(
+        meta,
+        len_bytes,
+        checksum,
+        Arc::new(FileSlice {
+            reader,
+            start: data_offset,
+            len: len_bytes,
+        }),
+    )))
+}
+
+/// The state's bytes within the snapshot file.
+#[derive(Debug)]
+struct FileSlice {
+    reader: Arc<dyn ReadBytes>,
+    start: u64,
+    len: u64,
+}
+
+impl ReadBytes for FileSlice {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        let end = offset.checked_add(buf.len() as u64);
+        if end.is_none_or(|end| end > self.len) {
+            return Err(format!(
+                "read of {} bytes at {offset} runs past the snapshot's {} bytes",
+                buf.len(),
+                self.len
+            ));
+        }
+        self.reader.read_at(self.start + offset, buf)
+    }
 }
 
 /// The last index named in the staged file's header, if it holds a whole header.

@@ -2,6 +2,8 @@
 //! to recover after a restart.
 
 use crate::entry::{Entry, HardState, Persist, Snapshot, SnapshotMeta};
+use crate::machine::SnapshotImage;
+use crate::snapshot_source::SnapshotSource;
 use crate::storage::disk::Disk;
 use crate::storage::error::StorageError;
 use crate::storage::hard_state::{HardStateFile, HARD_STATE_TMP_FILE};
@@ -179,6 +181,26 @@ impl<D: Disk> LogStore<D> {
         }
         snapshot::stage(&mut self.disk, snapshot, &mut self.scratch)?;
         self.commit_staged_snapshot(&snapshot.meta)
+    }
+
+    /// Stages and commits a snapshot of `image`, encoded straight into the file (see
+    /// [`snapshot::stage_image`]), in one call: the simulator's path, which the node
+    /// splits between its snapshot thread (staging) and its core thread (the commit).
+    pub fn save_image(&mut self, image: &SnapshotImage) -> Result<bool, StorageError> {
+        if image.meta.last_index <= self.snapshot_last() {
+            return Ok(false);
+        }
+        snapshot::stage_image(&mut self.disk, image)?;
+        self.commit_staged_snapshot(&image.meta)
+    }
+
+    /// A reader of the committed snapshot (see [`snapshot::open_source`]), for the
+    /// replica to stream it from the file instead of holding its bytes.
+    pub fn snapshot_source(&self) -> Result<Option<SnapshotSource>, StorageError> {
+        if self.snapshot_meta.is_none() {
+            return Ok(None);
+        }
+        snapshot::open_source(&self.disk)
     }
 
     /// Validates `p` against the current state and encodes its entries.

@@ -6,6 +6,7 @@
 use chat_core::app::{Auth, Command, CommandOutput, Query};
 use chat_core::entry::{Entry, HardState, Persist, SessionRef, Snapshot};
 use chat_core::membership::MembershipChange;
+use chat_core::snapshot_source::SnapshotSource;
 use chat_core::{
     drive, ClientError, ClientRequest, Config, Envelope, LogIndex, NodeId, ReadConsistency,
     Recovered, Replica, Reply, RequestId, Response, Role, SessionId, Shell, Term, Time,
@@ -75,6 +76,7 @@ impl Durable {
 }
 
 type Filter = Box<dyn FnMut(&Envelope) -> bool>;
+type Tamper = Box<dyn FnMut(&mut Envelope)>;
 
 pub struct Cluster {
     pub now: Time,
@@ -86,6 +88,7 @@ pub struct Cluster {
     message_seq: u64,
     blocked: BTreeSet<(NodeId, NodeId)>,
     filter: Option<Filter>,
+    tamper: Option<Tamper>,
     pub replies: BTreeMap<RequestId, Result<Response, ClientError>>,
     pub deliveries: BTreeMap<NodeId, Vec<chat_core::app::Delivery>>,
     next_request: u64,
@@ -156,6 +159,7 @@ impl Cluster {
             message_seq: 0,
             blocked: BTreeSet::new(),
             filter: None,
+            tamper: None,
             replies: BTreeMap::new(),
             deliveries: BTreeMap::new(),
             next_request: 0,
@@ -239,6 +243,13 @@ impl Cluster {
         self.note("heal".to_string());
         self.blocked.clear();
         self.filter = None;
+        self.tamper = None;
+    }
+
+    /// Alters messages in flight (a bit flip on the wire, a sender's rotted disk) until
+    /// `heal`.
+    pub fn set_tamper(&mut self, tamper: impl FnMut(&mut Envelope) + 'static) {
+        self.tamper = Some(Box::new(tamper));
     }
 
     /// Drops every message for which `drop` returns true, until `heal`.
@@ -280,7 +291,8 @@ impl Cluster {
         while let Some(image) = shell.to_save.pop() {
             let snapshot = image.encode();
             shell.durable.save_snapshot(&snapshot);
-            replica.handle_snapshot_saved(now, snapshot);
+            let source = SnapshotSource::in_memory(&snapshot);
+            replica.handle_snapshot_saved(now, snapshot.meta, Some(source));
             let Ok(()) = drive(replica, &mut shell);
         }
         // After every input that moved the applied state (applied entries or installed a
@@ -345,7 +357,7 @@ impl Cluster {
         }
     }
 
-    fn deliver(&mut self, envelope: Envelope) {
+    fn deliver(&mut self, mut envelope: Envelope) {
         if self.blocked.contains(&(envelope.from, envelope.to)) {
             return;
         }
@@ -353,6 +365,9 @@ impl Cluster {
             if filter(&envelope) {
                 return;
             }
+        }
+        if let Some(tamper) = self.tamper.as_mut() {
+            tamper(&mut envelope);
         }
         if !self.replicas.contains_key(&envelope.to) {
             return;

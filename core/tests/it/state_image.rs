@@ -7,7 +7,11 @@ use chat_core::entry::SessionRef;
 use chat_core::entry::SnapshotMeta;
 use chat_core::machine::{fnv1a64, MachineState, SnapshotImage};
 use chat_core::session::SessionOwner;
+use chat_core::snapshot_source::snapshot_checksum;
+use chat_core::storage::{LogStore, MemDisk, StorageError, STREAM_BUFFER_BYTES};
 use chat_core::{Config, LogIndex, NodeId, SessionId, Term, Time};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 fn apply(state: &mut MachineState, index: u64, command: &Command) -> CommandOutput {
     let ctx = ApplyContext {
@@ -151,4 +155,98 @@ fn an_image_does_not_change_when_the_state_does() {
     assert!(*snapshot.data == bytes_before, "the image's bytes changed");
     let decoded = MachineState::decode(&snapshot.data).expect("its own encoding decodes");
     assert_eq!(decoded.state_hash(), hash_before);
+}
+
+/// `sample_state` with enough messages that its encoding spans several of the streaming
+/// writer's buffers.
+fn large_state() -> MachineState {
+    let mut state = sample_state();
+    let body = "x".repeat(1_000);
+    let first = 100;
+    for index in first..first + 2_500 {
+        let command = Command::Send {
+            auth: Auth {
+                user: "ann".to_owned(),
+                generation: 1,
+                token_epoch: 0,
+            },
+            to: "bob".to_owned(),
+            body: format!("{index} {body}"),
+        };
+        apply(&mut state, index, &command);
+    }
+    state
+}
+
+/// A snapshot is encoded straight into its file (never whole in memory), and what the
+/// replica later streams from the file, and what recovery reads, is exactly the image's
+/// encoding, with the checksum a follower verifies.
+#[test]
+fn an_image_staged_straight_into_the_file_reads_back_as_its_encoding() {
+    let state = large_state();
+    let expected = state.encode();
+    assert!(expected.len() > 2 * STREAM_BUFFER_BYTES, "spans buffers");
+    let meta = SnapshotMeta {
+        last_index: LogIndex(2_600),
+        last_term: Term(3),
+    };
+    let image = SnapshotImage {
+        meta: meta.clone(),
+        state,
+    };
+    let (mut store, _) = LogStore::open(MemDisk::new()).expect("open");
+    assert!(store.save_image(&image).expect("save"));
+    let source = store
+        .snapshot_source()
+        .expect("open source")
+        .expect("a snapshot");
+    assert_eq!(source.meta, meta);
+    assert!(source.file_backed);
+    assert_eq!(source.len_bytes, expected.len() as u64);
+    assert_eq!(source.checksum, snapshot_checksum(&meta, &expected));
+    assert_eq!(source.read_all().expect("read"), expected);
+    let mut chunk = vec![0; 100];
+    source
+        .read_at(source.len_bytes - 100, &mut chunk)
+        .expect("the last bytes");
+    assert_eq!(chunk, expected[expected.len() - 100..]);
+    assert!(source.read_at(source.len_bytes - 99, &mut chunk).is_err());
+    // A newer snapshot renamed over the file leaves the open source reading the old bytes.
+    let newer = SnapshotImage {
+        meta: SnapshotMeta {
+            last_index: LogIndex(2_700),
+            last_term: Term(3),
+        },
+        state: sample_state(),
+    };
+    assert!(store.save_image(&newer).expect("save newer"));
+    assert_eq!(source.read_all().expect("read old"), expected);
+    let (_, recovered) = LogStore::open(store.into_disk()).expect("recover");
+    let snapshot = recovered.snapshot.expect("recovered snapshot");
+    assert_eq!(snapshot.meta, newer.meta);
+    assert_eq!(*snapshot.data, newer.state.encode());
+}
+
+/// A disk that fails in the middle of a streamed snapshot fails the save with the disk's
+/// error; nothing half-written is ever taken for a snapshot.
+#[test]
+fn a_disk_failure_while_streaming_a_snapshot_fails_the_save_and_recovery_ignores_it() {
+    for ops_allowed in [0, 1, 2, 3, 5] {
+        let image = SnapshotImage {
+            meta: SnapshotMeta {
+                last_index: LogIndex(2_600),
+                last_term: Term(3),
+            },
+            state: large_state(),
+        };
+        let (mut store, _) = LogStore::open(MemDisk::new()).expect("open");
+        store.disk_mut().set_fail_after_ops(Some(ops_allowed));
+        let error = store.save_image(&image).expect_err("the disk fails");
+        assert!(matches!(error, StorageError::Disk(_)), "{error}");
+        let mut disk = store.into_disk();
+        disk.crash(&mut ChaCha8Rng::seed_from_u64(ops_allowed));
+        let (store, recovered) = LogStore::open(disk).expect("recover");
+        assert!(recovered.snapshot.is_none());
+        assert!(store.snapshot_source().expect("no source").is_none());
+    }
 }

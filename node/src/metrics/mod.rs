@@ -131,6 +131,10 @@ pub struct CoreMetrics {
     elections: Counter,
     snapshots_taken: Counter,
     snapshots_installed: Counter,
+    snapshot_chunks_sent: Counter,
+    snapshot_read_errors: Counter,
+    snapshots_refused: Counter,
+    snapshot_memory_bytes: IndexGauge,
     persist_entries: Histogram,
     persist_seconds: Histogram,
     snapshot_persist_seconds: Histogram,
@@ -162,6 +166,10 @@ impl CoreMetrics {
             elections: Counter::default(),
             snapshots_taken: Counter::default(),
             snapshots_installed: Counter::default(),
+            snapshot_chunks_sent: Counter::default(),
+            snapshot_read_errors: Counter::default(),
+            snapshots_refused: Counter::default(),
+            snapshot_memory_bytes: IndexGauge::default(),
             persist_entries: Histogram::new(exponential_buckets(1.0, 2.0, BATCH_BUCKET_COUNT)),
             persist_seconds: latency_histogram(),
             snapshot_persist_seconds: Histogram::new(exponential_buckets(
@@ -216,6 +224,27 @@ impl CoreMetrics {
             "snapshots_installed",
             "Snapshots this replica installed from its leader",
             m.snapshots_installed,
+        );
+        registry.register(
+            "snapshot_chunks_sent",
+            "InstallSnapshot chunks this replica sent to followers, read from its snapshot file",
+            m.snapshot_chunks_sent,
+        );
+        registry.register(
+            "snapshot_read_errors",
+            "InstallSnapshot chunks that could not be read from the snapshot file (retried)",
+            m.snapshot_read_errors,
+        );
+        registry.register(
+            "snapshots_refused",
+            "Snapshots received from a leader and not installed: bytes that did not match the sender's checksum, or did not decode",
+            m.snapshots_refused,
+        );
+        registry.register_with_unit(
+            "snapshot_memory",
+            "Bytes of the current snapshot held in memory (0 once it is read from its file: after a restart or an install, until the file is attached)",
+            Unit::Bytes,
+            m.snapshot_memory_bytes.clone(),
         );
         registry.register(
             "persist_entries",
@@ -292,6 +321,8 @@ impl CoreObserver {
         m.commit_index.set(replica.commit_index().0);
         m.applied_index.set(replica.last_applied().0);
         m.last_log_index.set(replica.last_log_index().0);
+        m.snapshot_memory_bytes
+            .set(replica.snapshot_bytes_in_memory());
         let role = replica.role();
         if self.role != Some(role) {
             self.role = Some(role);
@@ -317,6 +348,16 @@ impl CoreObserver {
                 now.snapshots_installed,
                 self.counted.snapshots_installed,
             ));
+            m.snapshot_chunks_sent.inc_by(delta(
+                now.snapshot_chunks_sent,
+                self.counted.snapshot_chunks_sent,
+            ));
+            m.snapshot_read_errors.inc_by(delta(
+                now.snapshot_read_errors,
+                self.counted.snapshot_read_errors,
+            ));
+            m.snapshots_refused
+                .inc_by(delta(now.snapshots_refused, self.counted.snapshots_refused));
             self.counted = now.clone();
         }
     }

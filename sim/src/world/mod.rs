@@ -732,7 +732,7 @@ impl<'a> World<'a> {
             self.liveness.leader_elected(self.now);
         }
         let mut shell = SimShell {
-            store,
+            store: &mut *store,
             outbox: Vec::new(),
             replies: Vec::new(),
             deliveries: Vec::new(),
@@ -746,6 +746,9 @@ impl<'a> World<'a> {
             snapshot_to_save,
             ..
         } = shell;
+        if result.is_ok() {
+            attach_snapshot_file(replica, store);
+        }
         if let Some(image) = snapshot_to_save {
             self.start_snapshot_save(id, image);
         }
@@ -907,4 +910,23 @@ impl<'a> World<'a> {
 
 fn replica_is_removed(node: &SimNode) -> bool {
     node.replica.as_ref().is_some_and(|r| r.is_removed())
+}
+
+/// What the node does after each drive: a snapshot the replica holds in memory (recovered,
+/// or installed from the leader and now persisted) is swapped for a reader of the file,
+/// so every later transfer in the simulation streams from the simulated disk, checksum
+/// and all.
+fn attach_snapshot_file(replica: &mut Replica, store: &LogStore<MemDisk>) {
+    if !replica.snapshot_in_memory() || store.snapshot_meta() != Some(replica.snapshot_meta()) {
+        return;
+    }
+    // A read error leaves the bytes in memory, as the node does; the simulated disk
+    // fails writes, not reads.
+    if let Ok(Some(source)) = store.snapshot_source() {
+        let attached = replica.attach_snapshot_source(source);
+        assert!(
+            attached,
+            "the snapshot file holds other bytes than the replica's snapshot"
+        );
+    }
 }

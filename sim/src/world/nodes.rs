@@ -245,24 +245,36 @@ impl World<'_> {
             );
             return;
         }
-        let snapshot = image.encode();
+        let meta = image.meta.clone();
         self.tracer
-            .digest(&[self.now.0, 12, id.0, snapshot.meta.last_index.0]);
+            .digest(&[self.now.0, 12, id.0, meta.last_index.0]);
         let Some(store) = self.node_mut(id).store.as_mut() else {
             return;
         };
-        if let Err(error) = store.save_snapshot(&snapshot) {
-            // Fail-stop, as for any write that did not become durable.
-            self.tracer.line(self.now, || {
-                format!("{id} snapshot save failed ({error}); crashing")
-            });
-            return self.crash_for(id, 1_000_000);
-        }
+        // The node's path: encoded straight into the staged file, committed, and read
+        // back from the file by the replica when it streams it.
+        let saved = store.save_image(&image).and_then(|committed| {
+            if committed {
+                store.snapshot_source()
+            } else {
+                Ok(None)
+            }
+        });
+        let source = match saved {
+            Ok(source) => source,
+            Err(error) => {
+                // Fail-stop, as for any write that did not become durable.
+                self.tracer.line(self.now, || {
+                    format!("{id} snapshot save failed ({error}); crashing")
+                });
+                return self.crash_for(id, 1_000_000);
+            }
+        };
         self.tracer.line(self.now, || {
-            format!("{id} snapshot through {} durable", snapshot.meta.last_index)
+            format!("{id} snapshot through {} durable", meta.last_index)
         });
         self.with_replica(id, |replica, now| {
-            replica.handle_snapshot_saved(now, snapshot)
+            replica.handle_snapshot_saved(now, meta, source)
         });
     }
 }
