@@ -287,15 +287,16 @@ impl<D: Disk> std::io::Write for StreamWriter<'_, D> {
 /// Reads only the file's prefix here; the reader keeps the file open, so it reads these
 /// bytes even after a newer snapshot is renamed over them.
 pub fn open_source<D: Disk>(disk: &D) -> Result<Option<SnapshotSource>, StorageError> {
-    if disk.len(SNAPSHOT_FILE).is_err() {
-        return Ok(None);
-    }
+    let file_len = match disk.len(SNAPSHOT_FILE) {
+        Ok(len) => len,
+        Err(DiskError::NotFound { .. }) => return Ok(None),
+        Err(error) => return Err(error.into()),
+    };
     let reader = disk.open_reader(SNAPSHOT_FILE)?;
     let corrupt =
         |offset: usize, reason| StorageError::corrupt(SNAPSHOT_FILE, offset as u64, reason);
     // Header, record header and a prefix (meta and a varint length) fit in this much.
     let mut head = vec![0u8; HEADER_BYTES + RECORD_HEADER_BYTES + 64];
-    let file_len = disk.len(SNAPSHOT_FILE)?;
     head.truncate(head.len().min(file_len as usize));
     reader
         .read_at(0, &mut head)

@@ -8,7 +8,9 @@ use chat_core::entry::SnapshotMeta;
 use chat_core::machine::{fnv1a64, MachineState, SnapshotImage};
 use chat_core::session::SessionOwner;
 use chat_core::snapshot_source::snapshot_checksum;
-use chat_core::storage::{LogStore, MemDisk, StorageError, STREAM_BUFFER_BYTES};
+use chat_core::storage::{
+    open_snapshot_source, Disk, LogStore, MemDisk, StorageError, SNAPSHOT_FILE, STREAM_BUFFER_BYTES,
+};
 use chat_core::{Config, LogIndex, NodeId, SessionId, Term, Time};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -249,4 +251,37 @@ fn a_disk_failure_while_streaming_a_snapshot_fails_the_save_and_recovery_ignores
         assert!(recovered.snapshot.is_none());
         assert!(store.snapshot_source().expect("no source").is_none());
     }
+}
+
+/// Opening a reader on a damaged snapshot file is an error naming the damage, never a
+/// panic, whatever the length at which the file was cut.
+#[test]
+fn a_cut_snapshot_file_is_refused_when_opened_for_streaming() {
+    let image = SnapshotImage {
+        meta: SnapshotMeta {
+            last_index: LogIndex(9),
+            last_term: Term(2),
+        },
+        state: sample_state(),
+    };
+    let (mut store, _) = LogStore::open(MemDisk::new()).expect("open");
+    assert!(store.save_image(&image).expect("save"));
+    let whole = store.disk().read_all(SNAPSHOT_FILE).expect("read");
+    for cut in 0..whole.len() {
+        let mut disk = MemDisk::new();
+        disk.create(SNAPSHOT_FILE).expect("create");
+        disk.write_at(SNAPSHOT_FILE, 0, &whole[..cut])
+            .expect("write");
+        match open_snapshot_source(&disk) {
+            Err(StorageError::Corrupt { .. }) => {}
+            other => panic!("cut at {cut}: {other:?}"),
+        }
+    }
+    let mut disk = MemDisk::new();
+    disk.create(SNAPSHOT_FILE).expect("create");
+    disk.write_at(SNAPSHOT_FILE, 0, &whole).expect("write");
+    let source = open_snapshot_source(&disk)
+        .expect("open")
+        .expect("a snapshot");
+    assert_eq!(source.read_all().expect("read"), image.state.encode());
 }
