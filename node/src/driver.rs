@@ -336,7 +336,13 @@ impl Core {
             let deadline = self.replica.poll_timeout();
             let mut stop = false;
             if now >= deadline {
-                self.replica.handle_timeout(now);
+                // Inputs already queued go first: the timeout may be a follower's
+                // election timer that a waiting heartbeat would have reset, or a step of
+                // a long apply (`apply_entries_per_step_max`) that must not starve them.
+                for input in receiver.try_iter().take(INPUTS_PER_BATCH_MAX) {
+                    stop |= self.handle(input)?;
+                }
+                self.replica.handle_timeout(self.clock.now());
             } else {
                 let wait = Duration::from_micros(deadline.saturating_since_us(now));
                 match receiver.recv_timeout(wait) {

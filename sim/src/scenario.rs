@@ -83,6 +83,12 @@ pub struct ReplicaTuning {
     /// restriction and the leader lease are tested on their own, not only behind it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_vote: Option<bool>,
+    /// Committed entries a replica applies per input (core
+    /// `Config::apply_entries_per_step_max`); absent: the core default (1,024, more than
+    /// a simulated commit ever carries). Half the generated seeds make it 1-64, so that
+    /// applies spread over many steps, interleaved with messages, timeouts and crashes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_entries_per_step_max: Option<u64>,
 }
 
 impl ReplicaTuning {
@@ -108,6 +114,7 @@ impl ReplicaTuning {
             segment_bytes_max: None,
             promotion_lag_entries_max: None,
             pre_vote: None,
+            apply_entries_per_step_max: None,
         }
     }
 
@@ -463,6 +470,11 @@ impl Scenario {
         if crate::rng::derive_seed(seed, Stream::Replicas, PRE_VOTE_PICK).is_multiple_of(4) {
             tuning.pre_vote = Some(false);
         }
+        // Derived too: half the seeds apply a few committed entries per step.
+        let apply_pick = crate::rng::derive_seed(seed, Stream::Replicas, APPLY_STEP_PICK);
+        if apply_pick.is_multiple_of(2) {
+            tuning.apply_entries_per_step_max = Some([1, 2, 8, 64][(apply_pick / 2 % 4) as usize]);
+        }
         let quick_restart_per_10k = if on(FaultKind::Crash) {
             rng.random_range(0..=100)
         } else {
@@ -616,6 +628,9 @@ pub const NODE_ID_MAX: u64 = 30;
 /// The index under `Stream::Replicas` of the derived number that turns pre-vote off for
 /// a seed (replica jitter seeds use small indexes: id times a million plus restarts).
 const PRE_VOTE_PICK: u64 = u64::MAX;
+/// The index under `Stream::Replicas` of the derived number that picks a seed's apply
+/// step (`ReplicaTuning::apply_entries_per_step_max`).
+const APPLY_STEP_PICK: u64 = u64::MAX - 1;
 
 /// The founding cluster size of a generated seed: five for half the seeds, 3, 4, 6 or 7
 /// for the others (derived, not drawn, so that no stream moves).

@@ -236,9 +236,13 @@ impl Replica {
         }
     }
 
-    /// Applies every committed entry not yet applied, in log order.
+    /// Applies committed entries not yet applied, in log order: at most
+    /// `apply_entries_per_step_max` of them; the rest when the timeout it makes due is
+    /// handled.
     pub(super) fn apply_committed(&mut self) {
-        while self.last_applied < self.commit_index {
+        let mut budget = self.config.apply_entries_per_step_max;
+        while self.last_applied < self.commit_index && budget > 0 {
+            budget -= 1;
             let index = self.last_applied.next();
             let entry = self
                 .log

@@ -34,6 +34,13 @@ pub struct Config {
     /// size of the entries. Both are stretched by the same per-replica jitter.
     pub snapshot_threshold_bytes: u64,
     pub snapshot_chunk_bytes: usize,
+    /// Committed entries applied in one input at most. When more are committed (a node
+    /// that restarts with a long log tail, a follower catching up), the rest are applied
+    /// in later steps ([`crate::Replica::poll_timeout`] is then due at once), so that the
+    /// shell takes its other inputs in between: heartbeats keep flowing, and a follower
+    /// hears its leader, instead of one input applying 90,000 entries for a second and
+    /// the cluster electing anew meanwhile.
+    pub apply_entries_per_step_max: u64,
     /// A snapshot larger than this is refused while receiving it.
     pub snapshot_bytes_max: u64,
     /// Client sessions in all. When the table is full, opening a session is refused
@@ -92,6 +99,7 @@ impl Config {
             snapshot_threshold_entries: 4096,
             snapshot_threshold_bytes: 64 << 20,
             snapshot_chunk_bytes: 64 * 1024,
+            apply_entries_per_step_max: 1024,
             snapshot_bytes_max: 1 << 30,
             sessions_max: 65_536,
             sessions_per_user_max: 16,
@@ -131,9 +139,12 @@ impl Config {
                 "append entries bounds must be positive",
             ));
         }
-        if self.in_flight_messages_max == 0 || self.snapshot_chunk_bytes == 0 {
+        if self.in_flight_messages_max == 0
+            || self.snapshot_chunk_bytes == 0
+            || self.apply_entries_per_step_max == 0
+        {
             return Err(ConfigError::Invalid(
-                "in-flight and chunk bounds must be positive",
+                "in-flight, chunk and apply-step bounds must be positive",
             ));
         }
         if self.snapshot_threshold_entries == 0

@@ -404,6 +404,9 @@ impl Replica {
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Time) {
         self.advance_clock(now);
+        if self.apply_pending() {
+            self.apply_committed();
+        }
         if self.role == Role::Leader {
             if now >= self.heartbeat_deadline {
                 self.heartbeat_deadline = now.saturating_add_us(self.config.heartbeat_interval_us);
@@ -581,6 +584,10 @@ impl Replica {
 
     /// The next time at which [`Replica::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Time {
+        if self.apply_pending() {
+            // Committed entries wait to be applied (see `apply_entries_per_step_max`).
+            return self.now;
+        }
         match self.role {
             Role::Leader => self.heartbeat_deadline.min(self.check_quorum_deadline),
             _ => self.election_deadline,
@@ -588,6 +595,12 @@ impl Replica {
     }
 
     // Internals shared by the protocol modules.
+
+    /// Committed entries are waiting to be applied: more than one step's worth were
+    /// committed at once.
+    fn apply_pending(&self) -> bool {
+        self.last_applied < self.commit_index
+    }
 
     pub(super) fn advance_clock(&mut self, now: Time) {
         // A shell's clock never goes back; if one does, time simply stands still.

@@ -193,3 +193,51 @@ fn a_snapshot_whose_bytes_do_not_match_its_checksum_is_never_installed() {
     assert_eq!(caught_up.chat().message_count(), 59);
     cluster.assert_converged();
 }
+
+/// A follower that learns of many committed entries at once applies them a bounded
+/// number per input (`apply_entries_per_step_max`), so that it keeps taking messages
+/// and timeouts in between, and still applies every one.
+#[test]
+fn a_long_commit_is_applied_a_bounded_step_at_a_time() {
+    const STEP: u64 = 4;
+    let configs = (1..=3)
+        .map(|id| {
+            let mut c = config(id, 3);
+            c.apply_entries_per_step_max = STEP;
+            c
+        })
+        .collect();
+    let mut cluster = Cluster::with_configs(configs);
+    let leader = cluster.wait_for_leader();
+    let lagger = if leader.0 == 3 { 2 } else { 3 };
+    cluster.isolate(lagger);
+    let alice = match cluster.write_ok(1, 1, create("alice")) {
+        CommandOutput::AccountCreated { generation, .. } => auth("alice", generation),
+        other => panic!("{other:?}"),
+    };
+    let session = cluster.open(&alice);
+    for seq in 2..=60 {
+        cluster.write_ok(session, seq, send(&alice, "alice", &format!("note {seq}")));
+    }
+    cluster.heal();
+    let mut applied_before = cluster.replica(lagger).last_applied();
+    let mut largest_step = 0;
+    let mut most_pending = 0;
+    assert!(cluster.run_until(ms(5_000), |c| {
+        let replica = c.replica(lagger);
+        largest_step = largest_step.max(replica.last_applied().0 - applied_before.0);
+        most_pending = most_pending.max(replica.commit_index().0 - replica.last_applied().0);
+        applied_before = replica.last_applied();
+        replica.last_applied() == c.replicas[&leader].last_applied()
+    }));
+    assert!(
+        largest_step <= STEP,
+        "applied {largest_step} entries in one input"
+    );
+    assert!(
+        most_pending > STEP,
+        "the commit outran one step ({most_pending} pending)"
+    );
+    assert_eq!(cluster.replica(lagger).chat().message_count(), 59);
+    cluster.assert_converged();
+}

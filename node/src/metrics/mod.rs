@@ -335,6 +335,13 @@ impl CoreObserver {
             if self.leader != seen {
                 self.leader = seen;
                 m.leader_changes.inc();
+                tracing::info!(
+                    leader = leader.0,
+                    term = replica.term().0,
+                    commit_index = replica.commit_index().0,
+                    applied_index = replica.last_applied().0,
+                    "leader known"
+                );
             }
         }
         let now = replica.metrics();

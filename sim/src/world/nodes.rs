@@ -160,6 +160,9 @@ impl World<'_> {
         if let Some(pre_vote) = tuning.pre_vote {
             config.pre_vote = pre_vote;
         }
+        if let Some(apply_step) = tuning.apply_entries_per_step_max {
+            config.apply_entries_per_step_max = apply_step;
+        }
         let node = &mut self.nodes[index];
         config.rng_seed = derive_seed(
             self.scenario.seed,
