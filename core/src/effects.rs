@@ -36,9 +36,9 @@ pub struct Ready {
     /// A snapshot of the replica's own state to encode and save durably, at the shell's
     /// pace and on any thread; nothing waits for it. An image, not bytes: encoding is
     /// linear in the state and must not stall the core thread. Report the encoded
-    /// snapshot with `Replica::handle_snapshot_saved` once durable (the replica keeps
-    /// those bytes to send to followers); if the shell crashes first, the report is simply
-    /// never made.
+    /// snapshot with `Replica::handle_snapshot_saved` once durable, with a reader of it
+    /// (the replica streams it to followers from there, see [`crate::snapshot_source`]);
+    /// if the shell crashes first, the report is simply never made.
     pub snapshot_to_save: Option<SnapshotImage>,
 }
 

@@ -365,7 +365,7 @@ impl Core {
                 let _ = self.shell.deliveries.send(Live::Resync);
             }
             drive(&mut self.replica, &mut self.shell)?;
-            self.attach_snapshot_file()?;
+            self.attach_snapshot_file();
             self.follow_membership();
             self.publish();
             self.observer.observe(&self.replica);
@@ -387,21 +387,32 @@ impl Core {
     /// installed from the leader and now written by the persist), hands it a reader of
     /// the file instead, so that the bytes go: a snapshot is the size of the state. Tried
     /// once per snapshot.
-    fn attach_snapshot_file(&mut self) -> Result<(), StorageError> {
+    fn attach_snapshot_file(&mut self) {
         if !self.replica.snapshot_in_memory() {
-            return Ok(());
+            return;
         }
         let meta = self.replica.snapshot_meta().clone();
         if self.snapshot_attach_tried.as_ref() == Some(&meta) {
-            return Ok(());
+            return;
         }
         self.snapshot_attach_tried = Some(meta);
-        if let Some(source) = self.shell.store.snapshot_source()? {
-            if !self.replica.attach_snapshot_source(source) {
-                tracing::warn!("the snapshot file is not the snapshot the replica holds; keeping the bytes in memory");
+        // The bytes are still in memory, so a file that cannot be opened (descriptors
+        // exhausted, a read error) costs memory, not the node: say so and keep them.
+        match self.shell.store.snapshot_source() {
+            Ok(Some(source)) => {
+                if !self.replica.attach_snapshot_source(source) {
+                    tracing::warn!(
+                        "the snapshot file is not the snapshot the replica holds; \
+                         keeping the bytes in memory"
+                    );
+                }
             }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(
+                "cannot open the snapshot file to stream from it ({error}); keeping the \
+                 bytes in memory"
+            ),
         }
-        Ok(())
     }
 
     /// Publishes the configuration in force when it changed, and brings the peer links

@@ -82,7 +82,7 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
         snapshot_bytes,
         log_entries,
         storage_ms,
-        decode_ms = recovery_started.elapsed().as_millis() as u64 - storage_ms,
+        decode_ms = (recovery_started.elapsed().as_millis() as u64).saturating_sub(storage_ms),
         "recovered"
     );
     if replica.is_removed() {

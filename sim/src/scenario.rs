@@ -86,7 +86,8 @@ pub struct ReplicaTuning {
     /// Committed entries a replica applies per input (core
     /// `Config::apply_entries_per_step_max`); absent: the core default (1,024, more than
     /// a simulated commit ever carries). Half the generated seeds make it 1-64, so that
-    /// applies spread over many steps, interleaved with messages, timeouts and crashes.
+    /// applies spread over many steps, interleaved with messages, timeouts and crashes (each step costs 200 us of virtual
+    /// time, `APPLY_STEP_US`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apply_entries_per_step_max: Option<u64>,
 }

@@ -23,7 +23,7 @@ impl Replica {
         });
     }
 
-    fn not_leader(&self) -> ClientError {
+    pub(super) fn not_leader(&self) -> ClientError {
         ClientError::NotLeader {
             leader_hint: self.leader_id.filter(|&id| id != self.config.id),
         }

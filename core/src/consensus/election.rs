@@ -268,9 +268,11 @@ impl Replica {
     /// Answers every request this leader holds: it can no longer promise an outcome.
     pub(super) fn fail_pending_requests(&mut self, leader_hint: Option<NodeId>) {
         let error = ClientError::NotLeader { leader_hint };
-        let writes = std::mem::take(&mut self.pending_writes)
-            .into_values()
-            .map(|(_, id)| id);
+        // A write already committed takes effect whoever leads now: it stays pending and
+        // is answered with its outcome when this replica applies it (applying is bounded
+        // per input, so committed entries may still wait). Only the others may not.
+        let undecided = self.pending_writes.split_off(&self.commit_index.next());
+        let writes = undecided.into_values().map(|(_, id)| id);
         let reads_term = std::mem::take(&mut self.reads_awaiting_term_commit)
             .into_iter()
             .map(|(id, _)| id);

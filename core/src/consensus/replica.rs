@@ -597,8 +597,8 @@ impl Replica {
     // Internals shared by the protocol modules.
 
     /// Committed entries are waiting to be applied: more than one step's worth were
-    /// committed at once.
-    fn apply_pending(&self) -> bool {
+    /// committed at once (see `Config::apply_entries_per_step_max`).
+    pub fn apply_pending(&self) -> bool {
         self.last_applied < self.commit_index
     }
 
@@ -888,8 +888,10 @@ impl Replica {
             Role::Candidate => assert_eq!(self.voted_for, Some(self.config.id)),
             Role::Follower | Role::PreCandidate => {
                 assert!(
-                    self.pending_writes.is_empty(),
-                    "only a leader holds client writes"
+                    self.pending_writes
+                        .last_key_value()
+                        .is_none_or(|(&index, _)| index <= self.commit_index),
+                    "a follower holds only committed writes, awaiting their apply"
                 );
             }
         }

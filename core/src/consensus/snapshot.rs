@@ -39,6 +39,12 @@ impl Replica {
         if self.snapshot_saving.is_some() {
             return;
         }
+        if self.last_applied < self.commit_index {
+            // Catching up a step at a time (`apply_entries_per_step_max`): one snapshot
+            // once caught up, not one per threshold crossed on the way, each a save of
+            // the whole state.
+            return;
+        }
         if !self.snapshot_due() {
             return;
         }
@@ -355,6 +361,15 @@ impl Replica {
             persist.truncate_from = Some(meta.last_index.next());
         }
         self.machine = machine;
+        // Committed writes still waiting for their apply (kept across a step-down) are
+        // covered by the snapshot: their outcome is in its session table, not known
+        // here. A retry of the same session request gets it.
+        let still_pending = self.pending_writes.split_off(&meta.last_index.next());
+        let covered = std::mem::replace(&mut self.pending_writes, still_pending);
+        for (_, request_id) in covered.into_values() {
+            let error = self.not_leader();
+            self.reply_err(request_id, error);
+        }
         self.log_time_max = self.log_time_max.max(self.machine.log_time);
         self.advance_commit_index(meta.last_index);
         self.last_applied = meta.last_index;

@@ -305,9 +305,9 @@ pub fn open_source<D: Disk>(disk: &D) -> Result<Option<SnapshotSource>, StorageE
             file: SNAPSHOT_FILE.to_string(),
             message,
         })?;
-    if decode_header(&head, MAGIC_SNAPSHOT).is_err() {
+    let Ok(header_last_index) = decode_header(&head, MAGIC_SNAPSHOT) else {
         return Err(corrupt(0, CorruptReason::BadHeader));
-    }
+    };
     let record = &head[HEADER_BYTES..];
     if record.len() < RECORD_HEADER_BYTES {
         return Err(corrupt(HEADER_BYTES, CorruptReason::PartialRecord));
@@ -318,6 +318,9 @@ pub fn open_source<D: Disk>(disk: &D) -> Result<Option<SnapshotSource>, StorageE
     let payload_start = HEADER_BYTES + RECORD_HEADER_BYTES;
     let (meta, data_start) = decode_prefix(&head[payload_start..], payload_len as usize)
         .map_err(|error| corrupt(HEADER_BYTES, CorruptReason::Undecodable(error)))?;
+    if meta.last_index.0 != header_last_index {
+        return Err(corrupt(0, CorruptReason::NameMismatch));
+    }
     let data_offset = (payload_start + data_start) as u64;
     let len_bytes = u64::from(payload_len) - data_start as u64;
     if data_offset + len_bytes != file_len {

@@ -1,6 +1,6 @@
 use crate::harness::*;
 use chat_core::app::CommandOutput;
-use chat_core::{LogIndex, Message};
+use chat_core::{Envelope, LogIndex, Message, NodeId, Role, Term};
 
 #[test]
 fn a_follower_behind_the_compacted_prefix_catches_up_by_snapshot() {
@@ -240,4 +240,62 @@ fn a_long_commit_is_applied_a_bounded_step_at_a_time() {
     );
     assert_eq!(cluster.replica(lagger).chat().message_count(), 59);
     cluster.assert_converged();
+}
+
+/// A leader that steps down with writes committed but not yet applied (applying is
+/// bounded per input) answers them with their outcome once it applies them, not with
+/// `NotLeader`: they took effect whoever leads now.
+#[test]
+fn writes_committed_before_a_step_down_are_answered_with_their_outcome() {
+    let configs = (1..=3)
+        .map(|id| {
+            let mut c = config(id, 3);
+            c.apply_entries_per_step_max = 1;
+            c
+        })
+        .collect();
+    let mut cluster = Cluster::with_configs(configs);
+    let leader = cluster.wait_for_ready_leader();
+    let other = NodeId(if leader.0 == 1 { 2 } else { 1 });
+    let requests: Vec<_> = (0..20)
+        .map(|i| cluster.write(leader, 0, 0, create(&format!("user{i}"))))
+        .collect();
+    assert!(cluster.run_until(ms(2_000), |c| {
+        let replica = &c.replicas[&leader];
+        replica.commit_index().0 >= replica.last_applied().0 + 3
+    }));
+    let replica = &cluster.replicas[&leader];
+    let committed_unapplied = replica.commit_index().0 - replica.last_applied().0;
+    let term = replica.term();
+    let answered_ok = |c: &Cluster| {
+        requests
+            .iter()
+            .filter(|id| matches!(c.replies.get(id), Some(Ok(_))))
+            .count() as u64
+    };
+    let ok_before = answered_ok(&cluster);
+    // A heartbeat of a later term: the leader steps down at once, with committed
+    // entries still to apply.
+    let now = cluster.now;
+    let stepped_down = cluster.replicas.get_mut(&leader).expect("leader");
+    stepped_down.handle_message(
+        now,
+        Envelope {
+            from: other,
+            to: leader,
+            message: Message::Heartbeat {
+                term: Term(term.0 + 1),
+                commit: LogIndex(0),
+                seq: 0,
+            },
+        },
+    );
+    assert!(stepped_down.role() != Role::Leader);
+    assert!(cluster.run_until(ms(5_000), |c| requests
+        .iter()
+        .all(|id| c.replies.contains_key(id))));
+    assert!(
+        answered_ok(&cluster) >= ok_before + committed_unapplied,
+        "{committed_unapplied} committed writes were not answered with their outcome"
+    );
 }

@@ -893,7 +893,12 @@ impl<'a> World<'a> {
         let Some(replica) = node.replica.as_ref() else {
             return;
         };
-        let at = node.virtual_time(replica.poll_timeout()).max(self.now);
+        let mut at = node.virtual_time(replica.poll_timeout()).max(self.now);
+        if replica.apply_pending() {
+            // The next step of a long apply: it takes a node real time, so messages and
+            // faults can arrive between steps, as they do on a node.
+            at = at.max(self.now.saturating_add_us(APPLY_STEP_US));
+        }
         if node.timer.map(|(t, _)| t) == Some(at) {
             return;
         }
@@ -908,6 +913,10 @@ impl<'a> World<'a> {
     }
 }
 
+/// Virtual time between two steps of a bounded apply (`apply_entries_per_step_max`):
+/// about what a node takes for a step of a few dozen entries.
+const APPLY_STEP_US: u64 = 200;
+
 fn replica_is_removed(node: &SimNode) -> bool {
     node.replica.as_ref().is_some_and(|r| r.is_removed())
 }
@@ -920,8 +929,8 @@ fn attach_snapshot_file(replica: &mut Replica, store: &LogStore<MemDisk>) {
     if !replica.snapshot_in_memory() || store.snapshot_meta() != Some(replica.snapshot_meta()) {
         return;
     }
-    // A read error leaves the bytes in memory, as the node does; the simulated disk
-    // fails writes, not reads.
+    // A file that cannot be opened leaves the bytes in memory, as the node does (it logs
+    // a warning); the simulated disk fails writes, not reads.
     if let Ok(Some(source)) = store.snapshot_source() {
         let attached = replica.attach_snapshot_source(source);
         assert!(
