@@ -92,6 +92,10 @@ pub enum Message {
         /// The next byte offset the follower expects; `total_bytes` once installed.
         next_offset: u64,
         installed: bool,
+        /// The follower received the whole snapshot and refused it: its bytes did not
+        /// match the checksum, or did not decode. The leader then takes a fresh snapshot,
+        /// in case its own file is what went bad.
+        refused: bool,
     },
     /// Leadership transfer (Raft thesis §3.10): the leader tells a caught-up voter to
     /// start an election at once, without pre-vote.
@@ -193,9 +197,9 @@ impl fmt::Display for Message {
                 meta.last_term,
                 data.len()
             ),
-            Message::InstallSnapshotResponse { term, last_index, next_offset, installed } => write!(
+            Message::InstallSnapshotResponse { term, last_index, next_offset, installed, refused } => write!(
                 f,
-                "InstallSnapshotResponse{{term:{term} last:{last_index} next:{next_offset} installed:{installed}}}"
+                "InstallSnapshotResponse{{term:{term} last:{last_index} next:{next_offset} installed:{installed} refused:{refused}}}"
             ),
             Message::TimeoutNow { term } => write!(f, "TimeoutNow{{term:{term}}}"),
             Message::Removed { term } => write!(f, "Removed{{term:{term}}}"),

@@ -69,6 +69,9 @@ pub struct Metrics {
     /// Received snapshots not installed: their bytes did not match the sender's checksum
     /// or did not decode.
     pub snapshots_refused: u64,
+    /// Followers' refusals of this leader's snapshot as damaged (each asks for a fresh
+    /// snapshot).
+    pub snapshot_refusals_received: u64,
     pub entries_applied: u64,
     pub leadership_transfers: u64,
 }
@@ -179,6 +182,9 @@ pub struct Replica {
     /// (`Ready::snapshot_to_save`); the log is compacted to it only once the shell says
     /// it is durable (`handle_snapshot_saved`). At most one at a time.
     pub(super) snapshot_saving: Option<super::snapshot::SnapshotSaving>,
+    /// A follower refused this leader's snapshot as damaged: take a fresh one as soon as
+    /// an entry is applied after the current one.
+    pub(super) snapshot_refresh_requested: bool,
 
     // Volatile state.
     pub(super) role: Role,
@@ -273,6 +279,7 @@ impl Replica {
             log,
             snapshot: recovered.snapshot.as_ref().map(SnapshotSource::in_memory),
             snapshot_saving: None,
+            snapshot_refresh_requested: false,
             role: Role::Follower,
             leader_id: None,
             commit_index: snapshot_meta.last_index,
@@ -721,8 +728,15 @@ impl Replica {
                 last_index,
                 next_offset,
                 installed,
+                refused,
                 ..
-            } => self.handle_install_snapshot_response(from, last_index, next_offset, installed),
+            } => self.handle_install_snapshot_response(
+                from,
+                last_index,
+                next_offset,
+                installed,
+                refused,
+            ),
             Message::TimeoutNow { .. } => self.handle_timeout_now(from),
             Message::PreVote { .. } | Message::PreVoteResponse { .. } | Message::Removed { .. } => {
                 unreachable!("handled above")
@@ -750,6 +764,7 @@ impl Replica {
                 last_index: meta.last_index,
                 next_offset: 0,
                 installed: false,
+                refused: false,
             },
             Message::RequestVote { .. } => Message::RequestVoteResponse {
                 term: self.term,

@@ -55,6 +55,7 @@ impl Replica {
             last_index: self.last_applied,
             last_term,
         };
+        self.snapshot_refresh_requested = false;
         self.snapshot_saving = Some(SnapshotSaving {
             meta: meta.clone(),
             state_hash: self.machine.state_hash(),
@@ -70,6 +71,9 @@ impl Replica {
         let since_entries = self.last_applied.0 - self.log.snapshot_meta().last_index.0;
         if since_entries == 0 {
             return false;
+        }
+        if self.snapshot_refresh_requested {
+            return true;
         }
         // The drawn threshold's jitter, applied to the byte bound too.
         let threshold_bytes = u128::from(self.config.snapshot_threshold_bytes)
@@ -261,6 +265,7 @@ impl Replica {
                 last_index: self.commit_index,
                 next_offset: total_bytes,
                 installed: true,
+                refused: false,
             };
             return self.send(from, message);
         }
@@ -291,6 +296,7 @@ impl Replica {
                 last_index,
                 next_offset: expected_offset,
                 installed: false,
+                refused: false,
             };
             return self.send(from, message);
         }
@@ -307,6 +313,7 @@ impl Replica {
                     last_index,
                     next_offset,
                     installed: false,
+                    refused: false,
                 },
             );
         }
@@ -329,6 +336,7 @@ impl Replica {
                     last_index,
                     next_offset: 0,
                     installed: false,
+                    refused: true,
                 },
             );
         };
@@ -347,6 +355,7 @@ impl Replica {
                 last_index,
                 next_offset: total_bytes,
                 installed: true,
+                refused: false,
             },
         );
     }
@@ -383,9 +392,18 @@ impl Replica {
         last_index: LogIndex,
         next_offset: u64,
         installed: bool,
+        refused: bool,
     ) {
         if self.role != Role::Leader {
             return;
+        }
+        if refused && self.snapshot.as_ref().map(|s| s.meta.last_index) == Some(last_index) {
+            // The follower got every byte and they did not match: the bytes went bad on
+            // the wire or in this leader's file, which a resend would only repeat. A fresh
+            // snapshot replaces the file (at the next applied entry: see `snapshot_due`).
+            self.metrics.snapshot_refusals_received += 1;
+            self.snapshot_refresh_requested = true;
+            self.maybe_snapshot();
         }
         let log_last_index = self.log.last_index();
         let Some(progress) = self.progress.get_mut(&from) else {

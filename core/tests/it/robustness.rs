@@ -274,6 +274,7 @@ fn random_message(rng: &mut ChaCha8Rng) -> Message {
             last_index: index(rng),
             next_offset: rng.random_range(0..100),
             installed: rng.random(),
+            refused: rng.random(),
         },
     }
 }

@@ -299,3 +299,59 @@ fn writes_committed_before_a_step_down_are_answered_with_their_outcome() {
         "{committed_unapplied} committed writes were not answered with their outcome"
     );
 }
+
+/// A leader whose snapshot is damaged for good (its file rotted: every transfer of it
+/// arrives altered) learns so from the follower's refusal and takes a fresh snapshot at
+/// its next applied entry, which the follower installs.
+#[test]
+fn a_refused_snapshot_makes_the_leader_take_a_fresh_one() {
+    let configs = (1..=3)
+        .map(|id| {
+            let mut c = config(id, 3);
+            c.snapshot_threshold_entries = 20;
+            c.snapshot_chunk_bytes = 256;
+            c
+        })
+        .collect();
+    let mut cluster = Cluster::with_configs(configs);
+    let leader = cluster.wait_for_leader();
+    let lagger = if leader.0 == 3 { 2 } else { 3 };
+    cluster.crash(lagger);
+    let alice = match cluster.write_ok(1, 1, create("alice")) {
+        CommandOutput::AccountCreated { generation, .. } => auth("alice", generation),
+        other => panic!("{other:?}"),
+    };
+    let session = cluster.open(&alice);
+    for seq in 2..=60 {
+        cluster.write_ok(session, seq, send(&alice, "alice", &format!("note {seq}")));
+    }
+    let rotted = cluster.replicas[&leader].snapshot_meta().last_index;
+    let taken_before = cluster.replicas[&leader].metrics().snapshots_taken;
+    // Every chunk of that one snapshot arrives with a message body altered.
+    cluster.set_tamper(move |envelope| {
+        if let Message::InstallSnapshot { meta, data, .. } = &mut envelope.message {
+            let found = data.windows(5).position(|w| w == b"note ");
+            if let (true, Some(at)) = (meta.last_index == rotted, found) {
+                data[at] = b'N';
+            }
+        }
+    });
+    cluster.restart(lagger);
+    assert!(cluster.run_until(ms(2_000), |c| c.replicas[&leader]
+        .metrics()
+        .snapshot_refusals_received
+        >= 1));
+    // One more write gives the leader an entry to snapshot at.
+    cluster.write_ok(session, 61, send(&alice, "alice", "after"));
+    assert!(
+        cluster.run_until(ms(10_000), |c| c.replica(lagger).last_applied()
+            == c.replicas[&leader].last_applied())
+    );
+    assert!(cluster.replicas[&leader].metrics().snapshots_taken > taken_before);
+    assert!(cluster.replicas[&leader].snapshot_meta().last_index > rotted);
+    let caught_up = cluster.replica(lagger);
+    assert!(caught_up.metrics().snapshots_refused >= 1);
+    assert_eq!(caught_up.chat().message_count(), 60);
+    cluster.run_for(ms(200));
+    cluster.assert_converged();
+}

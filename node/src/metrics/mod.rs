@@ -134,6 +134,7 @@ pub struct CoreMetrics {
     snapshot_chunks_sent: Counter,
     snapshot_read_errors: Counter,
     snapshots_refused: Counter,
+    snapshot_refusals_received: Counter,
     snapshot_memory_bytes: IndexGauge,
     persist_entries: Histogram,
     persist_seconds: Histogram,
@@ -169,6 +170,7 @@ impl CoreMetrics {
             snapshot_chunks_sent: Counter::default(),
             snapshot_read_errors: Counter::default(),
             snapshots_refused: Counter::default(),
+            snapshot_refusals_received: Counter::default(),
             snapshot_memory_bytes: IndexGauge::default(),
             persist_entries: Histogram::new(exponential_buckets(1.0, 2.0, BATCH_BUCKET_COUNT)),
             persist_seconds: latency_histogram(),
@@ -239,6 +241,11 @@ impl CoreMetrics {
             "snapshots_refused",
             "Snapshots received from a leader and not installed: bytes that did not match the sender's checksum, or did not decode",
             m.snapshots_refused,
+        );
+        registry.register(
+            "snapshot_refusals_received",
+            "Followers' refusals of this leader's snapshot as damaged; each makes the leader take a fresh one",
+            m.snapshot_refusals_received,
         );
         registry.register_with_unit(
             "snapshot_memory",
@@ -365,6 +372,10 @@ impl CoreObserver {
             ));
             m.snapshots_refused
                 .inc_by(delta(now.snapshots_refused, self.counted.snapshots_refused));
+            m.snapshot_refusals_received.inc_by(delta(
+                now.snapshot_refusals_received,
+                self.counted.snapshot_refusals_received,
+            ));
             self.counted = now.clone();
         }
     }
