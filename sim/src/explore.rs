@@ -377,7 +377,8 @@ fn retarget(rng: &mut ChaCha8Rng, action: &mut FaultAction, nodes: u64) {
         }
         FaultAction::PauseLeader { .. }
         | FaultAction::ElectionBurst { .. }
-        | FaultAction::LeaderChurn { .. } => {}
+        | FaultAction::LeaderChurn { .. }
+        | FaultAction::RotSnapshot { .. } => {}
         FaultAction::LinkSplit { client_cut, .. } => {
             if let Some(first) = client_cut.first_mut() {
                 *first = any;
@@ -463,6 +464,7 @@ fn rescale(rng: &mut ChaCha8Rng, action: &mut FaultAction) {
         | FaultAction::RemoveMember { .. }
         | FaultAction::TransferLeader { .. }
         | FaultAction::Replace { .. } => {}
+        FaultAction::RotSnapshot { offset_pick, .. } => *offset_pick = rng.random(),
     }
 }
 

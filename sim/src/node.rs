@@ -31,6 +31,9 @@ pub struct SimNode {
     pub corrupted: bool,
     /// The file the corruption fault damaged.
     pub corrupted_file: Option<String>,
+    /// The snapshot whose file `RotSnapshot` damaged while the node ran; cleared (with
+    /// `corrupted`) once a newer snapshot replaces the file.
+    pub rotted_snapshot: Option<chat_core::entry::SnapshotMeta>,
     /// Disk operations allowed during the next recovery before the disk fails.
     pub recovery_crash_after_ops: Option<u64>,
     /// A torn-write crash is armed: the node goes down for this long when its disk fails.
@@ -66,6 +69,7 @@ impl SimNode {
             failed: None,
             corrupted: false,
             corrupted_file: None,
+            rotted_snapshot: None,
             recovery_crash_after_ops: None,
             torn_write_down_us: None,
             last_role: None,

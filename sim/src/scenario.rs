@@ -6,7 +6,7 @@
 
 use crate::faults::{FaultKind, FaultSet};
 use crate::rng::{stream, Stream};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 pub const CHAOS_DURATION_US_DEFAULT: u64 = 10_000_000;
@@ -163,6 +163,14 @@ pub enum FaultAction {
         mask: u8,
         down_us: u64,
     },
+    /// Flip a byte of the state in the leader's committed snapshot file while it runs
+    /// (latent corruption of a written file): the leader streams what the disk holds,
+    /// so a follower that needs the snapshot must refuse it by its checksum, and the
+    /// leader must take a fresh one. Counts as damage to that node, as `Corrupt` does.
+    RotSnapshot {
+        offset_pick: u64,
+        mask: u8,
+    },
     /// Messages from `a` to `b` are dropped for each pair, until the partition heals.
     Partition {
         label: String,
@@ -271,7 +279,7 @@ impl FaultAction {
             FaultAction::Crash { .. } => FaultKind::Crash,
             FaultAction::TornWriteCrash { .. } => FaultKind::TornWrite,
             FaultAction::RecoveryCrash { .. } => FaultKind::RecoveryCrash,
-            FaultAction::Corrupt { .. } => FaultKind::Corruption,
+            FaultAction::Corrupt { .. } | FaultAction::RotSnapshot { .. } => FaultKind::Corruption,
             FaultAction::Partition { .. } | FaultAction::Flap { .. } => FaultKind::Partition,
             FaultAction::Pause { .. } => FaultKind::Pause,
             FaultAction::LinkSplit { .. } => FaultKind::LeaderIsolation,
@@ -312,7 +320,8 @@ impl FaultAction {
             }
             FaultAction::PauseLeader { .. }
             | FaultAction::ElectionBurst { .. }
-            | FaultAction::LeaderChurn { .. } => Vec::new(),
+            | FaultAction::LeaderChurn { .. }
+            | FaultAction::RotSnapshot { .. } => Vec::new(),
         };
         ids.into_iter().filter(|&id| id != LEADER).collect()
     }
@@ -515,6 +524,19 @@ impl Scenario {
             &tuning,
             options.chaos_duration_us,
         ));
+        // Derived, so that no other draw of the seed moves: half the seeds with
+        // corruption also rot the leader's snapshot file once, while it runs.
+        let rot_pick = crate::rng::derive_seed(seed, Stream::Disk, ROT_SNAPSHOT_PICK);
+        if enabled.contains(FaultKind::Corruption) && rot_pick.is_multiple_of(2) {
+            let mut rot = rand_chacha::ChaCha8Rng::seed_from_u64(rot_pick);
+            fault_events.push(FaultEvent {
+                at_us: rot.random_range(0..options.chaos_duration_us),
+                action: FaultAction::RotSnapshot {
+                    offset_pick: rot.random(),
+                    mask: rot.random_range(1..=255),
+                },
+            });
+        }
         fault_events.sort_by_key(|e| e.at_us);
         let mut workload = stream(seed, Stream::Workload);
         let mut clients: Vec<ClientPlan> = (0..options.clients)
@@ -632,6 +654,9 @@ const PRE_VOTE_PICK: u64 = u64::MAX;
 /// The index under `Stream::Replicas` of the derived number that picks a seed's apply
 /// step (`ReplicaTuning::apply_entries_per_step_max`).
 const APPLY_STEP_PICK: u64 = u64::MAX - 1;
+/// The index under `Stream::Disk` of the derived number that adds a snapshot rot to a
+/// seed (the segment size uses index 0).
+const ROT_SNAPSHOT_PICK: u64 = u64::MAX;
 
 /// The founding cluster size of a generated seed: five for half the seeds, 3, 4, 6 or 7
 /// for the others (derived, not drawn, so that no stream moves).

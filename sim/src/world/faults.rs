@@ -96,6 +96,9 @@ impl World<'_> {
                 mask,
                 down_us,
             } => self.corrupt(NodeId(node), file_pick, offset_pick, mask, down_us),
+            FaultAction::RotSnapshot { offset_pick, mask } => {
+                self.rot_leader_snapshot(offset_pick, mask)
+            }
             FaultAction::Partition {
                 blocked,
                 duration_us,
@@ -524,6 +527,73 @@ impl World<'_> {
                 incarnation,
             },
         );
+    }
+
+    /// Flips a byte of the state in the current leader's committed snapshot file while
+    /// it runs, and has the leader read the file anew (as the node's open descriptor
+    /// would see the damage): the leader streams the damaged bytes to any follower that
+    /// needs a snapshot, which must refuse them by the checksum. The node counts as
+    /// damaged until a newer snapshot replaces the file (`clear_rotted_snapshot`): a
+    /// restart before then must refuse the file.
+    pub(super) fn rot_leader_snapshot(&mut self, offset_pick: u64, mask: u8) {
+        let Some(id) = self.current_leader().map(|r| r.id()) else {
+            return;
+        };
+        let model: Vec<NodeId> = self.operator.model.voters().collect();
+        let damaged = |voters: &[NodeId]| {
+            self.nodes
+                .iter()
+                .filter(|n| voters.contains(&n.id))
+                .filter(|n| n.corrupted || n.failed.is_some() || n.retired)
+                .count()
+        };
+        let at_risk = [model, self.voters_at_risk()];
+        let too_many = at_risk
+            .iter()
+            .any(|voters| damaged(voters) >= voters.len().saturating_sub(1) / 2);
+        let node = self.node(id);
+        if too_many || node.corrupted || node.retired || !node.is_up() {
+            return;
+        }
+        let Some(store) = self.node_mut(id).store.as_mut() else {
+            return;
+        };
+        let Ok(Some(source)) = store.snapshot_source() else {
+            return;
+        };
+        if source.len_bytes == 0 {
+            return;
+        }
+        let Ok(file_len) = store.disk().len(SNAPSHOT_FILE) else {
+            return;
+        };
+        let offset = file_len - source.len_bytes + offset_pick % source.len_bytes;
+        if store
+            .disk_mut()
+            .corrupt(SNAPSHOT_FILE, offset, mask)
+            .is_err()
+        {
+            return;
+        }
+        let Ok(Some(rotted)) = store.snapshot_source() else {
+            return;
+        };
+        let meta = rotted.meta.clone();
+        let attached = self
+            .node_mut(id)
+            .replica
+            .as_mut()
+            .is_some_and(|replica| replica.attach_snapshot_source(rotted));
+        self.tracer.line(self.now, || {
+            format!(
+                "{id} snapshot file rotted: byte {offset} ^= {mask:#04x} (through {}, read anew: {attached})",
+                meta.last_index
+            )
+        });
+        let node = self.node_mut(id);
+        node.corrupted = true;
+        node.corrupted_file = Some(SNAPSHOT_FILE.to_string());
+        node.rotted_snapshot = Some(meta);
     }
 
     /// Crashes the node and damages a durable byte where recovery must notice it: the

@@ -748,6 +748,14 @@ impl<'a> World<'a> {
         } = shell;
         if result.is_ok() {
             attach_snapshot_file(replica, store);
+            // A newer snapshot replaced a rotted file, durably: the damage is gone.
+            if node.rotted_snapshot.is_some()
+                && store.snapshot_meta() != node.rotted_snapshot.as_ref()
+            {
+                node.rotted_snapshot = None;
+                node.corrupted = false;
+                node.corrupted_file = None;
+            }
         }
         if let Some(image) = snapshot_to_save {
             self.start_snapshot_save(id, image);

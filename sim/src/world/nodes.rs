@@ -97,6 +97,18 @@ impl World<'_> {
                 });
             }
         };
+        let node = &mut self.nodes[index];
+        if node
+            .rotted_snapshot
+            .as_ref()
+            .is_some_and(|rotted| store.snapshot_meta() != Some(rotted))
+        {
+            // A newer snapshot replaced the rotted file before the crash (its save was
+            // committed, then a later step of it failed): nothing damaged is left.
+            node.rotted_snapshot = None;
+            node.corrupted = false;
+            node.corrupted_file = None;
+        }
         let discarded = self.nodes[index]
             .corrupted_file
             .as_ref()
