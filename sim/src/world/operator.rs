@@ -73,7 +73,8 @@ pub(super) struct Operator {
     /// operator), by request.
     side_requests: BTreeMap<RequestId, MembershipChange>,
     pub(super) impatient_unknown: BTreeSet<NodeId>,
-    /// Nodes whose removal by the second operator has a fate not known yet.
+    /// Nodes whose removal has a fate not known yet: by the second operator, or given
+    /// up by the first after a lost answer.
     removal_unknown: BTreeSet<NodeId>,
     rng: ChaCha8Rng,
     /// The change-window nemesis's choices (`world/change_split.rs`).
@@ -397,7 +398,7 @@ impl World<'_> {
             if let Some(why) = self.removal_unsafe(&attempt.change) {
                 let change = attempt.change.clone();
                 if attempt.refusals >= REFUSALS_MAX {
-                    self.operator.attempt = None;
+                    self.abandon_attempt();
                     self.operator.current.clear();
                     self.operator_record(&format!("{change:?}"), &format!("skipped: {why}"));
                     return self.operator_wake_after(0);
@@ -714,7 +715,7 @@ impl World<'_> {
             return;
         };
         self.stats.membership_refused += 1;
-        self.operator.attempt = None;
+        self.abandon_attempt();
         self.operator_record(&format!("{change:?}"), &format!("refused: {error}"));
         // What followed in the procedure depended on this step.
         self.operator.current.clear();
@@ -739,6 +740,31 @@ impl World<'_> {
     fn count_refusal(&mut self) {
         if let Some(attempt) = self.operator.attempt.as_mut() {
             attempt.refusals += 1;
+        }
+    }
+
+    /// Gives up the attempt under way. If an earlier attempt's answer was lost, the
+    /// change may be in the log (appended by a leader that then lost office, committed
+    /// by its successor): its fate is then learned from committed memberships, as that
+    /// of the second operator's changes is (seed 4148: a removal given up as unsafe
+    /// after a lost attempt had been committed, and the model kept the node).
+    fn abandon_attempt(&mut self) {
+        let Some(attempt) = self.operator.attempt.take() else {
+            return;
+        };
+        if !attempt.ambiguous {
+            return;
+        }
+        match attempt.change {
+            MembershipChange::Remove { id } => {
+                self.operator.removal_unknown.insert(id);
+            }
+            MembershipChange::Promote { id } => {
+                self.operator.impatient_unknown.insert(id);
+            }
+            // Adds and transfers are not reconciled: no sweep has given one up after a
+            // lost answer yet; `membership` would report it.
+            _ => {}
         }
     }
 
