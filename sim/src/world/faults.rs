@@ -168,7 +168,9 @@ impl World<'_> {
                 self.network.add_partition(id, links);
                 self.network.add_client_cut(id, cut);
                 if let Some(leader) = stale_leader {
-                    self.maybe_open_stale_window(leader, id);
+                    if !self.maybe_open_stale_window(leader, id) {
+                        self.maybe_arm_snapshot_heal(leader, id);
+                    }
                 }
                 self.push(
                     self.now.saturating_add_us(duration_us),

@@ -33,6 +33,7 @@ mod liveness;
 mod nodes;
 mod operator;
 mod phases;
+mod snapshot_heal;
 mod stale_reads;
 
 pub use liveness::{
@@ -224,6 +225,8 @@ pub struct World<'a> {
     /// `world/stale_reads.rs`); its own stream, so that no other choice moves.
     stale_rng: ChaCha8Rng,
     second_devices: stale_reads::SecondDevices,
+    /// A leader cut heals at its successor's snapshot (see `world/snapshot_heal.rs`).
+    snapshot_heal: Option<snapshot_heal::SnapshotHeal>,
     client_rng: ChaCha8Rng,
     clients: Vec<Client>,
     listeners: Vec<listeners::Listener>,
@@ -340,6 +343,7 @@ impl<'a> World<'a> {
                 2,
             )),
             second_devices: stale_reads::SecondDevices::default(),
+            snapshot_heal: None,
             client_rng,
             listeners: listeners::listening_clients(clients.len())
                 .into_iter()
@@ -632,6 +636,7 @@ impl<'a> World<'a> {
             .line(self.now, || format!("FAULT heal partition #{id}"));
         self.network.remove_partition(id);
         self.close_stale_window(Some(id));
+        self.disarm_snapshot_heal(Some(id));
     }
 
     fn node(&self, id: NodeId) -> &SimNode {

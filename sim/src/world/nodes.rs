@@ -261,9 +261,11 @@ impl World<'_> {
         self.tracer.line(self.now, || {
             format!("{id} snapshot through {} durable", snapshot.meta.last_index)
         });
+        let index = snapshot.meta.last_index.0;
         self.with_replica(id, |replica, now| {
             replica.handle_snapshot_saved(now, snapshot)
         });
+        self.maybe_heal_at_snapshot(id, index);
     }
 }
 
