@@ -117,9 +117,29 @@ impl SafetyChecker {
         Ok(())
     }
 
-    /// Observes a replica after an event: its role, and any newly committed entries.
+    /// Observes a replica after an event: its role, the seam between its snapshot and
+    /// its log, and any newly committed entries.
     pub fn observe_replica(&mut self, replica: &Replica) -> Result<(), Violation> {
         let node = replica.id();
+        // Terms never decrease along a log, across the snapshot too: an entry after the
+        // snapshot of an older term than the snapshot's last is a suffix of another
+        // history that an install kept. It does no harm until it is matched or the node
+        // restarts (recovery refuses such a log), and the next AppendEntries usually
+        // replaces it first: checked here, it is seen at the install itself.
+        let snapshot = replica.snapshot_meta();
+        if let Some(term) = replica.term_at(snapshot.last_index.next()) {
+            if term < snapshot.last_term {
+                return violation(
+                    "log-terms",
+                    format!(
+                        "{node}'s entry {} has term {term}, older than its snapshot's last term {} (through {})",
+                        snapshot.last_index.next(),
+                        snapshot.last_term,
+                        snapshot.last_index
+                    ),
+                );
+            }
+        }
         if replica.role() == Role::Leader {
             self.observe_leader(node, replica.term())?;
             if !self.voters_of_term.contains_key(&replica.term()) {

@@ -17,6 +17,10 @@ pub struct Network {
     /// neither reach these nodes nor hear their replies.
     client_cuts: BTreeMap<u64, Vec<NodeId>>,
     clients_cut: BTreeSet<NodeId>,
+    /// Nodes that refuse the clients' connections, by partition id: a request sent there
+    /// fails after a round trip (the client learns it at once, unlike a silent cut) and
+    /// replies to the clients are lost (the stale-read window, `world/stale_reads.rs`).
+    client_refusals: BTreeMap<u64, NodeId>,
     /// A summary of `blocked` for the coverage abstraction, kept up to date with it so
     /// that observing the network after every event costs nothing.
     shape: LinkSummary,
@@ -42,6 +46,7 @@ impl Network {
             blocked: BTreeSet::new(),
             client_cuts: BTreeMap::new(),
             clients_cut: BTreeSet::new(),
+            client_refusals: BTreeMap::new(),
             shape: LinkSummary::default(),
             generation: 0,
         }
@@ -91,6 +96,16 @@ impl Network {
         self.clients_cut = self.client_cuts.values().flatten().copied().collect();
     }
 
+    /// Whether `node` refuses the clients' connections.
+    pub fn is_client_refused(&self, node: NodeId) -> bool {
+        !self.client_refusals.is_empty() && self.client_refusals.values().any(|&n| n == node)
+    }
+
+    /// Makes `node` refuse the clients' connections until `remove_partition(id)`.
+    pub fn refuse_clients(&mut self, id: u64, node: NodeId) {
+        self.client_refusals.insert(id, node);
+    }
+
     pub fn add_partition(&mut self, id: u64, links: Vec<(NodeId, NodeId)>) {
         self.partitions.insert(id, links);
         self.recompute();
@@ -100,6 +115,7 @@ impl Network {
         if self.client_cuts.remove(&id).is_some() {
             self.clients_cut = self.client_cuts.values().flatten().copied().collect();
         }
+        self.client_refusals.remove(&id);
         self.partitions.remove(&id);
         self.recompute();
     }
@@ -109,6 +125,7 @@ impl Network {
         self.blocked.clear();
         self.client_cuts.clear();
         self.clients_cut.clear();
+        self.client_refusals.clear();
         self.shape = LinkSummary::default();
         self.generation += 1;
     }

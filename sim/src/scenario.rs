@@ -485,6 +485,15 @@ impl Scenario {
         if apply_pick.is_multiple_of(2) {
             tuning.apply_entries_per_step_max = Some([1, 2, 8, 64][(apply_pick / 2 % 4) as usize]);
         }
+        // Derived too: half the `leader-isolation` seeds snapshot every 2-8 entries, so
+        // that a successor compacts past a cut-off leader's own entries while that leader
+        // still holds entries of its term at the same indexes (its clients' writes) and
+        // catches it up by InstallSnapshot (`world/snapshot_heal.rs`). Drawn thresholds
+        // (20 and up) put the snapshot beyond the few entries such a leader appends.
+        let snapshot_pick = crate::rng::derive_seed(seed, Stream::Nemeses, SNAPSHOT_PICK);
+        if on(FaultKind::LeaderIsolation) && snapshot_pick.is_multiple_of(2) {
+            tuning.snapshot_threshold_entries = [2, 4, 8][((snapshot_pick >> 1) % 3) as usize];
+        }
         let quick_restart_per_10k = if on(FaultKind::Crash) {
             rng.random_range(0..=100)
         } else {
@@ -657,6 +666,10 @@ const APPLY_STEP_PICK: u64 = u64::MAX - 1;
 /// The index under `Stream::Disk` of the derived number that adds a snapshot rot to a
 /// seed (the segment size uses index 0).
 const ROT_SNAPSHOT_PICK: u64 = u64::MAX;
+
+/// The index under `Stream::Nemeses` of the derived number that gives a `leader-isolation`
+/// seed a tiny snapshot threshold (1 and 2 seed the world's own derived streams).
+const SNAPSHOT_PICK: u64 = u64::MAX;
 
 /// The founding cluster size of a generated seed: five for half the seeds, 3, 4, 6 or 7
 /// for the others (derived, not drawn, so that no stream moves).

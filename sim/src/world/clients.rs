@@ -247,16 +247,22 @@ impl World<'_> {
             format!("c{client} -> {node} request #{}", request_id.0)
         });
         let at = self.now.saturating_add_us(self.network.latency_us());
+        let wait_us = if self.network.is_client_refused(node) {
+            // The connection fails after a round trip: the wake-up tries another node.
+            2 * (at.0 - self.now.0)
+        } else {
+            self.push(
+                at,
+                Event::Request {
+                    node,
+                    request_id,
+                    request,
+                },
+            );
+            REQUEST_TIMEOUT_US
+        };
         self.push(
-            at,
-            Event::Request {
-                node,
-                request_id,
-                request,
-            },
-        );
-        self.push(
-            self.now.saturating_add_us(REQUEST_TIMEOUT_US),
+            self.now.saturating_add_us(wait_us),
             Event::ClientWake { client, token },
         );
     }
@@ -395,6 +401,12 @@ impl World<'_> {
                 detail: format!("client c{client} was told its live session expired"),
             });
             self.clients[client].drop_session();
+        }
+        if let (OpKind::Send { to, .. }, Ok(Response::Command(CommandOutput::Sent { .. }))) =
+            (&self.history.ops[current.history_op].kind, &outcome)
+        {
+            let to = to.clone();
+            self.after_acknowledged_send(&to);
         }
         let name = format!("{:?}", self.history.ops[current.history_op].kind);
         let label = match &outcome {

@@ -170,6 +170,11 @@ impl World<'_> {
                 let id = self.next_partition;
                 self.network.add_partition(id, links);
                 self.network.add_client_cut(id, cut);
+                if let Some(leader) = stale_leader {
+                    if !self.maybe_open_stale_window(leader, id) {
+                        self.maybe_arm_snapshot_heal(leader, id);
+                    }
+                }
                 self.push(
                     self.now.saturating_add_us(duration_us),
                     Event::HealPartition { id },

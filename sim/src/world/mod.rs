@@ -33,6 +33,8 @@ mod liveness;
 mod nodes;
 mod operator;
 mod phases;
+mod snapshot_heal;
+mod stale_reads;
 
 pub use liveness::{
     leaderless_bound_bare_us, leaderless_bound_us, LEADERLESS_CALIBRATED_BARE_ANSWERS,
@@ -168,6 +170,11 @@ enum Event {
         incarnation: u64,
         image: Box<SnapshotImage>,
     },
+    /// A user's second device, told of a new message, peeks at the inbox through the
+    /// old leader of a stale-read window (see `world/stale_reads.rs`).
+    SecondDevicePeek {
+        user: usize,
+    },
     /// The operator's next step, or a retry after a refusal (see `world/operator.rs`).
     OperatorWake {
         token: u64,
@@ -214,6 +221,12 @@ pub struct World<'a> {
     /// `FaultAction::LinkSplit` in `world/faults.rs`); its own stream, so that no other
     /// choice moves.
     skew_rng: ChaCha8Rng,
+    /// Whether a leader cut off from its peers also opens a stale-read window (see
+    /// `world/stale_reads.rs`); its own stream, so that no other choice moves.
+    stale_rng: ChaCha8Rng,
+    second_devices: stale_reads::SecondDevices,
+    /// A leader cut heals at its successor's snapshot (see `world/snapshot_heal.rs`).
+    snapshot_heal: Option<snapshot_heal::SnapshotHeal>,
     client_rng: ChaCha8Rng,
     clients: Vec<Client>,
     listeners: Vec<listeners::Listener>,
@@ -324,6 +337,13 @@ impl<'a> World<'a> {
                 Stream::Nemeses,
                 1,
             )),
+            stale_rng: rand::SeedableRng::seed_from_u64(crate::rng::derive_seed(
+                scenario.seed,
+                Stream::Nemeses,
+                2,
+            )),
+            second_devices: stale_reads::SecondDevices::default(),
+            snapshot_heal: None,
             client_rng,
             listeners: listeners::listening_clients(clients.len())
                 .into_iter()
@@ -573,6 +593,13 @@ impl<'a> World<'a> {
                 client,
                 request_id,
                 outcome,
+            } if client == stale_reads::SECOND_DEVICE => {
+                self.second_device_reply(request_id, outcome)
+            }
+            Event::Reply {
+                client,
+                request_id,
+                outcome,
             } => self.client_reply(client, request_id, outcome),
             Event::Timer { node, seq } => self.fire_timer(node, seq),
             Event::ClientWake { client, token } => self.client_wake(client, token),
@@ -586,15 +613,11 @@ impl<'a> World<'a> {
                 self.tracer.digest(&[self.now.0, 7, id]);
                 self.network.add_partition(id, links);
             }
-            Event::HealPartition { id } => {
-                self.tracer.digest(&[self.now.0, 8, id]);
-                self.tracer
-                    .line(self.now, || format!("FAULT heal partition #{id}"));
-                self.network.remove_partition(id);
-            }
+            Event::HealPartition { id } => self.heal_partition(id),
             Event::EndChaos => self.end_chaos(),
             Event::Probe => self.probe(),
             Event::RestoreClock { node } => self.restore_clock(node),
+            Event::SecondDevicePeek { user } => self.second_device_peek(user),
             Event::StrikeLeader { node, incarnation } => self.strike_leader(node, incarnation),
             Event::ChurnCrash { node, incarnation } => self.churn_crash(node, incarnation),
             Event::SnapshotSaved {
@@ -605,6 +628,15 @@ impl<'a> World<'a> {
             Event::OperatorWake { token } => self.operator_wake(token),
             Event::OperatorTimeout { token } => self.operator_timeout(token),
         }
+    }
+
+    fn heal_partition(&mut self, id: u64) {
+        self.tracer.digest(&[self.now.0, 8, id]);
+        self.tracer
+            .line(self.now, || format!("FAULT heal partition #{id}"));
+        self.network.remove_partition(id);
+        self.close_stale_window(Some(id));
+        self.disarm_snapshot_heal(Some(id));
     }
 
     fn node(&self, id: NodeId) -> &SimNode {
@@ -668,6 +700,15 @@ impl<'a> World<'a> {
             || !self.node(node).is_up()
             || self.network.is_client_blocked(node)
         {
+            return;
+        }
+        if self.network.is_client_refused(node)
+            && !matches!(
+                self.requests.get(&request_id),
+                Some(&operator::OPERATOR | &stale_reads::SECOND_DEVICE)
+            )
+        {
+            // Sent before the window opened: that connection broke with it.
             return;
         }
         if matches!(request, ClientRequest::ChangeMembership(_))
@@ -805,11 +846,18 @@ impl<'a> World<'a> {
             }
         }
         let client_blocked = self.network.is_client_blocked(id);
+        let client_refused = self.network.is_client_refused(id);
         for reply in replies {
             if client_blocked {
                 continue;
             }
             if let Some(&client) = self.requests.get(&reply.request_id) {
+                if client_refused
+                    && client != operator::OPERATOR
+                    && client != stale_reads::SECOND_DEVICE
+                {
+                    continue;
+                }
                 let at = self.now.saturating_add_us(self.network.latency_us());
                 self.push(
                     at,

@@ -288,9 +288,11 @@ impl World<'_> {
         self.tracer.line(self.now, || {
             format!("{id} snapshot through {} durable", meta.last_index)
         });
+        let index = meta.last_index.0;
         self.with_replica(id, |replica, now| {
             replica.handle_snapshot_saved(now, meta, source)
         });
+        self.maybe_heal_at_snapshot(id, index);
     }
 }
 

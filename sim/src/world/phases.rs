@@ -13,6 +13,8 @@ impl World<'_> {
         self.phase = Phase::Liveness;
         self.liveness.chaos_ended(self.now);
         self.network.calm();
+        self.close_stale_window(None);
+        self.disarm_snapshot_heal(None);
         for index in 0..self.nodes.len() {
             let id = NodeId(index as u64 + 1);
             let node = &mut self.nodes[index];

@@ -209,7 +209,13 @@ fn the_classic_kinds_generate_what_they_generated_before() {
             .collect();
         assert_eq!(classic_events, old.fault_events, "seed {seed}");
         assert_eq!(all.network, old.network);
-        assert_eq!(all.tuning, old.tuning);
+        // Leader isolation gives half its seeds a tiny snapshot threshold by design
+        // (derived from the seed, so nothing else moves).
+        let mut tuning = all.tuning.clone();
+        if all.faults.contains(FaultKind::LeaderIsolation) {
+            tuning.snapshot_threshold_entries = old.tuning.snapshot_threshold_entries;
+        }
+        assert_eq!(tuning, old.tuning);
         assert_eq!(all.clients, old.clients);
         assert_eq!(all.clock_drift_ppm, old.clock_drift_ppm);
     }
