@@ -1,9 +1,12 @@
 use crate::harness::*;
-use chat_core::app::CommandOutput;
+use chat_core::app::{Auth, CommandOutput};
 use chat_core::{Envelope, LogIndex, Message, NodeId, Role, Term};
 
-#[test]
-fn a_follower_behind_the_compacted_prefix_catches_up_by_snapshot() {
+/// A 3-node cluster snapshotting every 20 entries, sent in chunks of 256 bytes, whose
+/// leader compacted past 59 sends while one follower (`lagger`) was down: restarting it
+/// makes the leader send it a snapshot. Returns the cluster, the leader, the lagger, and
+/// alice with her session.
+fn lagger_behind_a_snapshot() -> (Cluster, NodeId, u64, Auth, u64) {
     let configs = (1..=3)
         .map(|id| {
             let mut c = config(id, 3);
@@ -24,6 +27,12 @@ fn a_follower_behind_the_compacted_prefix_catches_up_by_snapshot() {
     for seq in 2..=60 {
         cluster.write_ok(session, seq, send(&alice, "alice", &format!("note {seq}")));
     }
+    (cluster, leader, lagger, alice, session)
+}
+
+#[test]
+fn a_follower_behind_the_compacted_prefix_catches_up_by_snapshot() {
+    let (mut cluster, leader, lagger, alice, session) = lagger_behind_a_snapshot();
     assert!(
         cluster.replicas[&leader].first_log_index() > LogIndex(2),
         "the leader compacted its log"
@@ -148,26 +157,7 @@ fn large_entries_are_compacted_by_bytes_before_the_entry_threshold() {
 /// from its disk, which may have rotted since it wrote them.
 #[test]
 fn a_snapshot_whose_bytes_do_not_match_its_checksum_is_never_installed() {
-    let configs = (1..=3)
-        .map(|id| {
-            let mut c = config(id, 3);
-            c.snapshot_threshold_entries = 20;
-            c.snapshot_chunk_bytes = 256;
-            c
-        })
-        .collect();
-    let mut cluster = Cluster::with_configs(configs);
-    let leader = cluster.wait_for_leader();
-    let lagger = if leader.0 == 3 { 2 } else { 3 };
-    cluster.crash(lagger);
-    let alice = match cluster.write_ok(1, 1, create("alice")) {
-        CommandOutput::AccountCreated { generation, .. } => auth("alice", generation),
-        other => panic!("{other:?}"),
-    };
-    let session = cluster.open(&alice);
-    for seq in 2..=60 {
-        cluster.write_ok(session, seq, send(&alice, "alice", &format!("note {seq}")));
-    }
+    let (mut cluster, leader, lagger, _, _) = lagger_behind_a_snapshot();
     // Two chunks arrive with one message body altered ("note" becomes "Note"): bytes
     // that still decode, to a state no replica ever had.
     let mut altered = 0;
@@ -305,26 +295,7 @@ fn writes_committed_before_a_step_down_are_answered_with_their_outcome() {
 /// its next applied entry, which the follower installs.
 #[test]
 fn a_refused_snapshot_makes_the_leader_take_a_fresh_one() {
-    let configs = (1..=3)
-        .map(|id| {
-            let mut c = config(id, 3);
-            c.snapshot_threshold_entries = 20;
-            c.snapshot_chunk_bytes = 256;
-            c
-        })
-        .collect();
-    let mut cluster = Cluster::with_configs(configs);
-    let leader = cluster.wait_for_leader();
-    let lagger = if leader.0 == 3 { 2 } else { 3 };
-    cluster.crash(lagger);
-    let alice = match cluster.write_ok(1, 1, create("alice")) {
-        CommandOutput::AccountCreated { generation, .. } => auth("alice", generation),
-        other => panic!("{other:?}"),
-    };
-    let session = cluster.open(&alice);
-    for seq in 2..=60 {
-        cluster.write_ok(session, seq, send(&alice, "alice", &format!("note {seq}")));
-    }
+    let (mut cluster, leader, lagger, alice, session) = lagger_behind_a_snapshot();
     let rotted = cluster.replicas[&leader].snapshot_meta().last_index;
     let taken_before = cluster.replicas[&leader].metrics().snapshots_taken;
     // Every chunk of that one snapshot arrives with a message body altered.

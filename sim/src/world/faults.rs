@@ -534,6 +534,24 @@ impl World<'_> {
         );
     }
 
+    /// Whether damaging one more node could leave a configuration without a quorum. A
+    /// minority of the voters may be damaged or gone at once: of the operator's model
+    /// (the founding voters, unless `membership` changed them) and of the configuration
+    /// a removal in progress makes, both of which must keep a quorum.
+    fn damage_would_cost_a_quorum(&self) -> bool {
+        let damaged = |voters: &[NodeId]| {
+            self.nodes
+                .iter()
+                .filter(|n| voters.contains(&n.id))
+                .filter(|n| n.corrupted || n.failed.is_some() || n.retired)
+                .count()
+        };
+        let model: Vec<NodeId> = self.operator.model.voters().collect();
+        [model, self.voters_at_risk()]
+            .iter()
+            .any(|voters| damaged(voters) >= voters.len().saturating_sub(1) / 2)
+    }
+
     /// Flips a byte of the state in the current leader's committed snapshot file while
     /// it runs, and has the leader read the file anew (as the node's open descriptor
     /// would see the damage): the leader streams the damaged bytes to any follower that
@@ -544,20 +562,8 @@ impl World<'_> {
         let Some(id) = self.current_leader().map(|r| r.id()) else {
             return;
         };
-        let model: Vec<NodeId> = self.operator.model.voters().collect();
-        let damaged = |voters: &[NodeId]| {
-            self.nodes
-                .iter()
-                .filter(|n| voters.contains(&n.id))
-                .filter(|n| n.corrupted || n.failed.is_some() || n.retired)
-                .count()
-        };
-        let at_risk = [model, self.voters_at_risk()];
-        let too_many = at_risk
-            .iter()
-            .any(|voters| damaged(voters) >= voters.len().saturating_sub(1) / 2);
         let node = self.node(id);
-        if too_many || node.corrupted || node.retired || !node.is_up() {
+        if self.damage_would_cost_a_quorum() || node.corrupted || node.retired || !node.is_up() {
             return;
         }
         let Some(store) = self.node_mut(id).store.as_mut() else {
@@ -612,23 +618,8 @@ impl World<'_> {
         mask: u8,
         down_us: u64,
     ) {
-        // A minority of the voters may be damaged or gone at once: of the operator's
-        // model (the founding voters, unless `membership` changed them) and of the
-        // configuration a removal in progress makes, both of which must keep a quorum.
-        let damaged = |voters: &[NodeId]| {
-            self.nodes
-                .iter()
-                .filter(|n| voters.contains(&n.id))
-                .filter(|n| n.corrupted || n.failed.is_some() || n.retired)
-                .count()
-        };
-        let model: Vec<NodeId> = self.operator.model.voters().collect();
-        let at_risk = [model, self.voters_at_risk()];
-        let too_many = at_risk
-            .iter()
-            .any(|voters| damaged(voters) >= voters.len().saturating_sub(1) / 2);
         let node = self.node(id);
-        if too_many || node.corrupted || node.retired {
+        if self.damage_would_cost_a_quorum() || node.corrupted || node.retired {
             return;
         }
         self.crash_for(id, down_us);
