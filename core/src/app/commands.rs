@@ -111,7 +111,7 @@ impl ChatState {
         // One log entry per logout: the epoch cannot realistically reach u64::MAX, and
         // saturating keeps even that case free of panics.
         account.token_epoch = account.token_epoch.saturating_add(1);
-        self.digest.replace(old, account_hash(&auth.user, account));
+        Self::rehash(&mut self.digest, &auth.user, old, account);
         Ok(CommandOutput::LoggedOut)
     }
 
@@ -133,6 +133,7 @@ impl ChatState {
         }
         // Copies the account only if a snapshot still shares it (see `ChatState`).
         let recipient = Arc::make_mut(recipient);
+        let old = account_hash(to, recipient);
         let id = MessageId(ctx.index.0);
         let message = StoredMessage {
             sender: auth.user.clone(),
@@ -151,9 +152,10 @@ impl ChatState {
             timestamp: message.timestamp,
             read: false,
         };
-        if recipient.inbox.insert(to, id, message, &mut self.digest) {
+        if recipient.inbox.insert(id, message) {
             self.message_count += 1;
         }
+        Self::rehash(&mut self.digest, to, old, recipient);
         deliveries.push(Delivery { message: delivered });
         Ok(CommandOutput::Sent {
             id,
@@ -175,12 +177,12 @@ impl ChatState {
             .map(|(id, message)| self.view(&auth.user, *id, message))
             .collect();
         let account = Self::authenticate_in(&mut self.users, auth)?;
+        let old = account_hash(&auth.user, account);
         for view in &mut views {
-            account
-                .inbox
-                .mark_read(&auth.user, view.id, &mut self.digest);
+            account.inbox.mark_read(view.id);
             view.read = true;
         }
+        Self::rehash(&mut self.digest, &auth.user, old, account);
         Ok(CommandOutput::Messages(views))
     }
 
@@ -196,16 +198,14 @@ impl ChatState {
             return Err(AppError::MessageNotFound(missing.0));
         }
         // A repeated id finds its message already gone, so it is counted once.
+        let old = account_hash(&auth.user, account);
         let mut count: u32 = 0;
         for id in ids {
-            if account
-                .inbox
-                .remove(&auth.user, *id, &mut self.digest)
-                .is_some()
-            {
+            if account.inbox.remove(*id).is_some() {
                 count = count.saturating_add(1);
             }
         }
+        Self::rehash(&mut self.digest, &auth.user, old, account);
         debug_assert!(count as usize <= DELETE_IDS_MAX);
         self.message_count = self.message_count.saturating_sub(u64::from(count));
         Ok(CommandOutput::Deleted { count })
@@ -220,9 +220,8 @@ impl ChatState {
             self.message_count = self
                 .message_count
                 .saturating_sub(account.inbox.len() as u64);
+            // The account hash covers the inbox's digest.
             self.digest.remove(account_hash(&auth.user, &account));
-            // Linear in the inbox, which is being dropped anyway.
-            self.digest.remove(account.inbox.digest(&auth.user).value());
         }
         Ok(CommandOutput::AccountDeleted)
     }

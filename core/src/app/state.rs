@@ -21,10 +21,14 @@ use std::sync::Arc;
 /// inbox tree (pointers to messages, not the messages). serde's `rc` feature encodes an
 /// `Arc<T>` as its `T`, so the encoding is the one a plain map had.
 ///
-/// `digest` is the incremental hash of every account and stored message (see
-/// [`crate::digest`]): every mutation below updates it, so [`ChatState::state_hash`]
-/// costs O(1). It is not serialized: decoding rebuilds it from the items
-/// ([`ChatStateImage`]), so a snapshot cannot carry a digest that hides a divergence.
+/// `digest` is the incremental hash of every account (see [`crate::digest`]), and an
+/// account's item hash covers its inbox's digest, the sum of its messages' hashes: every
+/// mutation below updates both, so [`ChatState::state_hash`] costs O(1). Neither is
+/// serialized: decoding rebuilds them from the items ([`InboxImage`],
+/// [`ChatStateImage`]), so a snapshot cannot carry a digest that hides a divergence.
+/// Each inbox is hashed as soon as it is decoded, while its messages are still in the
+/// cache: a pass over the whole decoded state afterwards cost a restart at 1M messages
+/// a cache miss per message.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "ChatStateImage")]
 pub struct ChatState {
@@ -50,7 +54,7 @@ impl From<ChatStateImage> for ChatState {
             message_count: image.message_count,
             digest: Digest::default(),
         };
-        state.digest = state.recompute_digest();
+        state.digest = state.sum_account_hashes();
         state
     }
 }
@@ -71,6 +75,7 @@ pub(super) struct Account {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "InboxImage")]
 pub(super) struct Inbox {
     /// Keyed by id, which is the log index of the send, so iteration is oldest first.
     /// Each message behind an `Arc`, so that copying an inbox (the first change to an
@@ -79,6 +84,30 @@ pub(super) struct Inbox {
     /// Kept in step with `messages` by every mutation below, so unread counts cost no
     /// scan.
     unread_count: u64,
+    /// The sum of the item hashes of `messages`, kept in step by every mutation below.
+    /// It enters the owner's account hash, which ties the messages to their recipient.
+    #[serde(skip)]
+    pub(super) digest: Digest,
+}
+
+/// What a snapshot holds of an [`Inbox`]: its fields in the same order, without the
+/// digest. Every decoding of an `Inbox` goes through it.
+#[derive(Deserialize)]
+struct InboxImage {
+    messages: BTreeMap<MessageId, Arc<StoredMessage>>,
+    unread_count: u64,
+}
+
+impl From<InboxImage> for Inbox {
+    fn from(image: InboxImage) -> Inbox {
+        let mut inbox = Inbox {
+            messages: image.messages,
+            unread_count: image.unread_count,
+            digest: Digest::default(),
+        };
+        inbox.digest = inbox.recompute_digest();
+        inbox
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,22 +138,17 @@ impl Inbox {
         self.messages.contains_key(&id)
     }
 
-    // The mutations take the inbox's owner and the state's digest, so that no message
-    // can change without its hash changing in the digest.
+    // Each mutation updates the inbox's digest, so that no message can change without
+    // its hash changing; the caller then replaces the owner's account hash in the
+    // state's digest (`ChatState::rehash`).
 
     /// Returns whether the inbox grew. Ids are log indexes, so a collision means the caller
     /// applied the same log index twice; the counters and digest stay right even then.
-    pub(super) fn insert(
-        &mut self,
-        owner: &str,
-        id: MessageId,
-        message: StoredMessage,
-        digest: &mut Digest,
-    ) -> bool {
+    pub(super) fn insert(&mut self, id: MessageId, message: StoredMessage) -> bool {
         if !message.read {
             self.unread_count += 1;
         }
-        digest.add(message_hash(owner, id, &message));
+        self.digest.add(message_hash(id, &message));
         let replaced = self.messages.insert(id, Arc::new(message));
         debug_assert!(replaced.is_none(), "message id {id:?} applied twice");
         match replaced {
@@ -132,52 +156,47 @@ impl Inbox {
                 if !old.read {
                     self.unread_count = self.unread_count.saturating_sub(1);
                 }
-                digest.remove(message_hash(owner, id, &old));
+                self.digest.remove(message_hash(id, &old));
                 false
             }
             None => true,
         }
     }
 
-    pub(super) fn mark_read(&mut self, owner: &str, id: MessageId, digest: &mut Digest) {
+    pub(super) fn mark_read(&mut self, id: MessageId) {
         if let Some(message) = self.messages.get_mut(&id) {
             if !message.read {
-                let old = message_hash(owner, id, message);
+                let old = message_hash(id, message);
                 // Copies the message only if a snapshot still shares it.
                 let message = Arc::make_mut(message);
                 message.read = true;
-                digest.replace(old, message_hash(owner, id, message));
+                self.digest.replace(old, message_hash(id, message));
                 self.unread_count = self.unread_count.saturating_sub(1);
             }
         }
     }
 
-    pub(super) fn remove(
-        &mut self,
-        owner: &str,
-        id: MessageId,
-        digest: &mut Digest,
-    ) -> Option<Arc<StoredMessage>> {
+    pub(super) fn remove(&mut self, id: MessageId) -> Option<Arc<StoredMessage>> {
         let removed = self.messages.remove(&id)?;
         if !removed.read {
             self.unread_count = self.unread_count.saturating_sub(1);
         }
-        digest.remove(message_hash(owner, id, &removed));
+        self.digest.remove(message_hash(id, &removed));
         Some(removed)
     }
 
-    /// The sum of the hashes of every message in the inbox of `owner`. Linear.
-    pub(super) fn digest(&self, owner: &str) -> Digest {
+    /// The sum of the hashes of every message, from scratch. Linear.
+    fn recompute_digest(&self) -> Digest {
         let mut digest = Digest::default();
         for (&id, message) in &self.messages {
-            digest.add(message_hash(owner, id, message));
+            digest.add(message_hash(id, message));
         }
         digest
     }
 }
 
-/// The item hash of an account: every field but its inbox, whose messages are items of
-/// their own.
+/// The item hash of an account: every field, its inbox by the inbox's digest. A message
+/// moved to another inbox changes both owners' hashes.
 pub(super) fn account_hash(name: &str, account: &Account) -> u128 {
     ItemHasher::new(ItemKind::Account)
         .str(name)
@@ -186,13 +205,14 @@ pub(super) fn account_hash(name: &str, account: &Account) -> u128 {
         .u64(account.token_epoch)
         .u128(account.registration)
         .u64(account.created_at.0)
+        .u128(account.inbox.digest.value())
         .finish()
 }
 
-/// The item hash of a stored message, keyed by its recipient and id.
-fn message_hash(recipient: &str, id: MessageId, message: &StoredMessage) -> u128 {
+/// The item hash of a stored message, keyed by its id (its log index, unique in the
+/// state); its recipient enters through the recipient's account hash.
+fn message_hash(id: MessageId, message: &StoredMessage) -> u128 {
     ItemHasher::new(ItemKind::Message)
-        .str(recipient)
         .u64(id.0)
         .str(&message.sender)
         .u64(message.sender_generation)
@@ -232,20 +252,36 @@ impl ChatState {
             .finish()
     }
 
-    /// The digest computed from scratch, item by item. Linear in the whole state: decoding
-    /// uses it, and checks compare it with the incremental one.
-    pub(crate) fn recompute_digest(&self) -> Digest {
+    /// The sum of the account hashes, each over its inbox's digest as kept. Linear in
+    /// the accounts: decoding uses it, after each inbox computed its own digest.
+    pub(super) fn sum_account_hashes(&self) -> Digest {
         let mut digest = Digest::default();
         for (name, account) in &self.users {
             digest.add(account_hash(name, account));
-            digest.add(account.inbox.digest(name).value());
         }
         digest
     }
 
-    /// Whether the incremental digest equals a recomputation from scratch. Linear.
+    /// Replaces `name`'s account hash `old` (taken before a mutation) with the hash of
+    /// `account` as it is now: every mutation of an account ends here.
+    pub(super) fn rehash(digest: &mut Digest, name: &str, old: u128, account: &Account) {
+        digest.replace(old, account_hash(name, account));
+    }
+
+    /// Whether the incremental digests (every inbox's, and the state's) equal a
+    /// recomputation from scratch. Linear in the whole state.
     pub fn check_digest(&self) -> Result<(), String> {
-        let recomputed = self.recompute_digest();
+        for (name, account) in &self.users {
+            let recomputed = account.inbox.recompute_digest();
+            if recomputed != account.inbox.digest {
+                return Err(format!(
+                    "inbox digest of {name:?} is {:032x} but its messages sum to {:032x}",
+                    account.inbox.digest.value(),
+                    recomputed.value()
+                ));
+            }
+        }
+        let recomputed = self.sum_account_hashes();
         if recomputed != self.digest {
             return Err(format!(
                 "chat digest {:032x} but the items sum to {:032x}",
