@@ -7,6 +7,7 @@ use crate::digest::{fold64, ItemHasher, ItemKind};
 use crate::entry::{Snapshot, SnapshotMeta};
 use crate::membership::Membership;
 use crate::session::SessionTable;
+use crate::snapshot_source::{SnapshotSource, SourceReader};
 use crate::types::Time;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -52,6 +53,21 @@ impl MachineState {
             ));
         }
         Ok(state)
+    }
+
+    /// Decodes the state where its source holds it, a buffer at a time (see
+    /// [`SourceReader`]): what recovery does with the snapshot file.
+    pub fn decode_from(source: &SnapshotSource) -> Result<MachineState, String> {
+        let mut reader = SourceReader::new(source);
+        let decoded = bincode::serde::decode_from_reader(&mut reader, bincode::config::standard());
+        if let Some(error) = reader.failed.take() {
+            return Err(format!("reading the snapshot: {error}"));
+        }
+        let state = decoded.map_err(|e| e.to_string())?;
+        match reader.remaining_bytes() {
+            0 => Ok(state),
+            trailing => Err(format!("{trailing} trailing bytes after the state")),
+        }
     }
 
     /// A hash of the whole replicated state, stable across machines and builds, in O(1):

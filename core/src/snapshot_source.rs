@@ -89,6 +89,14 @@ impl SnapshotSource {
         self.reader.read_at(offset, buf)
     }
 
+    /// The snapshot with every byte in memory: for checks and tests.
+    pub fn to_snapshot(&self) -> Result<Snapshot, String> {
+        Ok(Snapshot {
+            meta: self.meta.clone(),
+            data: Arc::new(self.read_all()?),
+        })
+    }
+
     /// Every byte, into memory: for checks and tests, not for the transfer.
     pub fn read_all(&self) -> Result<Vec<u8>, String> {
         let len = usize::try_from(self.len_bytes)
@@ -123,4 +131,102 @@ pub fn snapshot_checksum(meta: &SnapshotMeta, data: &[u8]) -> u32 {
     let mut prefix = Vec::with_capacity(32);
     encode_snapshot_prefix(meta, data.len() as u64, &mut prefix);
     crc32c::crc32c_append(crc32c::crc32c(&prefix), data)
+}
+
+/// How much of a snapshot a [`SourceReader`] reads from its source at a time.
+pub const SOURCE_READ_BYTES: usize = 1 << 20;
+
+/// Reads a [`SnapshotSource`] front to back through a buffer of [`SOURCE_READ_BYTES`],
+/// for bincode to decode from: a snapshot is decoded where it lies (the node: its file)
+/// without first reading all of its bytes into memory. At a million messages those
+/// bytes were a 275 MB buffer whose page faults cost a restart more than decoding it.
+pub struct SourceReader<'s> {
+    source: &'s SnapshotSource,
+    buf: Vec<u8>,
+    /// The unread bytes of `buf` are `buf[pos..end]`.
+    pos: usize,
+    end: usize,
+    /// Where the next read from the source starts.
+    offset: u64,
+    /// The first read error, kept for the caller: bincode sees only "unexpected end".
+    pub failed: Option<String>,
+}
+
+impl<'s> SourceReader<'s> {
+    pub fn new(source: &'s SnapshotSource) -> SourceReader<'s> {
+        let capacity = usize::try_from(source.len_bytes)
+            .unwrap_or(SOURCE_READ_BYTES)
+            .min(SOURCE_READ_BYTES);
+        SourceReader {
+            source,
+            buf: vec![0; capacity],
+            pos: 0,
+            end: 0,
+            offset: 0,
+            failed: None,
+        }
+    }
+
+    /// Bytes of the source not yet handed to the decoder.
+    pub fn remaining_bytes(&self) -> u64 {
+        (self.source.len_bytes - self.offset) + (self.end - self.pos) as u64
+    }
+
+    /// Moves the unread bytes to the front and reads more after them, up to the buffer's
+    /// size or the source's end. Returns whether any byte was added.
+    fn refill(&mut self) -> bool {
+        if self.failed.is_some() {
+            return false;
+        }
+        self.buf.copy_within(self.pos..self.end, 0);
+        self.end -= self.pos;
+        self.pos = 0;
+        let room = (self.buf.len() - self.end) as u64;
+        let take = room.min(self.source.len_bytes - self.offset) as usize;
+        if take == 0 {
+            return false;
+        }
+        let range = self.end..self.end + take;
+        if let Err(error) = self.source.read_at(self.offset, &mut self.buf[range]) {
+            self.failed = Some(error);
+            return false;
+        }
+        self.offset += take as u64;
+        self.end += take;
+        true
+    }
+}
+
+impl bincode::de::read::Reader for SourceReader<'_> {
+    fn read(&mut self, bytes: &mut [u8]) -> Result<(), bincode::error::DecodeError> {
+        let mut filled = 0;
+        while filled < bytes.len() {
+            if self.pos == self.end && !self.refill() {
+                return Err(bincode::error::DecodeError::UnexpectedEnd {
+                    additional: bytes.len() - filled,
+                });
+            }
+            let take = (self.end - self.pos).min(bytes.len() - filled);
+            bytes[filled..filled + take].copy_from_slice(&self.buf[self.pos..self.pos + take]);
+            self.pos += take;
+            filled += take;
+        }
+        Ok(())
+    }
+
+    /// The fast path bincode takes for varints: the next `n` bytes without a copy.
+    fn peek_read(&mut self, n: usize) -> Option<&[u8]> {
+        if self.end - self.pos < n && n <= self.buf.len() {
+            self.refill();
+        }
+        if self.end - self.pos < n {
+            // Near the end, or bigger than the buffer: `read` says what is missing.
+            return None;
+        }
+        self.buf.get(self.pos..self.pos + n)
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.end);
+    }
 }

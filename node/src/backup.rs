@@ -203,7 +203,7 @@ mod tests {
         let (_, recovered) = LogStore::open(FsDisk::open(&data_dir).expect("dir")).expect("open");
         let snapshot = recovered.snapshot.expect("snapshot written");
         assert_eq!(snapshot.meta.last_index, LogIndex(7));
-        let state = MachineState::decode(&snapshot.data).expect("state");
+        let state = MachineState::decode_from(&snapshot).expect("state");
         assert_eq!(state.state_hash(), hash);
         assert!(state.membership.is_voter(NodeId(9)));
         assert_eq!(state.membership.voter_count(), 1);

@@ -54,7 +54,7 @@ pub async fn run(config: NodeConfig, mut shutdown: watch::Receiver<bool>) -> any
     // What a restart costs, step by step (BENCHMARKS.md, "Scale"): reading and checking
     // the files, then decoding the snapshot into the state.
     let storage_ms = recovery_started.elapsed().as_millis() as u64;
-    let snapshot_bytes = recovered.snapshot.as_ref().map_or(0, |s| s.data.len());
+    let snapshot_bytes = recovered.snapshot.as_ref().map_or(0, |s| s.len_bytes);
     let log_entries = recovered.entries.len();
     let clock = Clock::start();
     let members = config.members();

@@ -235,7 +235,7 @@ impl Replica {
         );
         let machine = match &recovered.snapshot {
             Some(snapshot) => {
-                MachineState::decode(&snapshot.data).map_err(ReplicaError::Snapshot)?
+                MachineState::decode_from(snapshot).map_err(ReplicaError::Snapshot)?
             }
             None => MachineState::new(&config),
         };
@@ -277,7 +277,7 @@ impl Replica {
             term: recovered.hard_state.term,
             voted_for: recovered.hard_state.voted_for,
             log,
-            snapshot: recovered.snapshot.as_ref().map(SnapshotSource::in_memory),
+            snapshot: recovered.snapshot,
             snapshot_saving: None,
             snapshot_refresh_requested: false,
             role: Role::Follower,

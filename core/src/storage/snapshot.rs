@@ -14,8 +14,8 @@ use crate::snapshot_source::{encode_snapshot_prefix, ReadBytes, SnapshotSource};
 use crate::storage::disk::Disk;
 use crate::storage::error::{CorruptReason, DiskError, StorageError};
 use crate::storage::record::{
-    decode_header, encode_header, read_record, HeaderError, RecordRead, FORMAT_VERSION,
-    HEADER_BYTES, MAGIC_SNAPSHOT, RECORD_HEADER_BYTES,
+    decode_header, encode_header, HeaderError, FORMAT_VERSION, HEADER_BYTES, MAGIC_SNAPSHOT,
+    RECORD_HEADER_BYTES,
 };
 use std::sync::Arc;
 
@@ -28,14 +28,49 @@ pub const SNAPSHOT_STAGED_FILE: &str = "snapshot.staged";
 /// The record length field is 32 bits.
 pub const SNAPSHOT_BYTES_MAX: usize = u32::MAX as usize;
 
-pub fn recover<D: Disk>(disk: &D, files: &[String]) -> Result<Option<Snapshot>, StorageError> {
+/// The committed snapshot, checked in full: header, record, and the checksum over every
+/// byte, read a buffer at a time from a reader of the file (never the whole file in
+/// memory: at a million messages that buffer's page faults cost more than decoding).
+/// Returns a source the replica decodes its state from and later streams to followers.
+pub fn recover<D: Disk>(
+    disk: &D,
+    files: &[String],
+) -> Result<Option<SnapshotSource>, StorageError> {
     if !files.iter().any(|f| f == SNAPSHOT_FILE) {
         return Ok(None);
     }
-    let bytes = disk.read_all(SNAPSHOT_FILE)?;
+    open(disk, Verify::Checksum).map(Some)
+}
+
+/// Whether [`open`] reads every byte to check the record's checksum.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verify {
+    /// At recovery: the file may have been torn or damaged since it was written.
+    Checksum,
+    /// Just after committing the file this process wrote and synced.
+    Framing,
+}
+
+/// Opens the committed snapshot file: checks its header, record framing, prefix and
+/// length, and, with [`Verify::Checksum`], the checksum over every byte.
+fn open<D: Disk>(disk: &D, verify: Verify) -> Result<SnapshotSource, StorageError> {
+    let file_len = disk.len(SNAPSHOT_FILE)?;
+    let reader = disk.open_reader(SNAPSHOT_FILE)?;
     let corrupt =
         |offset: usize, reason| StorageError::corrupt(SNAPSHOT_FILE, offset as u64, reason);
-    let last_index = match decode_header(&bytes, MAGIC_SNAPSHOT) {
+    let read_error = |message| DiskError::Io {
+        op: "read",
+        file: SNAPSHOT_FILE.to_string(),
+        message,
+    };
+    // Header, record header and a prefix (meta and a varint length) fit in this much.
+    let mut head = vec![0u8; HEADER_BYTES + RECORD_HEADER_BYTES + 64];
+    head.truncate(
+        head.len()
+            .min(usize::try_from(file_len).unwrap_or(usize::MAX)),
+    );
+    reader.read_at(0, &mut head).map_err(read_error)?;
+    let header_last_index = match decode_header(&head, MAGIC_SNAPSHOT) {
         Ok(param) => param,
         Err(HeaderError::Short | HeaderError::Bad) => {
             return Err(corrupt(0, CorruptReason::BadHeader))
@@ -48,32 +83,63 @@ pub fn recover<D: Disk>(disk: &D, files: &[String]) -> Result<Option<Snapshot>, 
             })
         }
     };
-    let mut bytes = bytes;
-    let payload_len = match read_record(&bytes, HEADER_BYTES, SNAPSHOT_BYTES_MAX) {
-        RecordRead::Valid { payload, end } if end == bytes.len() => payload.len(),
-        RecordRead::Valid { end, .. } => {
-            let reason = CorruptReason::TrailingBytes((bytes.len() - end) as u64);
-            return Err(corrupt(end, reason));
-        }
-        RecordRead::Partial => return Err(corrupt(HEADER_BYTES, CorruptReason::PartialRecord)),
-        RecordRead::BadLength(len) => {
-            return Err(corrupt(HEADER_BYTES, CorruptReason::BadLength(len)))
-        }
-        RecordRead::BadChecksum => return Err(corrupt(HEADER_BYTES, CorruptReason::BadChecksum)),
-    };
+    let record = &head[HEADER_BYTES..];
+    if record.len() < RECORD_HEADER_BYTES {
+        return Err(corrupt(HEADER_BYTES, CorruptReason::PartialRecord));
+    }
+    // Four bytes each, just checked present.
+    let payload_len = u32::from_le_bytes(record[..4].try_into().expect("4 bytes"));
+    let checksum = u32::from_le_bytes(record[4..8].try_into().expect("4 bytes"));
+    if payload_len == 0 {
+        return Err(corrupt(HEADER_BYTES, CorruptReason::BadLength(0)));
+    }
     let payload_start = HEADER_BYTES + RECORD_HEADER_BYTES;
-    let (meta, data_start) = decode_prefix(&bytes[payload_start..], payload_len)
+    let record_end = payload_start as u64 + u64::from(payload_len);
+    if record_end > file_len {
+        return Err(corrupt(HEADER_BYTES, CorruptReason::PartialRecord));
+    }
+    let check_payload = |reader: &dyn ReadBytes| -> Result<(), StorageError> {
+        if verify == Verify::Framing {
+            return Ok(());
+        }
+        let mut crc = 0;
+        let mut buf = vec![0u8; STREAM_BUFFER_BYTES.min(payload_len as usize)];
+        let mut offset = payload_start as u64;
+        while offset < record_end {
+            let take = (record_end - offset).min(buf.len() as u64) as usize;
+            reader
+                .read_at(offset, &mut buf[..take])
+                .map_err(read_error)?;
+            crc = crc32c::crc32c_append(crc, &buf[..take]);
+            offset += take as u64;
+        }
+        if crc != checksum {
+            return Err(corrupt(HEADER_BYTES, CorruptReason::BadChecksum));
+        }
+        Ok(())
+    };
+    check_payload(reader.as_ref())?;
+    if record_end < file_len {
+        let reason = CorruptReason::TrailingBytes(file_len - record_end);
+        return Err(corrupt(record_end as usize, reason));
+    }
+    let (meta, data_start) = decode_prefix(&head[payload_start..], payload_len as usize)
         .map_err(|error| corrupt(HEADER_BYTES, CorruptReason::Undecodable(error)))?;
-    if meta.last_index.0 != last_index {
+    if meta.last_index.0 != header_last_index {
         return Err(corrupt(0, CorruptReason::NameMismatch));
     }
-    // The data is the rest of the file: keep the buffer read, moving the data to its
-    // front, rather than copying it into a new one.
-    bytes.drain(..payload_start + data_start);
-    Ok(Some(Snapshot {
+    let data_offset = (payload_start + data_start) as u64;
+    let len_bytes = u64::from(payload_len) - data_start as u64;
+    Ok(SnapshotSource::from_file(
         meta,
-        data: Arc::new(bytes),
-    }))
+        len_bytes,
+        checksum,
+        Arc::new(FileSlice {
+            reader,
+            start: data_offset,
+            len: len_bytes,
+        }),
+    ))
 }
 
 /// Decodes the part of a snapshot payload before its data: the meta and the data's
@@ -284,58 +350,15 @@ impl<D: Disk> std::io::Write for StreamWriter<'_, D> {
 
 /// A reader of the committed snapshot's state bytes, with the meta, length and checksum
 /// its file records: what a leader streams to followers instead of holding the bytes.
-/// Reads only the file's prefix here; the reader keeps the file open, so it reads these
-/// bytes even after a newer snapshot is renamed over them.
+/// Reads only the file's prefix here (this process just wrote and synced the file); the
+/// reader keeps the file open, so it reads these bytes even after a newer snapshot is
+/// renamed over them.
 pub fn open_source<D: Disk>(disk: &D) -> Result<Option<SnapshotSource>, StorageError> {
-    let file_len = match disk.len(SNAPSHOT_FILE) {
-        Ok(len) => len,
-        Err(DiskError::NotFound { .. }) => return Ok(None),
-        Err(error) => return Err(error.into()),
-    };
-    let reader = disk.open_reader(SNAPSHOT_FILE)?;
-    let corrupt =
-        |offset: usize, reason| StorageError::corrupt(SNAPSHOT_FILE, offset as u64, reason);
-    // Header, record header and a prefix (meta and a varint length) fit in this much.
-    let mut head = vec![0u8; HEADER_BYTES + RECORD_HEADER_BYTES + 64];
-    head.truncate(head.len().min(file_len as usize));
-    reader
-        .read_at(0, &mut head)
-        .map_err(|message| DiskError::Io {
-            op: "read",
-            file: SNAPSHOT_FILE.to_string(),
-            message,
-        })?;
-    let Ok(header_last_index) = decode_header(&head, MAGIC_SNAPSHOT) else {
-        return Err(corrupt(0, CorruptReason::BadHeader));
-    };
-    let record = &head[HEADER_BYTES..];
-    if record.len() < RECORD_HEADER_BYTES {
-        return Err(corrupt(HEADER_BYTES, CorruptReason::PartialRecord));
+    match disk.len(SNAPSHOT_FILE) {
+        Ok(_) => open(disk, Verify::Framing).map(Some),
+        Err(DiskError::NotFound { .. }) => Ok(None),
+        Err(error) => Err(error.into()),
     }
-    // Four bytes each, just checked present.
-    let payload_len = u32::from_le_bytes(record[..4].try_into().expect("4 bytes"));
-    let checksum = u32::from_le_bytes(record[4..8].try_into().expect("4 bytes"));
-    let payload_start = HEADER_BYTES + RECORD_HEADER_BYTES;
-    let (meta, data_start) = decode_prefix(&head[payload_start..], payload_len as usize)
-        .map_err(|error| corrupt(HEADER_BYTES, CorruptReason::Undecodable(error)))?;
-    if meta.last_index.0 != header_last_index {
-        return Err(corrupt(0, CorruptReason::NameMismatch));
-    }
-    let data_offset = (payload_start + data_start) as u64;
-    let len_bytes = u64::from(payload_len) - data_start as u64;
-    if data_offset + len_bytes != file_len {
-        return Err(corrupt(payload_start, CorruptReason::PartialRecord));
-    }
-    Ok(Some(SnapshotSource::from_file(
-        meta,
-        len_bytes,
-        checksum,
-        Arc::new(FileSlice {
-            reader,
-            start: data_offset,
-            len: len_bytes,
-        }),
-    )))
 }
 
 /// The state's bytes within the snapshot file.

@@ -26,14 +26,27 @@ impl Default for StoreConfig {
     }
 }
 
+impl Recovered {
+    /// The snapshot with its bytes read into memory: for checks and tests, which compare
+    /// what was recovered with what was written.
+    pub fn snapshot_bytes(&self) -> Result<Option<Snapshot>, String> {
+        self.snapshot
+            .as_ref()
+            .map(SnapshotSource::to_snapshot)
+            .transpose()
+    }
+}
+
 /// A segment must hold at least a header and one small record.
 const SEGMENT_BYTES_MIN: u64 = (HEADER_BYTES + RECORD_HEADER_BYTES + 1) as u64;
 
 /// What a replica finds on disk when it starts.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Recovered {
     pub hard_state: HardState,
-    pub snapshot: Option<Snapshot>,
+    /// The committed snapshot, checked, as a reader of its file: the replica decodes
+    /// its state from it a buffer at a time, and streams it to followers.
+    pub snapshot: Option<SnapshotSource>,
     /// The entries after the snapshot (after index 0 without one), contiguous.
     pub entries: Vec<Entry>,
 }

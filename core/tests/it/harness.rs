@@ -69,7 +69,7 @@ impl Durable {
     pub fn recovered(&self) -> Recovered {
         Recovered {
             hard_state: self.hard_state,
-            snapshot: self.snapshot.clone(),
+            snapshot: self.snapshot.as_ref().map(SnapshotSource::in_memory),
             entries: self.entries.values().cloned().collect(),
         }
     }

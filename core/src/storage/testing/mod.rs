@@ -12,6 +12,7 @@ pub use suite::*;
 
 use crate::app::{Auth, Command};
 use crate::entry::{Entry, EntryPayload, HardState, Persist, Proposal, Snapshot, SnapshotMeta};
+use crate::snapshot_source::SnapshotSource;
 use crate::storage::{Disk, LogStore, Recovered, StorageError, StoreConfig};
 use crate::types::{LogIndex, NodeId, Term, Time};
 use rand::{Rng, SeedableRng};
@@ -119,7 +120,7 @@ impl Model {
     pub fn recovered(&self) -> Recovered {
         Recovered {
             hard_state: self.hard_state,
-            snapshot: self.snapshot.clone(),
+            snapshot: self.snapshot.as_ref().map(SnapshotSource::in_memory),
             entries: self.entries.values().cloned().collect(),
         }
     }

@@ -47,7 +47,8 @@ impl Allowed<'_> {
             recovered.hard_state,
             synced.hard_state
         );
-        let same_snapshot = |s: &Option<Snapshot>| *s == recovered.snapshot;
+        let recovered_snapshot = recovered.snapshot_bytes().expect("read the snapshot");
+        let same_snapshot = |s: &Option<Snapshot>| *s == recovered_snapshot;
         assert!(
             same_snapshot(&synced.snapshot) || same_snapshot(&target.snapshot),
             "{context}: snapshot {:?}",

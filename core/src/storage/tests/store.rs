@@ -160,7 +160,7 @@ fn a_staged_snapshot_replaces_nothing_until_committed_and_a_crash_before_loses_n
         let mut disk = store.into_disk();
         disk.crash(&mut ChaCha8Rng::seed_from_u64(crash_seed));
         let (mut store, recovered) = LogStore::open_with(disk, test_config()).expect("recover");
-        assert_eq!(recovered.snapshot, Some(snapshot.clone()));
+        assert_eq!(recovered.snapshot_bytes(), Ok(Some(snapshot.clone())));
         assert!(recovered.entries.iter().all(|e| e.index.0 > 6));
         assert_eq!(recovered.entries.last().map(|e| e.index.0), Some(10));
         // An older stage (overtaken by the snapshot held) is discarded, not committed.
@@ -207,8 +207,8 @@ fn a_snapshot_file_is_a_header_and_one_record_of_the_encoded_snapshot() {
         let (_, recovered) =
             LogStore::open_with(store.into_disk(), test_config()).expect("recover");
         assert_eq!(
-            recovered.snapshot,
-            Some(snapshot),
+            recovered.snapshot_bytes(),
+            Ok(Some(snapshot)),
             "{data_bytes} bytes of data"
         );
     }
