@@ -16,6 +16,7 @@
 //! give the same outputs, byte for byte, on every machine.
 
 pub mod app;
+mod arc_map;
 pub mod consensus;
 mod digest;
 pub mod effects;

@@ -43,6 +43,7 @@ pub struct ChatState {
 /// digest. Every decoding of a `ChatState` goes through it.
 #[derive(Deserialize)]
 struct ChatStateImage {
+    #[serde(deserialize_with = "crate::arc_map::deserialize")]
     users: BTreeMap<String, Arc<Account>>,
     message_count: u64,
 }
@@ -94,6 +95,7 @@ pub(super) struct Inbox {
 /// digest. Every decoding of an `Inbox` goes through it.
 #[derive(Deserialize)]
 struct InboxImage {
+    #[serde(deserialize_with = "crate::arc_map::deserialize")]
     messages: BTreeMap<MessageId, Arc<StoredMessage>>,
     unread_count: u64,
 }
