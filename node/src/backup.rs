@@ -4,12 +4,15 @@
 //! A backup file is a header, core's encoded machine state, and a SHA-256 of both:
 //!
 //! ```text
-//! magic "CHATBAK1" | last_index u64 | last_term u64 | state_hash u64 | data_len u64
+//! magic "CHATBAK2" | last_index u64 | last_term u64 | state_hash u64 | data_len u64
 //! | data | sha256(everything before)
 //! ```
 //! (integers little-endian). `restore` checks the checksum, decodes the state and checks
 //! that its hash is the one the leader reported, so what it seeds is exactly the
-//! source's state at `last_index`; then it replaces the membership by the new node alone
+//! source's state at `last_index`. A "CHATBAK1" file (written before the state hash
+//! moved from SipHash to XXH3 item hashes) is still restored: its state hash was
+//! computed by a function this version no longer has, so only its SHA-256 is checked,
+//! and restore says so. Then restore replaces the membership by the new node alone
 //! and writes the snapshot (and a hard state at its term) into an empty data dir. The
 //! new single-member cluster elects itself and grows by `chatctl member add`.
 
@@ -25,7 +28,9 @@ use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::Path;
 
-const MAGIC: &[u8; 8] = b"CHATBAK1";
+const MAGIC: &[u8; 8] = b"CHATBAK2";
+/// Backups whose state hash was computed with SipHash-1-3 item hashes.
+const MAGIC_SIPHASH: &[u8; 8] = b"CHATBAK1";
 const HEADER_BYTES: usize = 8 + 4 * 8;
 const CHECKSUM_BYTES: usize = 32;
 
@@ -36,11 +41,17 @@ pub struct Backup {
     pub last_term: u64,
     /// The source's state hash at `last_index` (membership included).
     pub state_hash: u64,
+    /// Whether `state_hash` is this version's hash (false for a "CHATBAK1" file).
+    pub state_hash_comparable: bool,
     pub data: Vec<u8>,
 }
 
 impl Backup {
     pub fn encode(&self) -> Vec<u8> {
+        debug_assert!(
+            self.state_hash_comparable,
+            "only this version's backups are written"
+        );
         let mut bytes = Vec::with_capacity(HEADER_BYTES + self.data.len() + CHECKSUM_BYTES);
         bytes.extend_from_slice(MAGIC);
         for value in [
@@ -59,7 +70,9 @@ impl Backup {
 
     /// Refuses anything but a whole, unaltered backup file, in one line.
     pub fn decode(bytes: &[u8]) -> anyhow::Result<Backup> {
-        if bytes.len() < HEADER_BYTES + CHECKSUM_BYTES || &bytes[..8] != MAGIC {
+        if bytes.len() < HEADER_BYTES + CHECKSUM_BYTES
+            || (&bytes[..8] != MAGIC && &bytes[..8] != MAGIC_SIPHASH)
+        {
             bail!("not a chat backup file");
         }
         let (body, checksum) = bytes.split_at(bytes.len() - CHECKSUM_BYTES);
@@ -80,6 +93,7 @@ impl Backup {
             last_index: field(0),
             last_term: field(1),
             state_hash: field(2),
+            state_hash_comparable: &bytes[..8] == MAGIC,
             data: data.to_vec(),
         })
     }
@@ -110,7 +124,12 @@ impl Backup {
 pub fn restored_state(backup: &Backup, id: NodeId) -> anyhow::Result<MachineState> {
     let mut state = MachineState::decode(&backup.data)
         .map_err(|e| anyhow::anyhow!("backup holds no valid state: {e}"))?;
-    if state.state_hash() != backup.state_hash {
+    if !backup.state_hash_comparable {
+        eprintln!(
+            "chatnode: restore: the backup is from an earlier version (CHATBAK1): its state \
+             hash used another function and is not compared; its SHA-256 checked out"
+        );
+    } else if state.state_hash() != backup.state_hash {
         bail!(
             "backup state hashes to {:016x}, not the {:016x} the source reported",
             state.state_hash(),
@@ -173,8 +192,27 @@ mod tests {
             last_index: 7,
             last_term: 2,
             state_hash: state.state_hash(),
+            state_hash_comparable: true,
             data: state.encode(),
         }
+    }
+
+    #[test]
+    fn a_backup_from_before_the_hash_change_is_restored_on_its_checksum() {
+        let mut old = backup();
+        old.state_hash = 0x1234; // Whatever SipHash gave: not this version's hash.
+        let mut bytes = old.encode();
+        bytes[..8].copy_from_slice(MAGIC_SIPHASH);
+        let body = bytes.len() - CHECKSUM_BYTES;
+        let checksum = Sha256::digest(&bytes[..body]);
+        bytes[body..].copy_from_slice(&checksum);
+        let decoded = Backup::decode(&bytes).expect("a CHATBAK1 file");
+        assert!(!decoded.state_hash_comparable);
+        assert!(restored_state(&decoded, NodeId(3)).is_ok());
+        // This version's files compare the hash.
+        old.state_hash_comparable = true;
+        let decoded = Backup::decode(&old.encode()).expect("a CHATBAK2 file");
+        assert!(restored_state(&decoded, NodeId(3)).is_err());
     }
 
     #[test]

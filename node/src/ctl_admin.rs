@@ -345,6 +345,7 @@ pub async fn snapshot(
         last_index: done.last_index,
         last_term: done.last_term,
         state_hash: done.state_hash,
+        state_hash_comparable: true,
         data: done.data,
     };
     backup.write_to(&file).map_err(|e| format!("{e:#}"))?;
