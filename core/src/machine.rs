@@ -57,8 +57,8 @@ impl MachineState {
 
     /// Decodes the state where its source holds it, a buffer at a time (see
     /// [`SourceReader`]): what recovery does with the snapshot file.
-    pub fn decode_from(source: &SnapshotSource) -> Result<MachineState, String> {
-        let mut reader = SourceReader::new(source);
+    pub fn decode_from(source: &SnapshotSource, read_bytes: usize) -> Result<MachineState, String> {
+        let mut reader = SourceReader::new(source, read_bytes);
         let decoded = bincode::serde::decode_from_reader(&mut reader, bincode::config::standard());
         if let Some(error) = reader.failed.take() {
             return Err(format!("reading the snapshot: {error}"));

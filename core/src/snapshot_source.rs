@@ -133,10 +133,8 @@ pub fn snapshot_checksum(meta: &SnapshotMeta, data: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&prefix), data)
 }
 
-/// How much of a snapshot a [`SourceReader`] reads from its source at a time.
-pub const SOURCE_READ_BYTES: usize = 1 << 20;
-
-/// Reads a [`SnapshotSource`] front to back through a buffer of [`SOURCE_READ_BYTES`],
+/// Reads a [`SnapshotSource`] front to back through a buffer (the node: 1 MiB,
+/// `Config::snapshot_read_bytes`),
 /// for bincode to decode from: a snapshot is decoded where it lies (the node: its file)
 /// without first reading all of its bytes into memory. At a million messages those
 /// bytes were a 275 MB buffer whose page faults cost a restart more than decoding it.
@@ -153,10 +151,10 @@ pub struct SourceReader<'s> {
 }
 
 impl<'s> SourceReader<'s> {
-    pub fn new(source: &'s SnapshotSource) -> SourceReader<'s> {
+    pub fn new(source: &'s SnapshotSource, buffer_bytes: usize) -> SourceReader<'s> {
         let capacity = usize::try_from(source.len_bytes)
-            .unwrap_or(SOURCE_READ_BYTES)
-            .min(SOURCE_READ_BYTES);
+            .unwrap_or(buffer_bytes)
+            .clamp(1, buffer_bytes.max(1));
         SourceReader {
             source,
             buf: vec![0; capacity],

@@ -241,7 +241,7 @@ mod tests {
         let (_, recovered) = LogStore::open(FsDisk::open(&data_dir).expect("dir")).expect("open");
         let snapshot = recovered.snapshot.expect("snapshot written");
         assert_eq!(snapshot.meta.last_index, LogIndex(7));
-        let state = MachineState::decode_from(&snapshot).expect("state");
+        let state = MachineState::decode_from(&snapshot, 4096).expect("state");
         assert_eq!(state.state_hash(), hash);
         assert!(state.membership.is_voter(NodeId(9)));
         assert_eq!(state.membership.voter_count(), 1);

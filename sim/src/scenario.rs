@@ -125,6 +125,10 @@ impl ReplicaTuning {
         if let Some(bytes) = self.segment_bytes_max {
             config.segment_bytes_max = bytes;
         }
+        // Recovery reads the snapshot file in pieces of the drawn chunk size (512 B to
+        // 64 KiB), so that every snapshot crosses several reads, as a large one does on a
+        // node.
+        config.snapshot_read_bytes = self.snapshot_chunk_bytes;
         config
     }
 }

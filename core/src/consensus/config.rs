@@ -34,6 +34,9 @@ pub struct Config {
     /// size of the entries. Both are stretched by the same per-replica jitter.
     pub snapshot_threshold_bytes: u64,
     pub snapshot_chunk_bytes: usize,
+    /// How much of a recovered snapshot's file is read at a time while the state is
+    /// decoded from it ([`crate::snapshot_source::SourceReader`]).
+    pub snapshot_read_bytes: usize,
     /// Committed entries applied in one input at most. When more are committed (a node
     /// that restarts with a long log tail, a follower catching up), the rest are applied
     /// in later steps ([`crate::Replica::poll_timeout`] is then due at once), so that the
@@ -99,6 +102,7 @@ impl Config {
             snapshot_threshold_entries: 4096,
             snapshot_threshold_bytes: 64 << 20,
             snapshot_chunk_bytes: 64 * 1024,
+            snapshot_read_bytes: 1 << 20,
             apply_entries_per_step_max: 1024,
             snapshot_bytes_max: 1 << 30,
             sessions_max: 65_536,
@@ -152,9 +156,10 @@ impl Config {
             || self.sessions_max == 0
             || self.sessions_per_user_max == 0
             || self.pending_requests_max == 0
+            || self.snapshot_read_bytes == 0
         {
             return Err(ConfigError::Invalid(
-                "snapshot threshold, sessions and pending bounds must be positive",
+                "snapshot threshold and read size, sessions and pending bounds must be positive",
             ));
         }
         Ok(())

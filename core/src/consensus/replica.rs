@@ -234,9 +234,8 @@ impl Replica {
             |s| s.meta.clone(),
         );
         let machine = match &recovered.snapshot {
-            Some(snapshot) => {
-                MachineState::decode_from(snapshot).map_err(ReplicaError::Snapshot)?
-            }
+            Some(snapshot) => MachineState::decode_from(snapshot, config.snapshot_read_bytes)
+                .map_err(ReplicaError::Snapshot)?,
             None => MachineState::new(&config),
         };
         let mut log = RaftLog::new(snapshot_meta.clone(), recovered.entries)?;

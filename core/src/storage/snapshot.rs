@@ -35,18 +35,20 @@ pub const SNAPSHOT_BYTES_MAX: usize = u32::MAX as usize;
 pub fn recover<D: Disk>(
     disk: &D,
     files: &[String],
+    read_bytes: usize,
 ) -> Result<Option<SnapshotSource>, StorageError> {
     if !files.iter().any(|f| f == SNAPSHOT_FILE) {
         return Ok(None);
     }
-    open(disk, Verify::Checksum).map(Some)
+    open(disk, Verify::Checksum { read_bytes }).map(Some)
 }
 
 /// Whether [`open`] reads every byte to check the record's checksum.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Verify {
-    /// At recovery: the file may have been torn or damaged since it was written.
-    Checksum,
+    /// At recovery: the file may have been torn or damaged since it was written. Read
+    /// this many bytes at a time.
+    Checksum { read_bytes: usize },
     /// Just after committing the file this process wrote and synced.
     Framing,
 }
@@ -99,11 +101,11 @@ fn open<D: Disk>(disk: &D, verify: Verify) -> Result<SnapshotSource, StorageErro
         return Err(corrupt(HEADER_BYTES, CorruptReason::PartialRecord));
     }
     let check_payload = |reader: &dyn ReadBytes| -> Result<(), StorageError> {
-        if verify == Verify::Framing {
+        let Verify::Checksum { read_bytes } = verify else {
             return Ok(());
-        }
+        };
         let mut crc = 0;
-        let mut buf = vec![0u8; STREAM_BUFFER_BYTES.min(payload_len as usize)];
+        let mut buf = vec![0u8; read_bytes.clamp(1, payload_len as usize)];
         let mut offset = payload_start as u64;
         while offset < record_end {
             let take = (record_end - offset).min(buf.len() as u64) as usize;

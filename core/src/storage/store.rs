@@ -16,12 +16,16 @@ use crate::types::LogIndex;
 pub struct StoreConfig {
     /// Segment rollover threshold; tests lower it to exercise rollover with little data.
     pub segment_bytes_max: u64,
+    /// How much of the snapshot file recovery reads at a time to check its checksum
+    /// (the simulator lowers it so that every snapshot crosses several reads).
+    pub snapshot_read_bytes: usize,
 }
 
 impl Default for StoreConfig {
     fn default() -> StoreConfig {
         StoreConfig {
             segment_bytes_max: SEGMENT_BYTES_MAX,
+            snapshot_read_bytes: snapshot::STREAM_BUFFER_BYTES,
         }
     }
 }
@@ -81,6 +85,11 @@ impl<D: Disk> LogStore<D> {
         mut disk: D,
         config: StoreConfig,
     ) -> Result<(LogStore<D>, Recovered), StorageError> {
+        if config.snapshot_read_bytes == 0 {
+            return Err(StorageError::InvalidRequest(
+                "snapshot_read_bytes must be positive".to_string(),
+            ));
+        }
         if config.segment_bytes_max < SEGMENT_BYTES_MIN {
             return Err(StorageError::InvalidRequest(format!(
                 "segment_bytes_max {} is below {SEGMENT_BYTES_MIN}",
@@ -99,7 +108,7 @@ impl<D: Disk> LogStore<D> {
             disk.sync_dir()?;
         }
         let hard_state = HardStateFile::recover(&disk, &files)?;
-        let snapshot = snapshot::recover(&disk, &files)?;
+        let snapshot = snapshot::recover(&disk, &files, config.snapshot_read_bytes)?;
         let snapshot_last = snapshot
             .as_ref()
             .map_or(LogIndex::ZERO, |s| s.meta.last_index);

@@ -228,7 +228,7 @@ fn an_image_staged_straight_into_the_file_reads_back_as_its_encoding() {
     assert_eq!(snapshot.meta, newer.meta);
     assert_eq!(snapshot.read_all(), Ok(newer.state.encode()));
     // Decoded where the file holds it, a buffer at a time, it is the state saved.
-    let decoded = MachineState::decode_from(&snapshot).expect("decode from the file");
+    let decoded = MachineState::decode_from(&snapshot, 97).expect("decode from the file");
     assert_eq!(decoded, newer.state);
 }
 

@@ -157,6 +157,7 @@ impl World<'_> {
         config.in_flight_messages_max = tuning.in_flight_messages_max;
         config.snapshot_threshold_entries = tuning.snapshot_threshold_entries;
         config.snapshot_chunk_bytes = tuning.snapshot_chunk_bytes;
+        config.snapshot_read_bytes = tuning.snapshot_chunk_bytes;
         if let Some(sessions_max) = tuning.sessions_max {
             config.sessions_max = sessions_max;
         }

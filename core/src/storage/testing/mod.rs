@@ -22,9 +22,14 @@ use std::collections::BTreeMap;
 /// Small segments, so that a few dozen entries exercise rollover and compaction.
 pub const TEST_SEGMENT_BYTES_MAX: u64 = 1024;
 
+/// Snapshots are checked at recovery in reads of this many bytes: an odd size, so that
+/// every snapshot of the suite crosses several reads at unaligned edges.
+pub const TEST_SNAPSHOT_READ_BYTES: usize = 97;
+
 pub fn test_config() -> StoreConfig {
     StoreConfig {
         segment_bytes_max: TEST_SEGMENT_BYTES_MAX,
+        snapshot_read_bytes: TEST_SNAPSHOT_READ_BYTES,
     }
 }
 

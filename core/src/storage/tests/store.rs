@@ -213,3 +213,33 @@ fn a_snapshot_file_is_a_header_and_one_record_of_the_encoded_snapshot() {
         );
     }
 }
+
+/// Recovery checks the snapshot's checksum reading the file a buffer at a time (the
+/// node's 1 MiB here): a flip anywhere, in the first buffer, at a buffer's edge or in
+/// the last partial one, is refused, and the undamaged file reads back whole.
+#[test]
+fn a_flip_anywhere_in_a_snapshot_larger_than_the_read_buffer_is_refused() {
+    use crate::storage::testing::flip_byte;
+    use crate::storage::{StoreConfig, SNAPSHOT_FILE, STREAM_BUFFER_BYTES};
+    let test_config = StoreConfig::default;
+    let data_bytes = 2 * STREAM_BUFFER_BYTES + 12_345;
+    let mut snapshot = snapshot_through(300);
+    snapshot.data = std::sync::Arc::new((0..data_bytes).map(|i| (i % 251) as u8).collect());
+    let (mut store, _) = LogStore::open_with(MemDisk::new(), test_config()).expect("open");
+    store.save_snapshot(&snapshot).expect("save");
+    let disk = store.into_disk();
+    let file_len = disk.len(SNAPSHOT_FILE).expect("len");
+    let (_, recovered) = LogStore::open_with(disk.clone(), test_config()).expect("recover");
+    assert_eq!(recovered.snapshot_bytes(), Ok(Some(snapshot)));
+    let buffer = STREAM_BUFFER_BYTES as u64;
+    for offset in [100, buffer, 2 * buffer + 40, file_len - 1] {
+        let mut damaged = disk.clone();
+        flip_byte(&mut damaged, SNAPSHOT_FILE, offset, 0x10).expect("flip");
+        match LogStore::open_with(damaged, test_config()) {
+            Err(StorageError::Corrupt { reason, .. }) => {
+                assert_eq!(reason, CorruptReason::BadChecksum, "flip at {offset}")
+            }
+            other => panic!("flip at {offset}: {:?}", other.map(|_| ())),
+        }
+    }
+}
