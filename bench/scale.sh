@@ -77,12 +77,19 @@ restart_and_write() { # system pids start-function endpoints [chatbench args...]
     kill9_groups "$pids"
     local since
     since=$(now_ms)
-    "$start" restart
+    # Our nodes log each step of their recovery (`recovered ... storage_ms decode_ms`)
+    # and when they learn the leader, at info: kept in $dir/chat-N.restart.log.
+    RUST_LOG=${RUST_LOG:-warn,chat_node::server=info,chat_node::metrics=info} "$start" restart
     "$bin/chatbench" first-write --system "$system" --endpoints "$endpoints" \
         --timeout-secs "$FIRST_WRITE_TIMEOUT" --payload-bytes "$PAYLOAD" \
         --since-unix-ms "$since" --json "$@" >"$OUT/$system-first-write.json" ||
         log "$system: no write acknowledged within ${FIRST_WRITE_TIMEOUT}s"
     cat "$OUT/$system-first-write.json" >&2
+    if [ "$system" = chat ]; then
+        # Each node's restart steps, for the report.
+        grep -h -o 'recovered id=.*' "$dir"/chat-*.restart.log >"$OUT/chat-restart-steps.txt" || true
+        cat "$OUT/chat-restart-steps.txt" >&2
+    fi
 }
 
 # -- etcd ----------------------------------------------------------------------------
@@ -113,6 +120,9 @@ echo
 echo "machine: $(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM, kernel $(uname -r), disk $(df -h "$dir" | awk 'NR == 2 { print $1 " " $2 }')"
 echo "load average at the end (other work on the machine): $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "fill: $MESSAGES unique $PAYLOAD-byte values, $CLIENTS clients, ours over $USERS accounts; etcd clients on: $ETCD_TARGET"
+echo
+echo "our nodes' restart steps (ms from each process start: reading and checking its files, then decoding its snapshot):"
+sed 's/^/    /' "$OUT/chat-restart-steps.txt" 2>/dev/null || true
 echo
 "$bin/chatbench" scale-report --ours "$OUT/chat-fill.jsonl" --etcd "$OUT/etcd-fill.jsonl" \
     --ours-first-write "$OUT/chat-first-write.json" --etcd-first-write "$OUT/etcd-first-write.json"
