@@ -23,6 +23,10 @@ pub struct MachineState {
     pub membership: Membership,
 }
 
+/// The most bytes a state decoded from a reader may claim: a snapshot file's record
+/// holds at most `u32::MAX` bytes.
+const SNAPSHOT_DECODE_BYTES_MAX: usize = u32::MAX as usize;
+
 impl MachineState {
     pub fn new(config: &Config) -> MachineState {
         MachineState {
@@ -59,7 +63,11 @@ impl MachineState {
     /// [`SourceReader`]): what recovery does with the snapshot file.
     pub fn decode_from(source: &SnapshotSource, read_bytes: usize) -> Result<MachineState, String> {
         let mut reader = SourceReader::new(source, read_bytes);
-        let decoded = bincode::serde::decode_from_reader(&mut reader, bincode::config::standard());
+        // The bytes were checksummed, but a reader (unlike a slice) cannot refuse a
+        // length claim larger than what is left: bound what a damaged claim can allocate
+        // by the largest snapshot a file can hold.
+        let config = bincode::config::standard().with_limit::<{ SNAPSHOT_DECODE_BYTES_MAX }>();
+        let decoded = bincode::serde::decode_from_reader(&mut reader, config);
         if let Some(error) = reader.failed.take() {
             return Err(format!("reading the snapshot: {error}"));
         }
