@@ -37,6 +37,8 @@ pub struct Summary {
     /// The most maximum election timeouts one took (in hundredths, beyond its allowance
     /// for disturbed messages), and its seed.
     pub reelection_timeouts_x100_max: Option<(u64, u64)>,
+    /// Pre-vote answers judged against the simulator's lease record: grants, refusals.
+    pub pre_votes_judged: (u64, u64),
 }
 
 impl Summary {
@@ -64,6 +66,8 @@ impl Summary {
             self.leaderless_us_max = Some((leaderless_us, seed));
         }
         self.reelections += outcome.stats.reelections;
+        self.pre_votes_judged.0 += outcome.stats.pre_vote_grants_judged;
+        self.pre_votes_judged.1 += outcome.stats.pre_vote_refusals_judged;
         let timeouts_x100 = outcome.stats.reelection_timeouts_x100_max;
         if outcome.stats.reelections > 0
             && self
@@ -98,9 +102,11 @@ impl Summary {
             None => "no clean re-election".to_string(),
         };
         format!(
-            "liveness: longest leaderless with a healthy quorum {}, longest from end of chaos to first new commit {}, {reelection}",
+            "liveness: longest leaderless with a healthy quorum {}, longest from end of chaos to first new commit {}, {reelection}; pre-vote answers judged by the lease: {} grants, {} refusals",
             show(self.leaderless_us_max),
             show(self.first_commit_after_chaos_us_max),
+            self.pre_votes_judged.0,
+            self.pre_votes_judged.1
         )
     }
 
@@ -114,6 +120,8 @@ impl Summary {
             "leaderless_us_max": show(self.leaderless_us_max),
             "first_commit_after_chaos_us_max": show(self.first_commit_after_chaos_us_max),
             "reelections": self.reelections,
+            "pre_vote_grants_judged": self.pre_votes_judged.0,
+            "pre_vote_refusals_judged": self.pre_votes_judged.1,
             "reelection_timeouts_x100_max": self.reelection_timeouts_x100_max.map(
                 |(timeouts_x100, seed)| serde_json::json!({ "timeouts_x100": timeouts_x100, "seed": seed })
             ),

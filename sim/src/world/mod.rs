@@ -33,6 +33,7 @@ mod liveness;
 mod nodes;
 mod operator;
 mod phases;
+mod pre_vote;
 mod reelection;
 mod snapshot_heal;
 mod stale_reads;
@@ -87,6 +88,10 @@ pub struct RunStats {
     /// disturbed messages and round trips, in hundredths.
     pub reelections: u64,
     pub reelection_timeouts_x100_max: u64,
+    /// Pre-vote answers the lease record judged (`world/pre_vote.rs`): grants expected
+    /// outside any lease, and refusals expected in one.
+    pub pre_vote_grants_judged: u64,
+    pub pre_vote_refusals_judged: u64,
     /// From the end of chaos to the first commit of an entry appended after it; `None`
     /// if the cluster settled without committing anything new.
     pub first_commit_after_chaos_us: Option<u64>,
@@ -212,6 +217,10 @@ pub enum Sabotage {
     LoseSomeDeliveries,
     /// Every live delivery reaches the listeners twice: the `delivery` check must fail.
     RepeatDeliveries,
+    /// The simulator's lease record (`world/pre_vote.rs`) believes every contact one
+    /// minimum election timeout older than it is: a correct refusal within a lease looks
+    /// like one outside any lease, and the `pre-vote` check must fail.
+    AgeLeaseRecord,
 }
 
 pub struct World<'a> {
@@ -264,6 +273,8 @@ pub struct World<'a> {
     /// The node that won the latest election (the one a failover replaces).
     last_leader: Option<NodeId>,
     operator: operator::Operator,
+    /// Each replica's leader lease as the simulator sees it (`world/pre_vote.rs`).
+    lease_record: pre_vote::LeaseRecord,
 }
 
 /// Performs a replica's outputs: persistence into its store, the rest collected.
@@ -378,6 +389,7 @@ impl<'a> World<'a> {
             change_split: None,
             last_leader: None,
             operator: operator::Operator::new(scenario),
+            lease_record: pre_vote::LeaseRecord::default(),
         }
     }
 
@@ -707,7 +719,19 @@ impl<'a> World<'a> {
             let detail = envelope.message.to_string();
             self.tracer.message(sent, self.now, from, to, kind, &detail);
         }
+        self.expect_pre_vote_answer(&envelope);
+        let local_now = self.node(to).local_time(self.now);
+        let (term, leader_message) = (
+            envelope.message.term(),
+            matches!(
+                envelope.message,
+                chat_core::Message::AppendEntries { .. }
+                    | chat_core::Message::Heartbeat { .. }
+                    | chat_core::Message::InstallSnapshot { .. }
+            ),
+        );
         self.with_replica(to, |replica, now| replica.handle_message(now, envelope));
+        self.record_leader_contact(from, to, term, leader_message, local_now);
     }
 
     fn deliver_request(&mut self, node: NodeId, request_id: RequestId, request: ClientRequest) {
@@ -849,6 +873,7 @@ impl<'a> World<'a> {
             None
         };
         for envelope in outbox {
+            self.check_pre_vote_answer(&envelope);
             let delays_us = self.network.transit_delays_us();
             if delays_us.is_empty() && is_election_message(&envelope.message) {
                 // A failed election attempt the re-election bound allows for.
