@@ -37,6 +37,16 @@ pub struct SafetyChecker {
     committed: BTreeMap<LogIndex, (Term, u64)>,
     /// Per node, the highest index whose committed entry was compared.
     checked_through: BTreeMap<NodeId, LogIndex>,
+    /// Per leader: its term, the last index of its log seen, and whether it had
+    /// committed an entry of its term then (see [`SafetyChecker::observe_leader_log`]).
+    leader_logs: BTreeMap<NodeId, LeaderLog>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LeaderLog {
+    term: Term,
+    seen_through: LogIndex,
+    term_committed: bool,
 }
 
 impl SafetyChecker {
@@ -48,6 +58,64 @@ impl SafetyChecker {
                 format!("{leader} and {node} both lead term {term}"),
             );
         }
+        Ok(())
+    }
+
+    /// A leader appends a membership change only once it has committed an entry of its
+    /// own term (Ongaro, raft-dev, 2015): before that, the configuration it was elected
+    /// under may not be the committed one, and a change made from it can give two
+    /// configurations whose majorities do not overlap. The consequence, two leaders of
+    /// one term, needs a rare interleaving after the change (bug 29 was found by it at
+    /// seeds 466 and 1593 only); the rule is seen broken at the append. Observed after
+    /// every input: an entry that appeared in the leader's log since its previous input
+    /// is judged by whether the term had committed by the end of that input (a change
+    /// is appended by a client request, which commits nothing before it).
+    fn observe_leader_log(&mut self, replica: &Replica) -> Result<(), Violation> {
+        let (node, term, last) = (replica.id(), replica.term(), replica.last_log_index());
+        let term_committed = replica.term_at(replica.commit_index()) == Some(term);
+        let log = match self.leader_logs.get(&node) {
+            Some(log) if log.term == term => *log,
+            // Newly elected: its log ends with its no-op, appended as it won.
+            _ => LeaderLog {
+                term,
+                seen_through: last,
+                term_committed,
+            },
+        };
+        let mut index = log.seen_through.next();
+        while index <= last && !log.term_committed {
+            if let Some(entry) = replica.log_entry(index) {
+                let change = matches!(
+                    entry.payload,
+                    chat_core::entry::EntryPayload::Membership { .. }
+                );
+                if change && entry.term == term {
+                    return violation(
+                        "change-before-commit",
+                        format!(
+                            "{node}, leader of term {term}, appended a membership change at \
+                             index {index} before committing an entry of its term (commit \
+                             index {} is of term {}): the configuration it changed may not be \
+                             the committed one, and two configurations' majorities need not \
+                             overlap",
+                            replica.commit_index(),
+                            replica
+                                .term_at(replica.commit_index())
+                                .map_or("?".to_string(), |t| t.to_string())
+                        ),
+                    );
+                }
+            }
+            index = index.next();
+        }
+        self.leader_logs.insert(
+            node,
+            LeaderLog {
+                term,
+                seen_through: last,
+                term_committed,
+            },
+        );
         Ok(())
     }
 
@@ -142,6 +210,7 @@ impl SafetyChecker {
         }
         if replica.role() == Role::Leader {
             self.observe_leader(node, replica.term())?;
+            self.observe_leader_log(replica)?;
             if !self.voters_of_term.contains_key(&replica.term()) {
                 let voters = replica.membership().voters().collect();
                 self.observe_leader_configuration(node, replica.term(), voters)?;

@@ -32,6 +32,13 @@ pub struct Summary {
     pub leaderless_us_max: Option<(u64, u64)>,
     /// The longest time from the end of chaos to the first new commit, and its seed.
     pub first_commit_after_chaos_us_max: Option<(u64, u64)>,
+    /// Clean leader losses timed to their re-election, over the seeds.
+    pub reelections: u64,
+    /// The most maximum election timeouts one took (in hundredths, beyond its allowance
+    /// for disturbed messages), and its seed.
+    pub reelection_timeouts_x100_max: Option<(u64, u64)>,
+    /// Pre-vote answers judged against the simulator's lease record: grants, refusals.
+    pub pre_votes_judged: (u64, u64),
 }
 
 impl Summary {
@@ -58,6 +65,17 @@ impl Summary {
         {
             self.leaderless_us_max = Some((leaderless_us, seed));
         }
+        self.reelections += outcome.stats.reelections;
+        self.pre_votes_judged.0 += outcome.stats.pre_vote_grants_judged;
+        self.pre_votes_judged.1 += outcome.stats.pre_vote_refusals_judged;
+        let timeouts_x100 = outcome.stats.reelection_timeouts_x100_max;
+        if outcome.stats.reelections > 0
+            && self
+                .reelection_timeouts_x100_max
+                .is_none_or(|(worst, _)| timeouts_x100 > worst)
+        {
+            self.reelection_timeouts_x100_max = Some((timeouts_x100, seed));
+        }
         if let Some(commit_us) = outcome.stats.first_commit_after_chaos_us {
             if self
                 .first_commit_after_chaos_us_max
@@ -74,10 +92,21 @@ impl Summary {
             Some((us, seed)) => format!("{:.3}s (seed {seed})", us as f64 / 1e6),
             None => "none".to_string(),
         };
+        let reelection = match self.reelection_timeouts_x100_max {
+            Some((x100, seed)) => format!(
+                "{} clean re-elections, slowest {}.{:02} election timeouts beyond its allowance (seed {seed})",
+                self.reelections,
+                x100 / 100,
+                x100 % 100
+            ),
+            None => "no clean re-election".to_string(),
+        };
         format!(
-            "liveness: longest leaderless with a healthy quorum {}, longest from end of chaos to first new commit {}",
+            "liveness: longest leaderless with a healthy quorum {}, longest from end of chaos to first new commit {}, {reelection}; pre-vote answers judged by the lease: {} grants, {} refusals",
             show(self.leaderless_us_max),
-            show(self.first_commit_after_chaos_us_max)
+            show(self.first_commit_after_chaos_us_max),
+            self.pre_votes_judged.0,
+            self.pre_votes_judged.1
         )
     }
 
@@ -90,6 +119,12 @@ impl Summary {
         serde_json::json!({
             "leaderless_us_max": show(self.leaderless_us_max),
             "first_commit_after_chaos_us_max": show(self.first_commit_after_chaos_us_max),
+            "reelections": self.reelections,
+            "pre_vote_grants_judged": self.pre_votes_judged.0,
+            "pre_vote_refusals_judged": self.pre_votes_judged.1,
+            "reelection_timeouts_x100_max": self.reelection_timeouts_x100_max.map(
+                |(timeouts_x100, seed)| serde_json::json!({ "timeouts_x100": timeouts_x100, "seed": seed })
+            ),
         })
     }
 }

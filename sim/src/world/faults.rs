@@ -274,6 +274,8 @@ impl World<'_> {
         let until = now.saturating_add_us(duration_us);
         sim_node.clock_fault = Some((until, original));
         sim_node.set_drift(now, rate_ppm);
+        // Timeouts stretch in true time: the re-election bound no longer applies.
+        self.liveness.reelection.void();
         self.tracer.line(self.now, || {
             format!("FAULT clock of {id} runs at {rate_ppm} ppm")
         });
@@ -288,6 +290,7 @@ impl World<'_> {
             Some((until, original)) if until <= now => {
                 node.clock_fault = None;
                 node.set_drift(now, original);
+                self.liveness.reelection.void();
                 self.tracer
                     .line(self.now, || format!("FAULT clock of {id} back to normal"));
                 self.schedule_timer(id);

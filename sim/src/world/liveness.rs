@@ -146,10 +146,10 @@ fn bound_us(scenario: &Scenario, extra_timeouts_x100: u64) -> u64 {
 /// What health depends on: up, paused and leader nodes as bit masks, and the network's
 /// partition generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct HealthKey {
+pub(super) struct HealthKey {
     up: u32,
     paused: u32,
-    leaders: u32,
+    pub(super) leaders: u32,
     network: u64,
     /// Voters of the committed and of the newest configuration.
     committed_voters: u32,
@@ -184,6 +184,10 @@ pub(super) struct Liveness {
     /// When the faults stopped and the highest index then: a commit above it is new.
     chaos_end: Option<(Time, LogIndex)>,
     pub(super) first_commit_after_chaos_us: Option<u64>,
+    /// The leaders present at the last evaluation (a bit mask of nodes).
+    present_leaders: u32,
+    /// Clean leader losses, timed to the next election (`world/reelection.rs`).
+    pub(super) reelection: super::reelection::Reelection,
 }
 
 impl Liveness {
@@ -208,6 +212,8 @@ impl Liveness {
             index_high_water: LogIndex(0),
             chaos_end: None,
             first_commit_after_chaos_us: None,
+            present_leaders: 0,
+            reelection: super::reelection::Reelection::new(scenario),
         }
     }
 
@@ -242,6 +248,7 @@ impl Liveness {
 
     /// A replica has just become leader: the election worked, whatever happens next.
     pub(super) fn leader_elected(&mut self, now: Time) {
+        self.reelection.elected(now);
         self.last_leader_at = now;
         self.restart_interval(now);
     }
@@ -303,6 +310,7 @@ impl World<'_> {
             self.liveness.key = Some(key);
             self.evaluate_health(key);
         }
+        self.check_reelection();
         let Some(since) = self.liveness.leaderless_since else {
             return;
         };
@@ -338,7 +346,7 @@ impl World<'_> {
 
     /// The voters (bit masks of nodes) of the newest committed configuration and of the
     /// newest configuration appended.
-    fn voter_masks(&self) -> (u32, u32) {
+    pub(super) fn voter_masks(&self) -> (u32, u32) {
         let mask_of = |voters: &mut dyn Iterator<Item = NodeId>| {
             voters
                 .filter(|v| (1..=32).contains(&v.0))
@@ -445,8 +453,14 @@ impl World<'_> {
             }
             mask = (mask - 1) & candidates;
         }
-        let leader_present = key.leaders & healthy & covered != 0;
+        let present_leaders = key.leaders & healthy & covered;
+        let leader_present = present_leaders != 0;
         let liveness = &mut self.liveness;
+        let lost_leaders = match (liveness.present_leaders, present_leaders) {
+            (before, 0) => before,
+            _ => 0,
+        };
+        liveness.present_leaders = present_leaders;
         liveness.healthy_since = healthy_since;
         if liveness.leader_present && !leader_present {
             liveness.last_leader_at = now;
@@ -458,6 +472,7 @@ impl World<'_> {
         };
         liveness.longest_healthy = longest;
         liveness.restart_interval(now);
+        self.reelection_after_health(key, lost_leaders, leader_present, longest.is_some());
     }
 }
 

@@ -33,8 +33,12 @@ mod liveness;
 mod nodes;
 mod operator;
 mod phases;
+mod pre_vote;
+mod reelection;
 mod snapshot_heal;
 mod stale_reads;
+
+pub use reelection::{reelection_bound_us, REELECTION_ROUND_TRIPS, REELECTION_TIMEOUTS_X100};
 
 pub use liveness::{
     leaderless_bound_bare_us, leaderless_bound_us, LEADERLESS_CALIBRATED_BARE_ANSWERS,
@@ -79,6 +83,15 @@ pub struct RunStats {
     pub leaderless_us_max: u64,
     /// The bound that interval was held to: more for a bare majority of many voters.
     pub leaderless_bound_us: u64,
+    /// Clean leader losses that ended in an election (`world/reelection.rs`), and the
+    /// most maximum election timeouts one took beyond what its bound allows for
+    /// disturbed messages and round trips, in hundredths.
+    pub reelections: u64,
+    pub reelection_timeouts_x100_max: u64,
+    /// Pre-vote answers the lease record judged (`world/pre_vote.rs`): grants expected
+    /// outside any lease, and refusals expected in one.
+    pub pre_vote_grants_judged: u64,
+    pub pre_vote_refusals_judged: u64,
     /// From the end of chaos to the first commit of an entry appended after it; `None`
     /// if the cluster settled without committing anything new.
     pub first_commit_after_chaos_us: Option<u64>,
@@ -204,6 +217,10 @@ pub enum Sabotage {
     LoseSomeDeliveries,
     /// Every live delivery reaches the listeners twice: the `delivery` check must fail.
     RepeatDeliveries,
+    /// The simulator's lease record (`world/pre_vote.rs`) believes every contact one
+    /// minimum election timeout older than it is: a correct refusal within a lease looks
+    /// like one outside any lease, and the `pre-vote` check must fail.
+    AgeLeaseRecord,
 }
 
 pub struct World<'a> {
@@ -256,6 +273,8 @@ pub struct World<'a> {
     /// The node that won the latest election (the one a failover replaces).
     last_leader: Option<NodeId>,
     operator: operator::Operator,
+    /// Each replica's leader lease as the simulator sees it (`world/pre_vote.rs`).
+    lease_record: pre_vote::LeaseRecord,
 }
 
 /// Performs a replica's outputs: persistence into its store, the rest collected.
@@ -370,6 +389,7 @@ impl<'a> World<'a> {
             change_split: None,
             last_leader: None,
             operator: operator::Operator::new(scenario),
+            lease_record: pre_vote::LeaseRecord::default(),
         }
     }
 
@@ -458,6 +478,8 @@ impl<'a> World<'a> {
         self.liveness.finish(self.now);
         self.stats.leaderless_us_max = self.liveness.leaderless_us_max;
         self.stats.leaderless_bound_us = self.liveness.leaderless_bound_us;
+        self.stats.reelections = self.liveness.reelection.elections;
+        self.stats.reelection_timeouts_x100_max = self.liveness.reelection.timeouts_x100_max;
         self.stats.first_commit_after_chaos_us = self.liveness.first_commit_after_chaos_us;
         for node in &self.nodes {
             if let Some(replica) = &node.replica {
@@ -671,6 +693,11 @@ impl<'a> World<'a> {
             return;
         }
         self.stats.messages_delivered += 1;
+        if self.now.saturating_since_us(sent) > self.scenario.network.latency_us_max {
+            // Delayed past the latency range: a late heartbeat renews a lease, a late
+            // answer fails an election attempt (see `world/reelection.rs`).
+            self.liveness.reelection.message_disturbed();
+        }
         if let chat_core::Message::AppendEntries { entries, .. } = &envelope.message {
             self.stats.entries_delivered += entries.len() as u64;
         }
@@ -692,7 +719,19 @@ impl<'a> World<'a> {
             let detail = envelope.message.to_string();
             self.tracer.message(sent, self.now, from, to, kind, &detail);
         }
+        self.expect_pre_vote_answer(&envelope);
+        let local_now = self.node(to).local_time(self.now);
+        let (term, leader_message) = (
+            envelope.message.term(),
+            matches!(
+                envelope.message,
+                chat_core::Message::AppendEntries { .. }
+                    | chat_core::Message::Heartbeat { .. }
+                    | chat_core::Message::InstallSnapshot { .. }
+            ),
+        );
         self.with_replica(to, |replica, now| replica.handle_message(now, envelope));
+        self.record_leader_contact(from, to, term, leader_message, local_now);
     }
 
     fn deliver_request(&mut self, node: NodeId, request_id: RequestId, request: ClientRequest) {
@@ -834,7 +873,13 @@ impl<'a> World<'a> {
             None
         };
         for envelope in outbox {
-            for delay_us in self.network.transit_delays_us() {
+            self.check_pre_vote_answer(&envelope);
+            let delays_us = self.network.transit_delays_us();
+            if delays_us.is_empty() && is_election_message(&envelope.message) {
+                // A failed election attempt the re-election bound allows for.
+                self.liveness.reelection.message_disturbed();
+            }
+            for delay_us in delays_us {
                 let sent = self.now;
                 self.push(
                     self.now.saturating_add_us(delay_us),
@@ -972,6 +1017,17 @@ impl<'a> World<'a> {
 /// Virtual time between two steps of a bounded apply (`apply_entries_per_step_max`):
 /// about what a node takes for a step of a few dozen entries.
 const APPLY_STEP_US: u64 = 200;
+
+/// The messages of pre-vote and vote rounds, whose loss fails an election attempt.
+fn is_election_message(message: &chat_core::Message) -> bool {
+    matches!(
+        message,
+        chat_core::Message::PreVote { .. }
+            | chat_core::Message::PreVoteResponse { .. }
+            | chat_core::Message::RequestVote { .. }
+            | chat_core::Message::RequestVoteResponse { .. }
+    )
+}
 
 fn replica_is_removed(node: &SimNode) -> bool {
     node.replica.as_ref().is_some_and(|r| r.is_removed())

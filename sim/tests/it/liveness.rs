@@ -50,6 +50,24 @@ fn timeouts_without_jitter_fail_leaderless() {
 }
 
 #[test]
+fn pre_vote_answers_are_judged_both_ways_and_a_misjudged_lease_fails_them() {
+    // Seed 4 with every fault: leaders are lost and replaced, so pre-votes arrive both
+    // inside leases and outside them (24 grants and 37 refusals judged when written).
+    let scenario = Scenario::generate(4, &chat_sim::GenerateOptions::default());
+    let correct = run(&scenario, None);
+    assert_eq!(correct.failure, None);
+    // Coverage marks: the check judged answers of both kinds, so it cannot pass vacuously.
+    assert!(correct.stats.pre_vote_grants_judged > 0);
+    assert!(correct.stats.pre_vote_refusals_judged > 0);
+
+    let failure = run(&scenario, Some(Sabotage::AgeLeaseRecord))
+        .failure
+        .expect("a refusal within a lease looks like one outside any lease");
+    assert_eq!(failure.violation.check, "pre-vote");
+    assert!(failure.violation.detail.contains("refused"));
+}
+
+#[test]
 fn a_silent_network_fails_leaderless_not_only_liveness() {
     let outcome = run(&lockstep_scenario(), Some(Sabotage::SilenceAfterChaos));
     let failure = outcome.failure.expect("must fail");
