@@ -539,8 +539,15 @@ impl World<'_> {
 
     /// Whether damaging one more node could leave a configuration without a quorum. A
     /// minority of the voters may be damaged or gone at once: of the operator's model
-    /// (the founding voters, unless `membership` changed them) and of the configuration
-    /// a removal in progress makes, both of which must keep a quorum.
+    /// (the founding voters, unless `membership` changed them), of the configuration
+    /// a removal in progress makes, and of the configuration in force at every running
+    /// replica (the latest in its log, committed or not), each of which must keep a
+    /// quorum: any of them may be the one that wins. Without the last (explore, search
+    /// seed 0, `seeds/liveness-uncommitted-removal-damage.json`): a removal of n2 from
+    /// {n1, n2, n3}, appended by a leader that crashed before committing it, left n3
+    /// in {n1, n3}; n1's disk was then corrupted, n3 could campaign only with n1, and n2
+    /// could not win n3's vote (its log was behind): no leader ever again, a cluster
+    /// harmed beyond its fault budget, not a bug.
     fn damage_would_cost_a_quorum(&self) -> bool {
         let damaged = |voters: &[NodeId]| {
             self.nodes
@@ -550,9 +557,15 @@ impl World<'_> {
                 .count()
         };
         let model: Vec<NodeId> = self.operator.model.voters().collect();
-        [model, self.voters_at_risk()]
+        let in_force = self
+            .nodes
             .iter()
-            .any(|voters| damaged(voters) >= voters.len().saturating_sub(1) / 2)
+            .filter_map(|n| n.replica.as_ref())
+            .map(|r| r.membership().voters().collect::<Vec<NodeId>>());
+        [model, self.voters_at_risk()]
+            .into_iter()
+            .chain(in_force)
+            .any(|voters| damaged(&voters) >= voters.len().saturating_sub(1) / 2)
     }
 
     /// Flips a byte of the state in the current leader's committed snapshot file while
