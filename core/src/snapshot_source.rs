@@ -58,7 +58,7 @@ pub struct SnapshotSource {
 
 impl SnapshotSource {
     /// Bytes held in memory: shares them, and computes the checksum (a linear pass at
-    /// CRC32C speed, several GB/s; done once per snapshot received or recovered).
+    /// CRC32C speed, several GB/s; done once per snapshot received).
     pub fn in_memory(snapshot: &Snapshot) -> SnapshotSource {
         SnapshotSource {
             meta: snapshot.meta.clone(),

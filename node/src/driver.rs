@@ -383,8 +383,9 @@ impl Core {
         }
     }
 
-    /// Once the replica holds a snapshot's bytes in memory (recovered at start, or just
-    /// installed from the leader and now written by the persist), hands it a reader of
+    /// Once the replica holds a snapshot's bytes in memory (one just installed from the
+    /// leader and now written by the persist; a recovered one is read from its file
+    /// from the start), hands it a reader of
     /// the file instead, so that the bytes go: a snapshot is the size of the state. Tried
     /// once per snapshot.
     fn attach_snapshot_file(&mut self) {

@@ -481,9 +481,9 @@ impl Replica {
 
     /// Replaces where the current snapshot's bytes are read from, if `source` is that
     /// snapshot (same meta, length and checksum): the shell attaches its durable file
-    /// once it has one for a snapshot the replica holds in memory (one recovered at
-    /// start, or installed from the leader), so the memory can go. Returns whether it
-    /// was attached.
+    /// once it has one for a snapshot the replica holds in memory (one installed from
+    /// the leader; a recovered one is read from its file from the start), so the memory
+    /// can go. Returns whether it was attached.
     pub fn attach_snapshot_source(&mut self, source: SnapshotSource) -> bool {
         let Some(current) = &self.snapshot else {
             return false;

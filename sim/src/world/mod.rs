@@ -1033,8 +1033,9 @@ fn replica_is_removed(node: &SimNode) -> bool {
     node.replica.as_ref().is_some_and(|r| r.is_removed())
 }
 
-/// What the node does after each drive: a snapshot the replica holds in memory (recovered,
-/// or installed from the leader and now persisted) is swapped for a reader of the file,
+/// What the node does after each drive: a snapshot the replica holds in memory (installed
+/// from the leader and now persisted; a recovered one is read from its file from the
+/// start) is swapped for a reader of the file,
 /// so every later transfer in the simulation streams from the simulated disk, checksum
 /// and all.
 fn attach_snapshot_file(replica: &mut Replica, store: &LogStore<MemDisk>) {
