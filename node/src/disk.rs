@@ -3,8 +3,11 @@
 //! Durability maps one to one onto the trait: `sync` is `fdatasync` (which also makes a
 //! grown file length durable), `sync_dir` is `fsync` on the directory, and `rename` is
 //! `rename(2)`, atomic on POSIX file systems. Files stay open between calls, so an
-//! append costs one `pwrite` and its sync one `fdatasync`.
+//! append costs one `pwrite` and its sync one `fdatasync`. Every descriptor is closed
+//! on the closer thread, and a file removed or renamed over is held open until then, so
+//! that freeing a large file never happens on the caller's thread (see [`crate::closer`]).
 
+use crate::closer::ClosedOffThread;
 use chat_core::snapshot_source::ReadBytes;
 use chat_core::storage::{Disk, DiskError};
 use std::collections::BTreeMap;
@@ -20,7 +23,7 @@ pub struct FsDisk {
     /// Kept open to fsync the directory without reopening it.
     dir_handle: File,
     /// Open handles by file name.
-    open_files: BTreeMap<String, File>,
+    open_files: BTreeMap<String, ClosedOffThread>,
 }
 
 impl FsDisk {
@@ -69,11 +72,24 @@ impl FsDisk {
                 .write(true)
                 .open(path)
                 .map_err(|e| io_error(op, file, e))?;
-            self.open_files.insert(file.to_string(), handle);
+            self.open_files
+                .insert(file.to_string(), ClosedOffThread::new(handle));
         }
         self.open_files
             .get(file)
+            .map(|handle| &**handle)
             .ok_or_else(|| io_error(op, file, io::ErrorKind::NotFound.into()))
+    }
+
+    /// A handle on `file` that keeps its blocks until the closer thread lets them go,
+    /// taken before the file loses its name; None if it has none to lose (or cannot be
+    /// opened: then it is freed where it is unlinked, as without this).
+    fn hold_until_closed(&mut self, file: &str) -> Option<ClosedOffThread> {
+        self.open_files.remove(file).or_else(|| {
+            File::open(self.path(file).ok()?)
+                .ok()
+                .map(ClosedOffThread::new)
+        })
     }
 }
 
@@ -153,7 +169,8 @@ impl Disk for FsDisk {
             .truncate(true)
             .open(path)
             .map_err(|e| io_error("create", file, e))?;
-        self.open_files.insert(file.to_string(), handle);
+        self.open_files
+            .insert(file.to_string(), ClosedOffThread::new(handle));
         Ok(())
     }
 
@@ -179,24 +196,51 @@ impl Disk for FsDisk {
         let handle = File::open(self.path(file)?).map_err(|e| io_error("open", file, e))?;
         Ok(Arc::new(FileReader {
             name: file.to_string(),
-            handle,
+            handle: ClosedOffThread::new(handle),
         }))
     }
 
     fn rename(&mut self, source: &str, target: &str) -> Result<(), DiskError> {
-        fs::rename(self.path(source)?, self.path(target)?)
-            .map_err(|e| io_error("rename", source, e))?;
-        self.open_files.remove(target);
-        if let Some(handle) = self.open_files.remove(source) {
-            self.open_files.insert(target.to_string(), handle);
+        let (source_path, target_path) = (self.path(source)?, self.path(target)?);
+        // The file renamed over (an older snapshot) is freed by the closer thread.
+        let target_was_open = self.open_files.contains_key(target);
+        let replaced = self.hold_until_closed(target);
+        let renamed = fs::rename(source_path, target_path);
+        match renamed {
+            Ok(()) => {
+                drop(replaced);
+                if let Some(handle) = self.open_files.remove(source) {
+                    self.open_files.insert(target.to_string(), handle);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                // Still the target's: a handle it had stays open for the next write.
+                if let Some(handle) = replaced.filter(|_| target_was_open) {
+                    self.open_files.insert(target.to_string(), handle);
+                }
+                Err(io_error("rename", source, error))
+            }
         }
-        Ok(())
     }
 
     fn remove(&mut self, file: &str) -> Result<(), DiskError> {
-        fs::remove_file(self.path(file)?).map_err(|e| io_error("remove", file, e))?;
-        self.open_files.remove(file);
-        Ok(())
+        let path = self.path(file)?;
+        // Freed by the closer thread, whoever held it open.
+        let was_open = self.open_files.contains_key(file);
+        let removed = self.hold_until_closed(file);
+        match fs::remove_file(path) {
+            Ok(()) => {
+                drop(removed);
+                Ok(())
+            }
+            Err(error) => {
+                if let Some(handle) = removed.filter(|_| was_open) {
+                    self.open_files.insert(file.to_string(), handle);
+                }
+                Err(io_error("remove", file, error))
+            }
+        }
     }
 
     fn sync_dir(&mut self) -> Result<(), DiskError> {
@@ -213,7 +257,9 @@ impl Disk for FsDisk {
 #[derive(Debug)]
 struct FileReader {
     name: String,
-    handle: File,
+    /// Often the last handle on a snapshot that a newer one replaced: its close frees
+    /// the file, off this thread.
+    handle: ClosedOffThread,
 }
 
 impl ReadBytes for FileReader {

@@ -21,6 +21,7 @@ pub mod backup;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod closer;
 pub mod config;
 pub mod connections;
 pub mod convert;
