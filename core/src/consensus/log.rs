@@ -4,6 +4,11 @@
 use crate::entry::{Entry, SnapshotMeta};
 use crate::types::{LogIndex, Term};
 
+/// Entries a compaction set aside that one step frees (see [`RaftLog::free_retired_step`]).
+/// Freeing an entry costs a few scattered frees (its command's strings and body), about
+/// 0.3 us when it is long out of the cache: 2,048 of them are under a millisecond.
+pub const RETIRED_ENTRIES_FREED_PER_STEP: usize = 2_048;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LogError {
     #[error("log entry {found} follows snapshot/previous index {expected_prev}")]
@@ -32,6 +37,12 @@ pub struct RaftLog {
     /// in-memory log by.
     entries_end_bytes: Vec<u64>,
     base_bytes: u64,
+    /// Entries a snapshot now covers, out of the log but not yet freed. A snapshot every
+    /// 65,536 entries or more meant freeing that many at once, 20-45 ms in one step
+    /// (measured on the node at 400k messages) during which the replica answered nobody;
+    /// they are freed a bounded number per step instead ([`Self::free_retired_step`]).
+    /// Each `Vec` is one compaction's prefix.
+    retired: Vec<Vec<Entry>>,
 }
 
 impl RaftLog {
@@ -67,6 +78,7 @@ impl RaftLog {
             entries,
             entries_end_bytes,
             base_bytes: 0,
+            retired: Vec::new(),
         })
     }
 
@@ -175,15 +187,49 @@ impl RaftLog {
             if drop > 0 {
                 self.base_bytes = self.entries_end_bytes[drop - 1];
             }
-            self.entries.drain(..drop);
+            // The suffix is copied (entries applied while the snapshot was saved); the
+            // prefix keeps its allocation and is freed later.
+            let suffix = self.entries.split_off(drop);
+            let prefix = std::mem::replace(&mut self.entries, suffix);
+            self.retire(prefix);
             self.entries_end_bytes.drain(..drop);
         } else {
-            self.entries.clear();
+            let all = std::mem::take(&mut self.entries);
+            self.retire(all);
             self.entries_end_bytes.clear();
             self.base_bytes = 0;
         }
         self.snapshot = meta;
         keeps_suffix
+    }
+
+    fn retire(&mut self, entries: Vec<Entry>) {
+        if !entries.is_empty() {
+            self.retired.push(entries);
+        }
+    }
+
+    /// Frees up to [`RETIRED_ENTRIES_FREED_PER_STEP`] of the entries compactions set
+    /// aside, newest first. The replica calls it once per step, so a compaction's cost is
+    /// spread over the next steps instead of stopping one.
+    pub fn free_retired_step(&mut self) {
+        let mut budget = RETIRED_ENTRIES_FREED_PER_STEP;
+        while budget > 0 {
+            let Some(batch) = self.retired.last_mut() else {
+                return;
+            };
+            let freed = budget.min(batch.len());
+            batch.truncate(batch.len() - freed);
+            budget -= freed;
+            if batch.is_empty() {
+                self.retired.pop();
+            }
+        }
+    }
+
+    /// Entries set aside by compactions and not yet freed.
+    pub fn retired_len(&self) -> usize {
+        self.retired.iter().map(Vec::len).sum()
     }
 
     /// For a conflict hint: the first index of the run of entries that share the term at
@@ -226,6 +272,48 @@ mod tests {
             index: LogIndex(index),
             payload: EntryPayload::Noop { timestamp: Time(0) },
         }
+    }
+
+    #[test]
+    fn a_compacted_prefix_is_freed_a_bounded_number_per_step() {
+        let base = SnapshotMeta {
+            last_index: LogIndex::ZERO,
+            last_term: Term(0),
+        };
+        let count = RETIRED_ENTRIES_FREED_PER_STEP as u64 * 2 + 10;
+        let mut log = RaftLog::new(base, (1..=count).map(|i| noop(i, 1)).collect()).expect("valid");
+        let kept = log.compact_to(SnapshotMeta {
+            last_index: LogIndex(count - 5),
+            last_term: Term(1),
+        });
+        assert!(kept);
+        // The log is the suffix at once; the prefix waits to be freed.
+        assert_eq!(log.first_index(), LogIndex(count - 4));
+        assert_eq!(
+            log.entry(LogIndex(count)).map(|e| e.index),
+            Some(LogIndex(count))
+        );
+        assert_eq!(log.retired_len(), (count - 5) as usize);
+        log.free_retired_step();
+        assert_eq!(
+            log.retired_len(),
+            (count - 5) as usize - RETIRED_ENTRIES_FREED_PER_STEP
+        );
+        // A second compaction (here one that drops the suffix too) adds its own batch.
+        assert!(!log.compact_to(SnapshotMeta {
+            last_index: LogIndex(count + 100),
+            last_term: Term(3),
+        }));
+        assert_eq!(
+            log.retired_len(),
+            (count - 5) as usize - RETIRED_ENTRIES_FREED_PER_STEP + 5
+        );
+        for _ in 0..3 {
+            log.free_retired_step();
+        }
+        assert_eq!(log.retired_len(), 0);
+        log.free_retired_step();
+        assert_eq!(log.retired_len(), 0);
     }
 
     #[test]

@@ -532,6 +532,7 @@ impl Replica {
     /// The replica counts the `Persist` of a returned `Ready` as done: the shell must
     /// complete it before feeding any other input, and stop the replica if it fails.
     pub fn poll_ready(&mut self) -> Option<Ready> {
+        self.log.free_retired_step();
         if std::mem::take(&mut self.own_entries_in_flight) && self.role == Role::Leader {
             // The shell performed the last `Ready` (fail-stop otherwise): the leader's
             // own entries are on its disk now, which a lone voter needs to commit.
