@@ -3,7 +3,8 @@
 #
 # The sourcing script sets: NODES, CHAT_BASE_PORT, ETCD_CLIENT_BASE_PORT,
 # ETCD_PEER_BASE_PORT, KEEP, and before starting a cluster $bin (release binaries) and
-# $dir (one directory on one disk for both systems' data).
+# $dir (one directory on one disk for both systems' data). CHAT_NODE_ARGS (optional):
+# more flags for every chatnode, e.g. "--io-threads 2" to measure a setting.
 
 log() { printf '== %s\n' "$*" >&2; }
 
@@ -135,7 +136,8 @@ start_chat() {
         fi
         RUST_LOG=${RUST_LOG:-warn} spawn "$dir/chat-$i.$logtag.log" "$bin/chatnode" --id "$i" \
             --listen "127.0.0.1:$((CHAT_BASE_PORT + i - 1))" --peers "$peers" \
-            --data-dir "$dir/chat-$i" --secret-file "$dir/secret" "${metrics[@]}"
+            --data-dir "$dir/chat-$i" --secret-file "$dir/secret" "${metrics[@]}" \
+            ${CHAT_NODE_ARGS:-}
     done
     chat_pids=$(groups_since "$first")
 }

@@ -9,7 +9,8 @@
 # Knobs (environment): DURATION (s per phase, 3), WARMUP (s, 0.5), PAYLOAD (bytes, 256),
 # CLIENTS ("1 16 64"), ETCD_TARGET (leader|all: which etcd members the clients call,
 # leader), SIM (1: run chatsim; 0: skip), KEEP (1: keep the data dir), OUT (where the
-# result files go, default the data dir).
+# result files go, default the data dir), CHAT_NODE_ARGS (more
+# chatnode flags, e.g. "--io-threads 2").
 #
 # Everything it starts runs in its own process group and is stopped on exit.
 set -euo pipefail

@@ -12,7 +12,8 @@
 # Knobs (environment): MESSAGES (1000000), USERS (10000), CLIENTS (64), PAYLOAD (bytes,
 # 256), WINDOW (s per reported window, 5), FIRST_WRITE_TIMEOUT (s, 30), ETCD_TARGET
 # (leader|all, leader), KEEP (1: keep the data dir), OUT (where the result files go,
-# default the data dir).
+# default the data dir), CHAT_NODE_ARGS (more
+# chatnode flags, e.g. "--io-threads 2").
 #
 # The systems run one after the other (etcd, then ours), each alone on the machine
 # while it fills: a fill takes minutes, too long to take turns as bench/run.sh does.
