@@ -18,13 +18,13 @@ use tokio::sync::watch;
 struct Cli {
     #[command(flatten)]
     node: NodeArgs,
-    /// Threads that serve clients and peers (the async runtime) [default: half the
-    /// cores, at least 1]. The replica runs on a thread of its own, and snapshots and
+    /// Threads that serve clients and peers (the async runtime; config key `io_threads`)
+    /// [default: half the cores, at least 1]. The replica runs on a thread of its own, and snapshots and
     /// password hashes on others; the rest is network and gRPC. More threads than that
     /// work needs cost wakeups between them: on a 2-core machine running five nodes,
     /// one thread each cut the write p99 from 21-25 ms to 14-16 ms and raised
     /// throughput by 12-17% (BENCHMARKS.md).
-    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::config::IO_THREADS_MAX)))]
     io_threads: Option<u16>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -81,7 +81,20 @@ pub fn main() -> std::process::ExitCode {
         // Colour codes only for a person at a terminal, not in files and journals.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let io_threads = cli.io_threads.map_or_else(io_threads_default, usize::from);
+    let in_file = match (cli.io_threads, &cli.node.config) {
+        (None, Some(path)) => match crate::config::io_threads_in_file(path) {
+            Ok(threads) => threads,
+            Err(error) => {
+                eprintln!("chatnode: {error:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let io_threads = cli
+        .io_threads
+        .or(in_file)
+        .map_or_else(io_threads_default, usize::from);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(io_threads)
         .enable_all()

@@ -101,7 +101,48 @@ struct FileConfig {
     token_ttl_secs: Option<u64>,
     metrics_addr: Option<SocketAddr>,
     snapshot_entries: Option<u64>,
+    /// Read before the runtime starts (see [`io_threads_in_file`]), not by `from_args`.
+    io_threads: Option<u16>,
 }
+
+/// The `io_threads` key of the config file at `path`, if it has one: the async runtime
+/// is built before the rest of the configuration is read, so this key is read first.
+pub fn io_threads_in_file(path: &std::path::Path) -> anyhow::Result<Option<u16>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let file = toml::from_str::<FileConfig>(&text).map_err(|e| file_error(path, &text, &e))?;
+    match file.io_threads {
+        Some(0) => anyhow::bail!(
+            "config file {}: io_threads must be at least 1",
+            path.display()
+        ),
+        Some(n) if n > IO_THREADS_MAX => anyhow::bail!(
+            "config file {}: io_threads must be at most {IO_THREADS_MAX}",
+            path.display()
+        ),
+        other => Ok(other),
+    }
+}
+
+/// One line for a config file that does not parse: where, and the line itself (toml's
+/// message alone does not name the key).
+fn file_error(path: &std::path::Path, text: &str, error: &toml::de::Error) -> anyhow::Error {
+    let at = error.span().map(|span| {
+        let before = text.get(..span.start).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let content = text.lines().nth(line - 1).unwrap_or("").trim();
+        format!(" line {line} ({content})")
+    });
+    anyhow::anyhow!(
+        "config file {}{}: {}",
+        path.display(),
+        at.unwrap_or_default(),
+        error.message()
+    )
+}
+
+/// The most runtime worker threads `--io-threads` or `io_threads` may ask for.
+pub const IO_THREADS_MAX: u16 = 1024;
 
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
@@ -138,9 +179,7 @@ impl NodeConfig {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| {
-                    anyhow::anyhow!("config file {}: {}", path.display(), e.message())
-                })?
+                toml::from_str::<FileConfig>(&text).map_err(|e| file_error(path, &text, &e))?
             }
             None => FileConfig::default(),
         };
@@ -291,6 +330,28 @@ mod tests {
         args.metrics_addr = "0.0.0.0:9200".parse().ok();
         let from_flag = NodeConfig::from_args(&args).expect("valid");
         assert_eq!(from_flag.metrics_addr, "0.0.0.0:9200".parse().ok());
+    }
+
+    #[test]
+    fn io_threads_is_a_file_key_read_before_the_rest() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("node.toml");
+        let base = "id = 1\nlisten = \"127.0.0.1:7001\"\ndata_dir = \"/tmp/x\"\n";
+        std::fs::write(&path, format!("{base}io_threads = 3\n")).expect("write config");
+        assert_eq!(io_threads_in_file(&path).expect("valid"), Some(3));
+        // The full parse accepts the key too (unknown keys are refused there).
+        let args = NodeArgs {
+            config: Some(path.clone()),
+            ..NodeArgs::default()
+        };
+        NodeConfig::from_args(&args).expect("valid with io_threads");
+        std::fs::write(&path, base).expect("write config");
+        assert_eq!(io_threads_in_file(&path).expect("valid"), None);
+        for bad in ["io_threads = 0", "io_threads = 5000", "io_threads = -1"] {
+            std::fs::write(&path, format!("{base}{bad}\n")).expect("write config");
+            let error = io_threads_in_file(&path).expect_err(bad);
+            assert!(error.to_string().contains("io_threads"), "{bad}: {error}");
+        }
     }
 
     #[test]
