@@ -18,12 +18,14 @@ use tokio::sync::watch;
 struct Cli {
     #[command(flatten)]
     node: NodeArgs,
-    /// Threads that serve clients and peers (the async runtime; config key `io_threads`)
-    /// [default: half the cores, at least 1]. The replica runs on a thread of its own, and snapshots and
-    /// password hashes on others; the rest is network and gRPC. More threads than that
-    /// work needs cost wakeups between them: on a 2-core machine running five nodes,
-    /// one thread each cut the write p99 from 21-25 ms to 14-16 ms and raised
-    /// throughput by 12-17% (BENCHMARKS.md).
+    /// Threads that serve clients and peers [default: half the cores, at least 1].
+    ///
+    /// The async runtime's workers (config key `io_threads`). The replica runs on a
+    /// thread of its own, and snapshots and password hashes on others; the rest is
+    /// network and gRPC. More threads than that work needs cost wakeups between them:
+    /// on a 2-core machine running five nodes, one thread each cut the write p99 from
+    /// 21-25 ms to 14-16 ms and raised throughput by 12-17% (BENCHMARKS.md). With a
+    /// subcommand, give it after the subcommand's name (`chatnode local --io-threads 2`).
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::config::IO_THREADS_MAX)))]
     io_threads: Option<u16>,
     #[command(subcommand)]

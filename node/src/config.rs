@@ -111,7 +111,12 @@ pub fn io_threads_in_file(path: &std::path::Path) -> anyhow::Result<Option<u16>>
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     let file = toml::from_str::<FileConfig>(&text).map_err(|e| file_error(path, &text, &e))?;
-    match file.io_threads {
+    check_io_threads(path, file.io_threads)?;
+    Ok(file.io_threads)
+}
+
+fn check_io_threads(path: &std::path::Path, io_threads: Option<u16>) -> anyhow::Result<()> {
+    match io_threads {
         Some(0) => anyhow::bail!(
             "config file {}: io_threads must be at least 1",
             path.display()
@@ -120,16 +125,23 @@ pub fn io_threads_in_file(path: &std::path::Path) -> anyhow::Result<Option<u16>>
             "config file {}: io_threads must be at most {IO_THREADS_MAX}",
             path.display()
         ),
-        other => Ok(other),
+        _ => Ok(()),
     }
 }
 
 /// One line for a config file that does not parse: where, and the line itself (toml's
 /// message alone does not name the key).
 fn file_error(path: &std::path::Path, text: &str, error: &toml::de::Error) -> anyhow::Error {
-    let at = error.span().map(|span| {
-        let before = text.get(..span.start).unwrap_or(text);
-        let line = before.matches('\n').count() + 1;
+    // A span over the whole document says nothing about where.
+    let at = error
+        .span()
+        .filter(|span| span.start > 0 || span.end < text.len());
+    let at = at.map(|span| {
+        let mut start = span.start.min(text.len());
+        while !text.is_char_boundary(start) {
+            start -= 1;
+        }
+        let line = text[..start].matches('\n').count() + 1;
         let content = text.lines().nth(line - 1).unwrap_or("").trim();
         format!(" line {line} ({content})")
     });
@@ -179,7 +191,12 @@ impl NodeConfig {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| file_error(path, &text, &e))?
+                let file =
+                    toml::from_str::<FileConfig>(&text).map_err(|e| file_error(path, &text, &e))?;
+                // Read before the runtime starts; checked here too, so that a bad value
+                // is refused even when `--io-threads` overrides it.
+                check_io_threads(path, file.io_threads)?;
+                file
             }
             None => FileConfig::default(),
         };
@@ -350,6 +367,8 @@ mod tests {
         for bad in ["io_threads = 0", "io_threads = 5000", "io_threads = -1"] {
             std::fs::write(&path, format!("{base}{bad}\n")).expect("write config");
             let error = io_threads_in_file(&path).expect_err(bad);
+            assert!(error.to_string().contains("io_threads"), "{bad}: {error}");
+            let error = NodeConfig::from_args(&args).expect_err(bad);
             assert!(error.to_string().contains("io_threads"), "{bad}: {error}");
         }
     }

@@ -3,8 +3,8 @@
 //! Durability maps one to one onto the trait: `sync` is `fdatasync` (which also makes a
 //! grown file length durable), `sync_dir` is `fsync` on the directory, and `rename` is
 //! `rename(2)`, atomic on POSIX file systems. Files stay open between calls, so an
-//! append costs one `pwrite` and its sync one `fdatasync`. Every descriptor is closed
-//! on the closer thread, and a file removed or renamed over is held open until then, so
+//! append costs one `pwrite` and its sync one `fdatasync`. Every handle kept open is
+//! closed on the closer thread, and a file removed or renamed over is held open until then, so
 //! that freeing a large file never happens on the caller's thread (see [`crate::closer`]).
 
 use crate::closer::ClosedOffThread;
@@ -348,6 +348,37 @@ impl ReadBytes for FileReader {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_failed_rename_keeps_the_source_writable_and_opens_nothing_for_writing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut disk = FsDisk::open(dir.path()).expect("open");
+        disk.create("log").expect("create");
+        disk.write_at("log", 0, b"abc").expect("write");
+        // A non-empty directory cannot be renamed over: the rename fails after the
+        // target was opened to be held.
+        std::fs::create_dir(dir.path().join("busy")).expect("mkdir");
+        std::fs::write(dir.path().join("busy").join("f"), b"x").expect("fill");
+        assert!(disk.rename("log", "busy").is_err());
+        assert!(
+            !disk.open_files.contains_key("busy"),
+            "the held target is let go"
+        );
+        disk.write_at("log", 3, b"def")
+            .expect("the source is still open for writing");
+        disk.sync("log").expect("sync");
+        assert_eq!(disk.read_all("log").expect("read"), b"abcdef");
+        // The same for a remove that fails (a directory is not a file).
+        assert!(disk.remove("busy").is_err());
+        assert!(!disk.open_files.contains_key("busy"));
+        // A rename over an open file carries the source's handle to the new name.
+        disk.create("next").expect("create");
+        disk.rename("next", "log").expect("rename over");
+        disk.write_at("log", 0, b"z")
+            .expect("write through the carried handle");
+        disk.sync("log").expect("sync");
+        assert_eq!(disk.read_all("log").expect("read"), b"z");
+    }
 
     #[test]
     fn a_paced_disk_writes_no_faster_than_its_pace_and_reads_back_the_bytes() {

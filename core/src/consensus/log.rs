@@ -210,10 +210,12 @@ impl RaftLog {
     }
 
     /// Frees up to [`RETIRED_ENTRIES_FREED_PER_STEP`] of the entries compactions set
-    /// aside, newest first. The replica calls it once per step, so a compaction's cost is
-    /// spread over the next steps instead of stopping one.
+    /// aside for each compaction still waiting, newest first. The replica calls it on
+    /// every `poll_ready`, so a compaction's cost is spread over the calls after it
+    /// instead of stopping one; if compactions come faster than that frees them, the
+    /// budget grows with the batches waiting, so what is set aside stays bounded.
     pub fn free_retired_step(&mut self) {
-        let mut budget = RETIRED_ENTRIES_FREED_PER_STEP;
+        let mut budget = RETIRED_ENTRIES_FREED_PER_STEP.saturating_mul(self.retired.len());
         while budget > 0 {
             let Some(batch) = self.retired.last_mut() else {
                 return;
@@ -295,22 +297,21 @@ mod tests {
         );
         assert_eq!(log.retired_len(), (count - 5) as usize);
         log.free_retired_step();
-        assert_eq!(
-            log.retired_len(),
-            (count - 5) as usize - RETIRED_ENTRIES_FREED_PER_STEP
-        );
-        // A second compaction (here one that drops the suffix too) adds its own batch.
+        let left = (count - 5) as usize - RETIRED_ENTRIES_FREED_PER_STEP;
+        assert_eq!(log.retired_len(), left);
+        // A second compaction (here one that drops the suffix too) adds its own batch,
+        // and with two batches waiting a step frees twice as many.
         assert!(!log.compact_to(SnapshotMeta {
             last_index: LogIndex(count + 100),
             last_term: Term(3),
         }));
+        assert_eq!(log.retired_len(), left + 5);
+        log.free_retired_step();
         assert_eq!(
             log.retired_len(),
-            (count - 5) as usize - RETIRED_ENTRIES_FREED_PER_STEP + 5
+            (left + 5).saturating_sub(2 * RETIRED_ENTRIES_FREED_PER_STEP)
         );
-        for _ in 0..3 {
-            log.free_retired_step();
-        }
+        log.free_retired_step();
         assert_eq!(log.retired_len(), 0);
         log.free_retired_step();
         assert_eq!(log.retired_len(), 0);
