@@ -96,7 +96,7 @@ pub fn main() -> std::process::ExitCode {
     let io_threads = cli
         .io_threads
         .or(in_file)
-        .map_or_else(io_threads_default, usize::from);
+        .map_or_else(crate::half_the_cores, usize::from);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(io_threads)
         .enable_all()
@@ -115,12 +115,6 @@ pub fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// Half the cores, at least one: see `--io-threads`.
-fn io_threads_default() -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    (cores / 2).max(1)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -29,8 +29,7 @@ pub const HASH_QUEUE_PER_WORKER: usize = 16;
 /// Threads that hash: half the cores (at least one), so the core thread, the tokio
 /// workers and the peer traffic keep the rest even while every worker is busy.
 pub fn hash_workers_default() -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    (cores / 2).max(1)
+    crate::half_the_cores()
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

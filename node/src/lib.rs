@@ -40,3 +40,11 @@ pub mod server;
 pub mod service;
 pub mod stamp;
 pub mod terminal;
+
+/// Half the cores, at least one: the default size of each pool of threads a node sizes
+/// itself (password hashers, async runtime workers), so that the replica's own thread
+/// keeps a core while either pool is busy.
+pub fn half_the_cores() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (cores / 2).max(1)
+}
