@@ -255,19 +255,22 @@ impl RecordPrefix {
 
 /// Encodes `image` straight into the staged file and syncs it: the state's bytes are
 /// never all in memory (a buffer of [`STREAM_BUFFER_BYTES`] at a time), so saving a
-/// snapshot costs no memory in proportion to the state. Two passes over the state: one
-/// counts the bytes (the record header and the data length come first), one writes
-/// them. Returns the length of the state's bytes.
+/// snapshot costs no memory in proportion to the state. One pass over the state: the
+/// record's prefix holds the data's length, which is known only at the end, so the data
+/// is checksummed on its own as it goes and the prefix's checksum is combined with it
+/// last (`crc32c_combine`); where the data starts is known as soon as the first buffer
+/// fills, because every length from [`STREAM_BUFFER_BYTES`] up to the largest record
+/// encodes to the same number of bytes. (A counting pass first cost 15-18% of a save at
+/// a million messages: 54-75 ms against 318-345 ms of encoding.) Returns the length of
+/// the state's bytes.
 pub fn stage_image<D: Disk>(disk: &mut D, image: &SnapshotImage) -> Result<u64, StorageError> {
-    let data_len = image.encoded_size_bytes();
-    let mut head = Vec::with_capacity(HEADER_BYTES + RECORD_HEADER_BYTES + 32);
-    let prefix = RecordPrefix::new(&image.meta, data_len, &mut head)?;
     disk.create(SNAPSHOT_STAGED_FILE)?;
     let mut writer = StreamWriter {
         disk: &mut *disk,
-        offset: head.len() as u64,
+        meta: &image.meta,
+        data_offset: None,
         buf: Vec::with_capacity(STREAM_BUFFER_BYTES),
-        crc: prefix.crc,
+        data_crc: 0,
         written: 0,
         failed: None,
     };
@@ -276,11 +279,6 @@ pub fn stage_image<D: Disk>(disk: &mut D, image: &SnapshotImage) -> Result<u64, 
         &mut writer,
         bincode::config::standard(),
     );
-    let flushed = if encoded.is_ok() {
-        writer.flush_buf()
-    } else {
-        Ok(())
-    };
     if let Some(error) = writer.failed.take() {
         return Err(error.into());
     }
@@ -289,14 +287,23 @@ pub fn stage_image<D: Disk>(disk: &mut D, image: &SnapshotImage) -> Result<u64, 
             "snapshot state: {error}"
         )));
     }
-    flushed?;
-    if writer.written != data_len {
-        return Err(StorageError::InvalidRequest(format!(
-            "the state encoded to {} bytes after counting {data_len}",
-            writer.written
-        )));
+    let data_len = writer.written + writer.buf.len() as u64;
+    let mut head = Vec::with_capacity(HEADER_BYTES + RECORD_HEADER_BYTES + 32);
+    let prefix = RecordPrefix::new(&image.meta, data_len, &mut head)?;
+    match writer.data_offset {
+        None => writer.data_offset = Some(head.len() as u64),
+        Some(offset) if offset != head.len() as u64 => {
+            return Err(StorageError::InvalidRequest(format!(
+                "the snapshot's data was placed at offset {offset}, but its {data_len}-byte \
+                 length puts it at {}",
+                head.len()
+            )));
+        }
+        Some(_) => {}
     }
-    let crc = writer.crc;
+    writer.flush_buf()?;
+    // Within SNAPSHOT_BYTES_MAX (u32::MAX), checked by `RecordPrefix::new`.
+    let crc = crc32c::crc32c_combine(prefix.crc, writer.data_crc, data_len as usize);
     prefix.seal(&mut head, crc);
     disk.write_at(SNAPSHOT_STAGED_FILE, 0, &head)?;
     disk.sync(SNAPSHOT_STAGED_FILE)?;
@@ -306,26 +313,45 @@ pub fn stage_image<D: Disk>(disk: &mut D, image: &SnapshotImage) -> Result<u64, 
 /// How much of a streamed snapshot is buffered between writes to the disk.
 pub const STREAM_BUFFER_BYTES: usize = 1 << 20;
 
-/// `std::io::Write` over the staged file, checksumming what passes. A disk error is kept
-/// as it is (the encoder sees an `io::Error` and stops).
+// `stage_image` places the data of a state that outgrows the buffer as if its length
+// were STREAM_BUFFER_BYTES: every length from there up to u32::MAX takes the same five
+// bytes in bincode's varint (lengths above u16::MAX).
+const _: () = assert!(STREAM_BUFFER_BYTES > u16::MAX as usize);
+
+/// `std::io::Write` over the staged file, checksumming the data that passes (on its own:
+/// the prefix's checksum is combined with it at the end). A disk error is kept as it is
+/// (the encoder sees an `io::Error` and stops).
 struct StreamWriter<'d, D: Disk> {
     disk: &'d mut D,
-    offset: u64,
+    meta: &'d SnapshotMeta,
+    /// Where the data starts in the file: known once the first buffer is full, or at
+    /// the end for a state that fits in one.
+    data_offset: Option<u64>,
     buf: Vec<u8>,
-    crc: u32,
+    data_crc: u32,
+    /// Data bytes written to the file so far.
     written: u64,
     failed: Option<DiskError>,
 }
 
 impl<D: Disk> StreamWriter<'_, D> {
-    fn flush_buf(&mut self) -> Result<(), DiskError> {
+    fn flush_buf(&mut self) -> Result<(), StorageError> {
         if self.buf.is_empty() {
             return Ok(());
         }
+        let data_offset = match self.data_offset {
+            Some(offset) => offset,
+            None => {
+                let mut head = Vec::with_capacity(HEADER_BYTES + RECORD_HEADER_BYTES + 32);
+                RecordPrefix::new(self.meta, STREAM_BUFFER_BYTES as u64, &mut head)?;
+                let offset = head.len() as u64;
+                self.data_offset = Some(offset);
+                offset
+            }
+        };
         self.disk
-            .write_at(SNAPSHOT_STAGED_FILE, self.offset, &self.buf)?;
-        self.crc = crc32c::crc32c_append(self.crc, &self.buf);
-        self.offset += self.buf.len() as u64;
+            .write_at(SNAPSHOT_STAGED_FILE, data_offset + self.written, &self.buf)?;
+        self.data_crc = crc32c::crc32c_append(self.data_crc, &self.buf);
         self.written += self.buf.len() as u64;
         self.buf.clear();
         Ok(())
@@ -337,7 +363,9 @@ impl<D: Disk> std::io::Write for StreamWriter<'_, D> {
         if self.buf.len() + bytes.len() > STREAM_BUFFER_BYTES {
             if let Err(error) = self.flush_buf() {
                 let words = error.to_string();
-                self.failed = Some(error);
+                if let StorageError::Disk(error) = error {
+                    self.failed = Some(error);
+                }
                 return Err(std::io::Error::other(words));
             }
         }
