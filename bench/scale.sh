@@ -78,7 +78,7 @@ restart_and_write() { # system pids start-function endpoints [chatbench args...]
     kill9_groups "$pids"
     local since
     since=$(now_ms)
-    # Our nodes log each step of their recovery (`recovered ... storage_ms decode_ms`)
+    # Our nodes log each step of their recovery (`recovered ... storage_ms replica_ms`)
     # and when they learn the leader, at info: kept in $dir/chat-N.restart.log.
     RUST_LOG=${RUST_LOG:-warn,chat_node::server=info,chat_node::metrics=info} "$start" restart
     "$bin/chatbench" first-write --system "$system" --endpoints "$endpoints" \
@@ -122,7 +122,7 @@ echo "machine: $(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM, 
 echo "load average at the end (other work on the machine): $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "fill: $MESSAGES unique $PAYLOAD-byte values, $CLIENTS clients, ours over $USERS accounts; etcd clients on: $ETCD_TARGET"
 echo
-echo "our nodes' restart steps (ms from each process start: reading and checking its files, then decoding its snapshot):"
+echo "our nodes' restart steps (ms from each process start: storage_ms reads and checks its files, decoding the snapshot in the pass that checks it; replica_ms builds the replica):"
 sed 's/^/    /' "$OUT/chat-restart-steps.txt" 2>/dev/null || true
 echo
 "$bin/chatbench" scale-report --ours "$OUT/chat-fill.jsonl" --etcd "$OUT/etcd-fill.jsonl" \

@@ -27,6 +27,19 @@ pub struct MachineState {
 /// holds at most `u32::MAX` bytes.
 const SNAPSHOT_DECODE_BYTES_MAX: usize = u32::MAX as usize;
 
+/// Why [`MachineState::decode_verified`] gave no state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifiedDecodeError {
+    #[error("reading the snapshot: {0}")]
+    Read(String),
+    /// The bytes are not those the checksum was computed over: damage.
+    #[error("the snapshot's bytes do not match its checksum")]
+    ChecksumMismatch,
+    /// The bytes match their checksum but are not a state.
+    #[error("the snapshot's bytes are not a state: {0}")]
+    Undecodable(String),
+}
+
 impl MachineState {
     pub fn new(config: &Config) -> MachineState {
         MachineState {
@@ -75,6 +88,38 @@ impl MachineState {
         match reader.remaining_bytes() {
             0 => Ok(state),
             trailing => Err(format!("{trailing} trailing bytes after the state")),
+        }
+    }
+
+    /// Decodes the state where its source holds it and checks the source's checksum over
+    /// the same bytes, in one pass: what recovery does with the snapshot file. A
+    /// separate checksum pass first read the file twice (at a million messages, 275 MB
+    /// more to copy from the page cache on every node), and a byte that changed between
+    /// the two passes went unseen. The checksum is checked whether or not the bytes
+    /// decode, so damage is told apart from bytes that are intact but not a state.
+    pub fn decode_verified(
+        source: &SnapshotSource,
+        read_bytes: usize,
+    ) -> Result<MachineState, VerifiedDecodeError> {
+        let mut reader = SourceReader::new(source, read_bytes);
+        let config = bincode::config::standard().with_limit::<{ SNAPSHOT_DECODE_BYTES_MAX }>();
+        let decoded: Result<MachineState, _> =
+            bincode::serde::decode_from_reader(&mut reader, config);
+        if let Some(error) = reader.failed.take() {
+            return Err(VerifiedDecodeError::Read(error));
+        }
+        let trailing = reader.remaining_bytes();
+        match reader.checksum_matches() {
+            Err(error) => return Err(VerifiedDecodeError::Read(error)),
+            Ok(false) => return Err(VerifiedDecodeError::ChecksumMismatch),
+            Ok(true) => {}
+        }
+        let state = decoded.map_err(|e| VerifiedDecodeError::Undecodable(e.to_string()))?;
+        match trailing {
+            0 => Ok(state),
+            trailing => Err(VerifiedDecodeError::Undecodable(format!(
+                "{trailing} trailing bytes after the state"
+            ))),
         }
     }
 

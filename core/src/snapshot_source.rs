@@ -148,6 +148,8 @@ pub struct SourceReader<'s> {
     offset: u64,
     /// The first read error, kept for the caller: bincode sees only "unexpected end".
     pub failed: Option<String>,
+    /// The CRC32C of the source's bytes read so far (`..offset`).
+    data_crc: u32,
 }
 
 impl<'s> SourceReader<'s> {
@@ -162,7 +164,27 @@ impl<'s> SourceReader<'s> {
             end: 0,
             offset: 0,
             failed: None,
+            data_crc: 0,
         }
+    }
+
+    /// Reads what the decoder left of the source and returns whether the record's
+    /// checksum (the prefix, then every byte of the source) is the one the source
+    /// claims: the same bytes that were decoded are the ones checked, in one pass.
+    pub fn checksum_matches(&mut self) -> Result<bool, String> {
+        self.pos = self.end;
+        while self.refill() {
+            self.pos = self.end;
+        }
+        if let Some(error) = self.failed.take() {
+            return Err(error);
+        }
+        let mut prefix = Vec::with_capacity(32);
+        encode_snapshot_prefix(&self.source.meta, self.source.len_bytes, &mut prefix);
+        // `len_bytes` came from a 32-bit record length, so it fits a usize here.
+        let len = usize::try_from(self.source.len_bytes).unwrap_or(usize::MAX);
+        let record_crc = crc32c::crc32c_combine(crc32c::crc32c(&prefix), self.data_crc, len);
+        Ok(record_crc == self.source.checksum)
     }
 
     /// Bytes of the source not yet handed to the decoder.
@@ -185,10 +207,14 @@ impl<'s> SourceReader<'s> {
             return false;
         }
         let range = self.end..self.end + take;
-        if let Err(error) = self.source.read_at(self.offset, &mut self.buf[range]) {
+        if let Err(error) = self
+            .source
+            .read_at(self.offset, &mut self.buf[range.clone()])
+        {
             self.failed = Some(error);
             return false;
         }
+        self.data_crc = crc32c::crc32c_append(self.data_crc, &self.buf[range]);
         self.offset += take as u64;
         self.end += take;
         true

@@ -263,7 +263,8 @@ impl Cluster {
         member.starts += 1;
         let disk = member.disk.take().unwrap_or_default();
         let (store, recovered) =
-            LogStore::open(disk).map_err(|e| ElectionsError::Start(id, e.to_string()))?;
+            LogStore::open_with(disk, chat_core::storage::StoreConfig::replica())
+                .map_err(|e| ElectionsError::Start(id, e.to_string()))?;
         let replica = Replica::new(config, recovered, now)
             .map_err(|e| ElectionsError::Start(id, e.to_string()))?;
         member.replica = Some(replica);

@@ -129,6 +129,8 @@ impl ReplicaTuning {
         // 64 KiB), so that every snapshot crosses several reads, as a large one does on a
         // node.
         config.snapshot_read_bytes = self.snapshot_chunk_bytes;
+        // As on a node: the state is decoded in the pass that checks the checksum.
+        config.decode_snapshot_state = true;
         config
     }
 }

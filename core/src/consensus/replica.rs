@@ -233,10 +233,14 @@ impl Replica {
             },
             |s| s.meta.clone(),
         );
-        let machine = match &recovered.snapshot {
-            Some(snapshot) => MachineState::decode_from(snapshot, config.snapshot_read_bytes)
-                .map_err(ReplicaError::Snapshot)?,
-            None => MachineState::new(&config),
+        let machine = match (recovered.snapshot_state, &recovered.snapshot) {
+            // Decoded by the store as it checked the file.
+            (Some(state), Some(_)) => state,
+            (None, Some(snapshot)) => {
+                MachineState::decode_from(snapshot, config.snapshot_read_bytes)
+                    .map_err(ReplicaError::Snapshot)?
+            }
+            (_, None) => MachineState::new(&config),
         };
         let mut log = RaftLog::new(snapshot_meta.clone(), recovered.entries)?;
         // A founding member with nothing on disk writes the founding membership as entry

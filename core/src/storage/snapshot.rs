@@ -9,7 +9,7 @@
 //! the file in place.
 
 use crate::entry::{Snapshot, SnapshotMeta};
-use crate::machine::SnapshotImage;
+use crate::machine::{MachineState, SnapshotImage, VerifiedDecodeError};
 use crate::snapshot_source::{encode_snapshot_prefix, ReadBytes, SnapshotSource};
 use crate::storage::disk::Disk;
 use crate::storage::error::{CorruptReason, DiskError, StorageError};
@@ -28,34 +28,72 @@ pub const SNAPSHOT_STAGED_FILE: &str = "snapshot.staged";
 /// The record length field is 32 bits.
 pub const SNAPSHOT_BYTES_MAX: usize = u32::MAX as usize;
 
-/// The committed snapshot, checked in full: header, record, and the checksum over every
-/// byte, read a buffer at a time from a reader of the file (never the whole file in
-/// memory: at a million messages that buffer's page faults cost more than decoding).
-/// Returns a source the replica decodes its state from and later streams to followers.
+/// The committed snapshot, checked in full: header, record framing, and the checksum
+/// over every byte, read a buffer at a time from a reader of the file (never the whole
+/// file in memory: at a million messages that buffer's page faults cost more than
+/// decoding). With `decode_state`, the state is decoded from the same reads that the
+/// checksum is computed over ([`MachineState::decode_verified`]), and returned too;
+/// otherwise the bytes are opaque here and checked by a pass of their own. Returns a
+/// source the replica later streams to followers.
 pub fn recover<D: Disk>(
     disk: &D,
     files: &[String],
     read_bytes: usize,
-) -> Result<Option<SnapshotSource>, StorageError> {
+    decode_state: bool,
+) -> Result<(Option<SnapshotSource>, Option<MachineState>), StorageError> {
     if !files.iter().any(|f| f == SNAPSHOT_FILE) {
-        return Ok(None);
+        return Ok((None, None));
     }
-    open(disk, Verify::Checksum { read_bytes }).map(Some)
+    let source = open(disk)?;
+    let corrupt = |reason| StorageError::corrupt(SNAPSHOT_FILE, HEADER_BYTES as u64, reason);
+    let read_error = |message| -> StorageError {
+        DiskError::Io {
+            op: "read",
+            file: SNAPSHOT_FILE.to_string(),
+            message,
+        }
+        .into()
+    };
+    if !decode_state {
+        return match source_checksum(&source, read_bytes) {
+            Ok(crc) if crc == source.checksum => Ok((Some(source), None)),
+            Ok(_) => Err(corrupt(CorruptReason::BadChecksum)),
+            Err(message) => Err(read_error(message)),
+        };
+    }
+    match MachineState::decode_verified(&source, read_bytes) {
+        Ok(state) => Ok((Some(source), Some(state))),
+        Err(VerifiedDecodeError::Read(message)) => Err(read_error(message)),
+        Err(VerifiedDecodeError::ChecksumMismatch) => Err(corrupt(CorruptReason::BadChecksum)),
+        Err(VerifiedDecodeError::Undecodable(error)) => {
+            Err(corrupt(CorruptReason::Undecodable(error)))
+        }
+    }
 }
 
-/// Whether [`open`] reads every byte to check the record's checksum.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Verify {
-    /// At recovery: the file may have been torn or damaged since it was written. Read
-    /// this many bytes at a time.
-    Checksum { read_bytes: usize },
-    /// Just after committing the file this process wrote and synced.
-    Framing,
+/// The record checksum of `source`'s prefix and bytes, reading `read_bytes` at a time.
+fn source_checksum(source: &SnapshotSource, read_bytes: usize) -> Result<u32, String> {
+    let mut prefix = Vec::with_capacity(32);
+    encode_snapshot_prefix(&source.meta, source.len_bytes, &mut prefix);
+    let mut crc = crc32c::crc32c(&prefix);
+    let chunk_bytes = usize::try_from(source.len_bytes)
+        .unwrap_or(usize::MAX)
+        .clamp(1, read_bytes.max(1));
+    let mut buf = vec![0u8; chunk_bytes];
+    let mut offset = 0;
+    while offset < source.len_bytes {
+        let take = (source.len_bytes - offset).min(buf.len() as u64) as usize;
+        source.read_at(offset, &mut buf[..take])?;
+        crc = crc32c::crc32c_append(crc, &buf[..take]);
+        offset += take as u64;
+    }
+    Ok(crc)
 }
 
 /// Opens the committed snapshot file: checks its header, record framing, prefix and
-/// length, and, with [`Verify::Checksum`], the checksum over every byte.
-fn open<D: Disk>(disk: &D, verify: Verify) -> Result<SnapshotSource, StorageError> {
+/// length; not the checksum, which needs every byte read (see [`recover`]; the file
+/// this process just wrote and synced needs none).
+fn open<D: Disk>(disk: &D) -> Result<SnapshotSource, StorageError> {
     let file_len = disk.len(SNAPSHOT_FILE)?;
     let reader = disk.open_reader(SNAPSHOT_FILE)?;
     let corrupt =
@@ -100,27 +138,6 @@ fn open<D: Disk>(disk: &D, verify: Verify) -> Result<SnapshotSource, StorageErro
     if record_end > file_len {
         return Err(corrupt(HEADER_BYTES, CorruptReason::PartialRecord));
     }
-    let check_payload = |reader: &dyn ReadBytes| -> Result<(), StorageError> {
-        let Verify::Checksum { read_bytes } = verify else {
-            return Ok(());
-        };
-        let mut crc = 0;
-        let mut buf = vec![0u8; read_bytes.clamp(1, payload_len as usize)];
-        let mut offset = payload_start as u64;
-        while offset < record_end {
-            let take = (record_end - offset).min(buf.len() as u64) as usize;
-            reader
-                .read_at(offset, &mut buf[..take])
-                .map_err(read_error)?;
-            crc = crc32c::crc32c_append(crc, &buf[..take]);
-            offset += take as u64;
-        }
-        if crc != checksum {
-            return Err(corrupt(HEADER_BYTES, CorruptReason::BadChecksum));
-        }
-        Ok(())
-    };
-    check_payload(reader.as_ref())?;
     if record_end < file_len {
         let reason = CorruptReason::TrailingBytes(file_len - record_end);
         return Err(corrupt(record_end as usize, reason));
@@ -385,7 +402,7 @@ impl<D: Disk> std::io::Write for StreamWriter<'_, D> {
 /// renamed over them.
 pub fn open_source<D: Disk>(disk: &D) -> Result<Option<SnapshotSource>, StorageError> {
     match disk.len(SNAPSHOT_FILE) {
-        Ok(_) => open(disk, Verify::Framing).map(Some),
+        Ok(_) => open(disk).map(Some),
         Err(DiskError::NotFound { .. }) => Ok(None),
         Err(error) => Err(error.into()),
     }

@@ -70,6 +70,7 @@ impl Durable {
         Recovered {
             hard_state: self.hard_state,
             snapshot: self.snapshot.as_ref().map(SnapshotSource::in_memory),
+            snapshot_state: None,
             entries: self.entries.values().cloned().collect(),
         }
     }

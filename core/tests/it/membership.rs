@@ -303,6 +303,7 @@ fn a_lone_voter_commits_only_what_its_disk_holds() {
     let recovered = chat_core::Recovered {
         hard_state: Default::default(),
         snapshot: None,
+        snapshot_state: None,
         entries: Vec::new(),
     };
     let mut replica = chat_core::Replica::new(config(1, 1), recovered, now).expect("valid");

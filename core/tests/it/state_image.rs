@@ -288,3 +288,69 @@ fn a_cut_snapshot_file_is_refused_when_opened_for_streaming() {
         .expect("a snapshot");
     assert_eq!(source.read_all().expect("read"), image.state.encode());
 }
+
+/// A replica's store decodes the snapshot's state in the same pass that checks the
+/// file's checksum: the state comes back whole, and a flipped byte anywhere in the
+/// state's bytes (in the first read, across a read's edge, in the last) is refused as
+/// damage, never handed over as a state, whatever the flip makes of the decoding.
+#[test]
+fn recovery_decodes_the_state_in_the_checksum_pass_and_refuses_any_flip() {
+    use chat_core::storage::{CorruptReason, StoreConfig};
+    let flip_byte = |disk: &mut MemDisk, offset: u64, mask: u8| {
+        let mut byte = [0];
+        disk.read_at(SNAPSHOT_FILE, offset, &mut byte)
+            .expect("read");
+        disk.write_at(SNAPSHOT_FILE, offset, &[byte[0] ^ mask])
+            .expect("write");
+    };
+    let state = large_state();
+    let image = SnapshotImage {
+        meta: SnapshotMeta {
+            last_index: LogIndex(2_600),
+            last_term: Term(3),
+        },
+        state,
+    };
+    let read_bytes = 4_099;
+    let config = StoreConfig {
+        snapshot_read_bytes: read_bytes,
+        ..StoreConfig::replica()
+    };
+    let (mut store, _) = LogStore::open_with(MemDisk::new(), config).expect("open");
+    assert!(store.save_image(&image).expect("save"));
+    let disk = store.into_disk();
+    let (_, recovered) = LogStore::open_with(disk.clone(), config).expect("recover");
+    assert_eq!(recovered.snapshot_state.as_ref(), Some(&image.state));
+    let source = recovered.snapshot.expect("a snapshot");
+    let file_len = disk.len(SNAPSHOT_FILE).expect("len");
+    let data_start = file_len - source.len_bytes;
+    let edge = data_start + read_bytes as u64;
+    for offset in [
+        data_start,
+        data_start + 17,
+        edge - 1,
+        edge,
+        file_len / 2,
+        file_len - 1,
+    ] {
+        for mask in [0x01, 0x80] {
+            let mut damaged = disk.clone();
+            flip_byte(&mut damaged, offset, mask);
+            match LogStore::open_with(damaged, config) {
+                Err(StorageError::Corrupt { reason, .. }) => assert_eq!(
+                    reason,
+                    CorruptReason::BadChecksum,
+                    "flip {mask:#x} at {offset}"
+                ),
+                other => panic!("flip {mask:#x} at {offset}: {:?}", other.map(|_| ())),
+            }
+        }
+    }
+    // The default store leaves the bytes opaque and the decoding to the replica.
+    let (_, opaque) = LogStore::open(disk).expect("recover");
+    assert!(opaque.snapshot_state.is_none());
+    assert_eq!(
+        MachineState::decode_from(&opaque.snapshot.expect("a snapshot"), read_bytes),
+        Ok(image.state)
+    );
+}

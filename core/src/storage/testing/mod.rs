@@ -30,6 +30,8 @@ pub fn test_config() -> StoreConfig {
     StoreConfig {
         segment_bytes_max: TEST_SEGMENT_BYTES_MAX,
         snapshot_read_bytes: TEST_SNAPSHOT_READ_BYTES,
+        // The suite's snapshots are arbitrary bytes, not states.
+        decode_snapshot_state: false,
     }
 }
 
@@ -126,6 +128,7 @@ impl Model {
         Recovered {
             hard_state: self.hard_state,
             snapshot: self.snapshot.as_ref().map(SnapshotSource::in_memory),
+            snapshot_state: None,
             entries: self.entries.values().cloned().collect(),
         }
     }
