@@ -102,6 +102,9 @@ impl MachineState {
         read_bytes: usize,
     ) -> Result<MachineState, VerifiedDecodeError> {
         let mut reader = SourceReader::new(source, read_bytes);
+        // The limit bounds what a damaged length claim can ask for (bincode refuses it
+        // before allocating) by the largest record; not tighter, because a claim counts
+        // a value's size in memory (8 bytes for a one-byte varint), not its encoding.
         let config = bincode::config::standard().with_limit::<{ SNAPSHOT_DECODE_BYTES_MAX }>();
         let decoded: Result<MachineState, _> =
             bincode::serde::decode_from_reader(&mut reader, config);

@@ -354,3 +354,33 @@ fn recovery_decodes_the_state_in_the_checksum_pass_and_refuses_any_flip() {
         Ok(image.state)
     );
 }
+
+/// Bytes that match their checksum but are not a state (a state with a byte more, or
+/// no state at all) are not damage: a replica's store opens them, leaves the state
+/// undecoded, and the replica's own decoding reports what is wrong.
+#[test]
+fn intact_bytes_that_are_not_a_state_are_left_to_the_replica() {
+    use chat_core::entry::Snapshot;
+    use chat_core::storage::StoreConfig;
+    let mut one_byte_more = sample_state().encode();
+    one_byte_more.push(0);
+    let cases = [(one_byte_more, "1 trailing bytes"), (vec![0xff; 300], "")];
+    for (data, says) in cases {
+        let snapshot = Snapshot {
+            meta: SnapshotMeta {
+                last_index: LogIndex(40),
+                last_term: Term(2),
+            },
+            data: std::sync::Arc::new(data),
+        };
+        let config = StoreConfig::replica();
+        let (mut store, _) = LogStore::open_with(MemDisk::new(), config).expect("open");
+        store.save_snapshot(&snapshot).expect("save");
+        let (_, recovered) = LogStore::open_with(store.into_disk(), config)
+            .expect("intact bytes are not refused as damage");
+        assert!(recovered.snapshot_state.is_none());
+        let source = recovered.snapshot.expect("a snapshot");
+        let error = MachineState::decode_from(&source, 64).expect_err("not a state");
+        assert!(error.contains(says), "{error}");
+    }
+}
