@@ -116,16 +116,23 @@ mod tests {
             "open until dropped"
         );
         drop(file);
-        // The drop started the closer thread (it is named so in /proc).
-        let closer_threads = std::fs::read_dir("/proc/self/task")
-            .expect("list threads")
-            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-            .filter(|name| name.trim() == "file-closer")
-            .count();
-        assert_eq!(closer_threads, 1, "one closer thread per process");
+        // The drop started the closer thread (it is named so in /proc). A new thread
+        // names itself once it runs, so its name may take a moment to show.
+        let closer_threads = || {
+            std::fs::read_dir("/proc/self/task")
+                .expect("list threads")
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .filter(|name| name.trim() == "file-closer")
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while closer_threads() == 0 {
+            assert!(Instant::now() < deadline, "no file-closer thread started");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(closer_threads(), 1, "one closer thread per process");
         // Closed by the closer thread, soon; the number may be reused meanwhile, but
         // not for a file of this test's directory.
-        let deadline = Instant::now() + Duration::from_secs(10);
         while fd_target(fd).is_some_and(|t| ours(&t)) {
             assert!(Instant::now() < deadline, "descriptor {fd} never closed");
             std::thread::sleep(Duration::from_millis(1));
