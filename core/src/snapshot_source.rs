@@ -168,9 +168,10 @@ impl<'s> SourceReader<'s> {
         }
     }
 
-    /// Reads what the decoder left of the source and returns whether the record's
-    /// checksum (the prefix, then every byte of the source) is the one the source
-    /// claims: the same bytes that were decoded are the ones checked, in one pass.
+    /// Reads what the decoder left of the source (all of it, for a reader nothing was
+    /// decoded from) and returns whether the record's checksum (the prefix, then every
+    /// byte of the source) is the one the source claims: the same bytes that were
+    /// decoded are the ones checked, in one pass.
     pub fn checksum_matches(&mut self) -> Result<bool, String> {
         self.pos = self.end;
         while self.refill() {

@@ -10,7 +10,7 @@
 
 use crate::entry::{Snapshot, SnapshotMeta};
 use crate::machine::{MachineState, SnapshotImage, VerifiedDecodeError};
-use crate::snapshot_source::{encode_snapshot_prefix, ReadBytes, SnapshotSource};
+use crate::snapshot_source::{encode_snapshot_prefix, ReadBytes, SnapshotSource, SourceReader};
 use crate::storage::disk::Disk;
 use crate::storage::error::{CorruptReason, DiskError, StorageError};
 use crate::storage::record::{
@@ -55,9 +55,10 @@ pub fn recover<D: Disk>(
         .into()
     };
     if !decode_state {
-        return match source_checksum(&source, read_bytes) {
-            Ok(crc) if crc == source.checksum => Ok((Some(source), None)),
-            Ok(_) => Err(corrupt(CorruptReason::BadChecksum)),
+        // The same reader the decoding uses, asked only for the checksum.
+        return match SourceReader::new(&source, read_bytes).checksum_matches() {
+            Ok(true) => Ok((Some(source), None)),
+            Ok(false) => Err(corrupt(CorruptReason::BadChecksum)),
             Err(message) => Err(read_error(message)),
         };
     }
@@ -70,25 +71,6 @@ pub fn recover<D: Disk>(
         // before the store decoded them.
         Err(VerifiedDecodeError::Undecodable(_)) => Ok((Some(source), None)),
     }
-}
-
-/// The record checksum of `source`'s prefix and bytes, reading `read_bytes` at a time.
-fn source_checksum(source: &SnapshotSource, read_bytes: usize) -> Result<u32, String> {
-    let mut prefix = Vec::with_capacity(32);
-    encode_snapshot_prefix(&source.meta, source.len_bytes, &mut prefix);
-    let mut crc = crc32c::crc32c(&prefix);
-    let chunk_bytes = usize::try_from(source.len_bytes)
-        .unwrap_or(usize::MAX)
-        .clamp(1, read_bytes.max(1));
-    let mut buf = vec![0u8; chunk_bytes];
-    let mut offset = 0;
-    while offset < source.len_bytes {
-        let take = (source.len_bytes - offset).min(buf.len() as u64) as usize;
-        source.read_at(offset, &mut buf[..take])?;
-        crc = crc32c::crc32c_append(crc, &buf[..take]);
-        offset += take as u64;
-    }
-    Ok(crc)
 }
 
 /// Opens the committed snapshot file: checks its header, record framing, prefix and
